@@ -1,0 +1,40 @@
+// Only what Swift cannot take from liburing.h and the libc headers directly:
+// function-like macros, _GNU_SOURCE-only calls, and BPF structs built from
+// macros. Everything else is called from Swift as imported.
+#ifndef STICKY_CURING_SHIM_H
+#define STICKY_CURING_SHIM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/eventfd.h>
+
+// IOSQE_* are enum-derived macros that Swift does not import.
+extern const unsigned sticky_iosqe_io_link;
+extern const unsigned sticky_iosqe_io_hardlink;
+extern const unsigned sticky_iosqe_cqe_skip_success;
+extern const unsigned sticky_iosqe_buffer_select;
+
+// POLLRDHUP is _GNU_SOURCE-only in glibc's headers.
+extern const short sticky_pollrdhup;
+
+/// splice(2) with SPLICE_F_NONBLOCK | SPLICE_F_MOVE; glibc declares it only
+/// under _GNU_SOURCE. Returns bytes moved, 0 on EOF, or -errno.
+ssize_t sticky_splice(int fd_in, int fd_out, size_t len);
+
+/// pipe2(O_NONBLOCK | O_CLOEXEC), _GNU_SOURCE-only too. Returns 0 or -errno.
+int sticky_pipe_nonblocking(int fds[2]);
+
+/// fcntl(F_SETPIPE_SZ); returns the new size or -errno.
+int sticky_set_pipe_size(int fd, int bytes);
+
+/// Attaches a classic-BPF program to a SO_REUSEPORT group that steers each
+/// connection to socket index hash(source address under prefix) % groups.
+/// `ipv6` selects the header layout. Returns 0 or -errno.
+int sticky_attach_reuseport_steering(int fd, int ipv6, unsigned prefix_len, unsigned groups);
+
+/// The user-space hash that matches the BPF program above, so tests and
+/// workers can tell which worker owns a client. `words` is the source
+/// address as 1 (v4) or 4 (v6) big-endian 32-bit words.
+unsigned sticky_reuseport_worker(const uint32_t *words, int nwords, unsigned prefix_len, unsigned groups);
+
+#endif

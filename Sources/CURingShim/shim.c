@@ -1,0 +1,75 @@
+#define _GNU_SOURCE
+#include "CURingShim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <poll.h>
+#include <liburing.h>
+#include <string.h>
+#include <sys/socket.h>
+
+const unsigned sticky_iosqe_io_link = IOSQE_IO_LINK;
+const unsigned sticky_iosqe_io_hardlink = IOSQE_IO_HARDLINK;
+const unsigned sticky_iosqe_cqe_skip_success = IOSQE_CQE_SKIP_SUCCESS;
+const unsigned sticky_iosqe_buffer_select = IOSQE_BUFFER_SELECT;
+const short sticky_pollrdhup = POLLRDHUP;
+
+ssize_t sticky_splice(int fd_in, int fd_out, size_t len) {
+    for (;;) {
+        ssize_t n = splice(fd_in, NULL, fd_out, NULL, len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+int sticky_pipe_nonblocking(int fds[2]) {
+    return pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0 ? -errno : 0;
+}
+
+int sticky_set_pipe_size(int fd, int bytes) {
+    int r = fcntl(fd, F_SETPIPE_SZ, bytes);
+    return r < 0 ? -errno : r;
+}
+
+// Golden-ratio multiplier: spreads nearby addresses (a /24 of clients) over
+// the workers instead of striping them by their low bits.
+#define STEER_MUL 0x9E3779B1u
+
+static uint32_t prefix_mask(unsigned prefix_len, unsigned word) {
+    int bits = (int)prefix_len - (int)(word * 32);
+    if (bits <= 0) return 0;
+    if (bits >= 32) return 0xFFFFFFFFu;
+    return 0xFFFFFFFFu << (32 - bits);
+}
+
+unsigned sticky_reuseport_worker(const uint32_t *words, int nwords, unsigned prefix_len, unsigned groups) {
+    uint32_t a = 0;
+    for (int i = 0; i < nwords; i++) a ^= words[i] & prefix_mask(prefix_len, (unsigned)i);
+    a *= STEER_MUL;
+    a >>= 16;
+    return groups ? a % groups : 0;
+}
+
+int sticky_attach_reuseport_steering(int fd, int ipv6, unsigned prefix_len, unsigned groups) {
+    struct sock_filter code[24];
+    int n = 0;
+    // At reuseport selection the skb data starts at the transport header, so
+    // the source address is reached through SKF_NET_OFF.
+    int words = ipv6 ? 4 : 1;
+    int base = ipv6 ? 8 : 12;
+    for (int i = 0; i < words; i++) {
+        code[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_NET_OFF + base + 4 * i));
+        code[n++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, prefix_mask(prefix_len, (unsigned)i));
+        if (i > 0) code[n++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_XOR | BPF_X, 0);
+        if (i < words - 1) code[n++] = (struct sock_filter)BPF_STMT(BPF_MISC | BPF_TAX, 0);
+    }
+    code[n++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MUL | BPF_K, STEER_MUL);
+    code[n++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, 16);
+    code[n++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, groups);
+    code[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0);
+    struct sock_fprog prog = { .len = (unsigned short)n, .filter = code };
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) < 0) return -errno;
+    return 0;
+}

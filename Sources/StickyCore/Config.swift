@@ -1,0 +1,358 @@
+// The daemon's configuration: what it listens on, where it sends clients,
+// and the limits it runs within. A value from `ConfigLoader` or `quick` has
+// been through `validate`, so the data path can trust every number in it.
+
+/// How bytes are moved between a client and its target.
+public enum ForwardingEngine: String, Sendable, CaseIterable {
+    /// Non-blocking splice(2) through a pipe, driven by ring readiness polls.
+    case splice
+    /// Multishot recv into a provided-buffer ring, then send.
+    case copy
+}
+
+public struct ListenerConfig: Sendable, Equatable {
+    /// The kernel's default somaxconn cap; a burst of new clients larger than
+    /// this is refused by the kernel before the daemon ever sees it.
+    public static let defaultBacklog = 4096
+
+    public var address: SocketAddress
+    /// Name of the pool this listener's clients are placed in.
+    public var pool: String
+    public var backlog: Int
+
+    public init(address: SocketAddress, pool: String, backlog: Int = ListenerConfig.defaultBacklog) {
+        self.address = address
+        self.pool = pool
+        self.backlog = backlog
+    }
+}
+
+public struct PoolConfig: Sendable, Equatable {
+    public var name: String
+    public var targets: [TargetSpec]
+
+    public init(name: String, targets: [TargetSpec]) {
+        self.name = name
+        self.targets = targets
+    }
+}
+
+public struct Limits: Sendable, Equatable {
+    /// Proxied connections across all workers; each one holds two fds.
+    public var maxConnections = 10_000
+    /// Pipes per worker for the splice engine; pipe-user-pages caps the total.
+    public var pipePool = 256
+    /// Bytes per pipe (F_SETPIPE_SZ rounds to a power of two anyway).
+    public var pipeSize = 65_536
+    /// Provided buffers per worker for the copy engine (a ring: power of two).
+    public var bufferCount = 1024
+    /// Bytes per provided buffer.
+    public var bufferSize = 16_384
+
+    public init() {}
+}
+
+public struct Timeouts: Sendable, Equatable {
+    /// How long a backend connect may take before the next target is tried.
+    public var connectMs: Millis = 3_000
+    /// How long a proxied connection may carry no bytes before it is closed.
+    public var idleMs: Millis = 300_000
+    /// How long a graceful shutdown waits for connections to end.
+    public var shutdownMs: Millis = 60_000
+
+    public init() {}
+}
+
+public struct StickyConfig: Sendable, Equatable {
+    public var engine: ForwardingEngine = .splice
+    /// Worker threads, each with its own ring and listener sockets; 0 = one per CPU.
+    public var workers = 0
+    public var listeners: [ListenerConfig]
+    public var pools: [PoolConfig]
+    public var limits = Limits()
+    public var timeouts = Timeouts()
+    /// Further targets tried after a failed backend connect, per client connection.
+    public var connectRetries = 2
+    /// Path of the admin Unix socket; nil runs without one.
+    public var adminSocket: String? = nil
+    /// One of `StickyConfig.logLevels` (swift-log's level names).
+    public var logLevel = "info"
+
+    /// swift-log's `Logger.Level` raw values, lowest first. Kept as strings so
+    /// the core does not depend on swift-log.
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    public init(listeners: [ListenerConfig], pools: [PoolConfig]) {
+        self.listeners = listeners
+        self.pools = pools
+    }
+
+    public func pool(named name: String) -> PoolConfig? {
+        pools.first { $0.name == name }
+    }
+
+    /// The pool name quick mode uses, so admin commands can address it.
+    public static let quickPoolName = "default"
+
+    /// Quick mode: one pool named "default" holding the targets, every
+    /// listener pointing at it, every target with weight 1 and no name.
+    /// Throws `ConfigError` (file "<command line>") on invalid input.
+    public static func quick(listen: [String], targets: [String]) throws -> StickyConfig {
+        let file = "<command line>"
+        var listeners: [ListenerConfig] = []
+        for text in listen {
+            guard let address = SocketAddress(text) else {
+                throw ConfigError(file: file, message: "--listen '\(text)' is not an address; \(addressHint)")
+            }
+            listeners.append(ListenerConfig(address: address, pool: quickPoolName))
+        }
+        var specs: [TargetSpec] = []
+        for text in targets {
+            guard let address = SocketAddress(text) else {
+                throw ConfigError(file: file, message: "--target '\(text)' is not an address; \(addressHint)")
+            }
+            specs.append(TargetSpec(address: address))
+        }
+        let config = StickyConfig(listeners: listeners, pools: [PoolConfig(name: quickPoolName, targets: specs)])
+        try config.validate(file: file)
+        return config
+    }
+
+    /// Semantic checks: ranges, references between sections, uniqueness.
+    /// Throws the first problem found as a `ConfigError` without a line.
+    public func validate(file: String) throws {
+        try validate(file: file, locate: { _ in nil })
+    }
+
+    /// The one home of every semantic rule. The YAML loader passes `locate`,
+    /// which maps a path such as `pools[0].targets[2].weight` to where that
+    /// node (or its nearest written ancestor) sits in the file, so a rule is
+    /// written once and still reports a line when there is one.
+    func validate(file: String, locate: (String) -> SourcePosition?) throws {
+        func failure(_ path: String, _ message: String) -> ConfigError {
+            let at = locate(path)
+            return ConfigError(file: file, line: at?.line, column: at?.column, message: message)
+        }
+        // Points a duplicate back at its first use, in the user's terms.
+        func firstUse(_ path: String) -> String {
+            locate(path).map { "line \($0.line)" } ?? path
+        }
+
+        if let message = Bounds.workers.check(workers) { throw failure("workers", message) }
+
+        if let message = Bounds.listenerCount.check(listeners.count) { throw failure("listeners", message) }
+        if let message = Bounds.poolCount.check(pools.count) { throw failure("pools", message) }
+        let poolNames = pools.map(\.name)
+
+        var listenerAt: [SocketAddress: Int] = [:]
+        for (index, listener) in listeners.enumerated() {
+            let at = "listeners[\(index)]"
+            let who = "listener \(listener.address)"
+            if let first = listenerAt[listener.address] {
+                throw failure("\(at).address", "\(who) is listed twice (first at \(firstUse("listeners[\(first)].address")))")
+            }
+            listenerAt[listener.address] = index
+            if let message = Bounds.backlog.check(listener.backlog) { throw failure("\(at).backlog", "\(who): \(message)") }
+            if listener.pool.isEmpty {
+                throw failure("\(at).pool", "\(who) names no pool; 'pool' may be left out only when there is exactly one pool (there are \(pools.count): \(poolNames.joined(separator: ", ")))")
+            }
+            if pool(named: listener.pool) == nil {
+                throw failure("\(at).pool", "\(who): no pool named '\(listener.pool)'\(suggestion(for: listener.pool, among: poolNames))")
+            }
+        }
+
+        var poolAt: [String: Int] = [:]
+        for (index, pool) in pools.enumerated() {
+            let at = "pools[\(index)]"
+            if let message = checkName(pool.name, what: "pool name") { throw failure("\(at).name", message) }
+            if let first = poolAt[pool.name] {
+                throw failure("\(at).name", "pool name '\(pool.name)' is used twice (first at \(firstUse("pools[\(first)].name")))")
+            }
+            poolAt[pool.name] = index
+            let who = "pool '\(pool.name)'"
+            if let message = Bounds.targetCount.check(pool.targets.count) { throw failure("\(at).targets", "\(who): \(message)") }
+
+            var targetAt: [SocketAddress: Int] = [:]
+            var nameAt: [String: Int] = [:]
+            for (t, target) in pool.targets.enumerated() {
+                let tat = "\(at).targets[\(t)]"
+                if let first = targetAt[target.address] {
+                    throw failure("\(tat).address", "\(who) lists target \(target.address) twice (first at \(firstUse("\(at).targets[\(first)].address")))")
+                }
+                targetAt[target.address] = t
+                if let message = Bounds.weight.check(target.weight) {
+                    throw failure("\(tat).weight", "\(who), target \(target.address): \(message)")
+                }
+                if let name = target.name {
+                    if let message = checkName(name, what: "target name") { throw failure("\(tat).name", "\(who): \(message)") }
+                    // Admin commands address a target by name, so a name must pick one target.
+                    if let first = nameAt[name] {
+                        throw failure("\(tat).name", "\(who) has two targets named '\(name)' (first at \(firstUse("\(at).targets[\(first)].name")))")
+                    }
+                    nameAt[name] = t
+                }
+            }
+            if !pool.targets.contains(where: { $0.weight > 0 }) {
+                throw failure("\(at).targets", "\(who) has no target with a weight above 0, so no client could ever be placed")
+            }
+        }
+
+        let limitChecks: [(String, IntBound, Int)] = [
+            ("limits.max_connections", Bounds.maxConnections, limits.maxConnections),
+            ("limits.pipe_pool", Bounds.pipePool, limits.pipePool),
+            ("limits.pipe_size", Bounds.pipeSize, limits.pipeSize),
+            ("limits.buffer_count", Bounds.bufferCount, limits.bufferCount),
+            ("limits.buffer_size", Bounds.bufferSize, limits.bufferSize),
+        ]
+        for (path, bound, value) in limitChecks {
+            if let message = bound.check(value) { throw failure(path, message) }
+        }
+
+        let timeoutChecks: [(String, Millis)] = [
+            ("timeouts.connect", timeouts.connectMs),
+            ("timeouts.idle", timeouts.idleMs),
+            ("timeouts.shutdown", timeouts.shutdownMs),
+        ]
+        for (path, value) in timeoutChecks where value <= 0 || value >= Bounds.timeoutCeiling {
+            throw failure(path, "\(path) must be more than 0 and less than \(formatDuration(Bounds.timeoutCeiling)), got \(formatDuration(value))")
+        }
+
+        if let message = Bounds.connectRetries.check(connectRetries) { throw failure("connect_retries", message) }
+
+        if let socket = adminSocket {
+            guard socket.hasPrefix("/") else {
+                throw failure("admin.socket", "admin.socket must be an absolute path, got '\(socket)'")
+            }
+            // sun_path is 108 bytes including the terminating NUL.
+            guard socket.utf8.count < Bounds.unixPathBytes else {
+                throw failure("admin.socket", "admin.socket is \(socket.utf8.count) bytes long; a Unix socket path must be under \(Bounds.unixPathBytes) bytes")
+            }
+        }
+
+        if !Self.logLevels.contains(logLevel) {
+            throw failure("log.level", "log.level must be one of \(Self.logLevels.joined(separator: ", ")), got '\(logLevel)'\(suggestion(for: logLevel, among: Self.logLevels))")
+        }
+    }
+}
+
+/// A config problem, with where it is when that is known.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    /// The config file's path, or "<command line>" for quick mode.
+    public var file: String
+    /// 1-based line, when the problem comes from a file.
+    public var line: Int?
+    /// 1-based column in Unicode scalars (libyaml's count), when known.
+    public var column: Int?
+    public var message: String
+
+    public init(file: String, line: Int? = nil, column: Int? = nil, message: String) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.message = message
+    }
+
+    /// `FILE:LINE:COL: MESSAGE`, the form editors and compilers use, so a
+    /// terminal or an IDE can jump to the spot. Absent parts are left out.
+    public var description: String {
+        var location = file
+        if let line {
+            location += ":\(line)"
+            if let column { location += ":\(column)" }
+        }
+        return "\(location): \(message)"
+    }
+}
+
+/// A 1-based line and column in a config file.
+struct SourcePosition: Sendable, Equatable {
+    var line: Int
+    var column: Int
+}
+
+let addressHint = "expected IP:PORT such as 127.0.0.1:7001 or [::1]:7001 (host names are not resolved)"
+
+/// An allowed range for one integer setting, and how to say it is broken.
+struct IntBound: Sendable {
+    var name: String
+    var range: ClosedRange<Int>
+    var powerOfTwo = false
+    /// Echo values as sizes ("64KiB") because that is how they are written.
+    var isByteSize = false
+
+    func check(_ value: Int) -> String? {
+        let isPowerOfTwo = value > 0 && value & (value - 1) == 0
+        if range.contains(value) && (isPowerOfTwo || !powerOfTwo) { return nil }
+        func show(_ n: Int) -> String { isByteSize ? formatByteSize(n) : "\(n)" }
+        let kind = powerOfTwo ? "a power of two " : ""
+        return "\(name) must be \(kind)from \(show(range.lowerBound)) to \(show(range.upperBound)), got \(show(value))"
+    }
+}
+
+/// Every limit in one place, so the docs, the loader and `validate` agree.
+enum Bounds {
+    static let workers = IntBound(name: "workers", range: 0...256)
+    // One listener socket per worker each: 64 × 256 workers stays far below fd limits.
+    static let listenerCount = IntBound(name: "the number of listeners", range: 1...64)
+    static let poolCount = IntBound(name: "the number of pools", range: 1...64)
+    // TargetMask, which records failed targets per connect, holds 64.
+    static let targetCount = IntBound(name: "the number of targets", range: 1...TargetMask.capacity)
+    static let weight = IntBound(name: "weight", range: 0...10_000)
+    static let backlog = IntBound(name: "backlog", range: 1...65_535)
+    static let maxConnections = IntBound(name: "limits.max_connections", range: 1...1_000_000)
+    static let pipePool = IntBound(name: "limits.pipe_pool", range: 1...65_536)
+    static let pipeSize = IntBound(name: "limits.pipe_size", range: 4096...(1 << 20), powerOfTwo: true, isByteSize: true)
+    static let bufferCount = IntBound(name: "limits.buffer_count", range: 16...32_768, powerOfTwo: true)
+    static let bufferSize = IntBound(name: "limits.buffer_size", range: 1024...(1 << 20), isByteSize: true)
+    static let connectRetries = IntBound(name: "connect_retries", range: 0...16)
+    /// Timeouts are more than zero and under this: past 30 days a timer is a
+    /// typo, not a policy.
+    static let timeoutCeiling: Millis = 30 * 86_400_000
+    static let unixPathBytes = 108
+    static let nameLength = 1...64
+}
+
+/// Pool and target names appear in admin commands, which split on spaces,
+/// and in metric labels; so keep them to a plain, bounded alphabet.
+func checkName(_ name: String, what: String) -> String? {
+    let plain = name.unicodeScalars.allSatisfy { c in
+        c.isASCII && (c.properties.isAlphabetic || ("0"..."9").contains(c) || c == "-" || c == "_" || c == ".")
+    }
+    if Bounds.nameLength.contains(name.count) && plain { return nil }
+    return "\(what) '\(name)' must be 1 to \(Bounds.nameLength.upperBound) characters of letters, digits, '.', '_' and '-'"
+}
+
+/// " (did you mean 'x'?)" for the closest candidate, or "" when none is close.
+/// Compares with case, '_' and '-' ignored, so `maxConnections` finds
+/// `max_connections`, and accepts a prefix, so `warn` finds `warning`.
+func suggestion(for word: String, among candidates: [String]) -> String {
+    func normal(_ s: String) -> [Character] { Array(s.lowercased().filter { $0 != "_" && $0 != "-" }) }
+    let target = normal(word)
+    var best: (candidate: String, distance: Int)?
+    for candidate in candidates {
+        let other = normal(candidate)
+        var distance = editDistance(target, other)
+        if target.count >= 3 && (other.starts(with: target) || target.starts(with: other)) { distance = min(distance, 1) }
+        let shorter = min(target.count, other.count)
+        // A one-letter name is one edit from every other one-letter name.
+        if distance <= max(1, shorter / 3), distance < shorter, distance < (best?.distance ?? .max) {
+            best = (candidate, distance)
+        }
+    }
+    return best.map { " (did you mean '\($0.candidate)'?)" } ?? ""
+}
+
+/// Levenshtein distance; inputs are config keys, so quadratic is fine.
+func editDistance(_ a: [Character], _ b: [Character]) -> Int {
+    if a.isEmpty { return b.count }
+    var previous = Array(0...b.count)
+    for i in 1...a.count {
+        var current = [i] + Array(repeating: 0, count: b.count)
+        for j in stride(from: 1, through: b.count, by: 1) {
+            let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, substitution)
+        }
+        previous = current
+    }
+    return previous[b.count]
+}

@@ -1,0 +1,343 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Yams
+
+/// Reads the YAML config file into a validated `StickyConfig`.
+///
+/// It walks Yams' node tree rather than decoding with `Codable` because every
+/// node keeps its mark: each error, from a YAML typo to a duplicate target,
+/// can name the file, line and column the operator has to fix.
+public enum ConfigLoader {
+    /// A config lists a few pools of at most 64 targets; a file this large is
+    /// a wrong path (a log, a core dump), and reading it all would be the bug.
+    static let maxFileBytes = 1 << 20
+
+    public static func load(path: String) throws -> StickyConfig {
+        try parse(readFile(path), file: path)
+    }
+
+    public static func parse(_ text: String, file: String) throws -> StickyConfig {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw syntaxError(error, text: text, file: file)
+        }
+        guard let root else {
+            throw ConfigError(file: file, message: "the file holds no settings; it needs at least 'listeners' and 'pools'")
+        }
+        var reader = NodeReader(file: file)
+        let config = try reader.config(root)
+        try config.validate(file: file, locate: reader.position(of:))
+        return config
+    }
+
+    static func readFile(_ path: String) throws -> String {
+        func failure(_ message: String) -> ConfigError { ConfigError(file: path, message: message) }
+        func reason() -> String { String(cString: strerror(errno)) }
+
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw failure("cannot open: \(reason())") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw failure("cannot read: \(reason())")
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: chunk[..<count])
+            guard bytes.count <= maxFileBytes else {
+                throw failure("larger than \(formatByteSize(maxFileBytes)); is this the right file?")
+            }
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw failure("not valid UTF-8")
+        }
+        return text
+    }
+
+    static func syntaxError(_ error: YamlError, text: String, file: String) -> ConfigError {
+        func located(_ mark: Mark, _ message: String) -> ConfigError {
+            ConfigError(file: file, line: mark.line, column: mark.column, message: message)
+        }
+        func yamlSyntax(_ context: YamlError.Context?, _ problem: String, _ mark: Mark) -> ConfigError {
+            guard let context else { return located(mark, "YAML syntax error: \(problem)") }
+            // Yams words some errors as "<context> but <problem>".
+            if problem.hasPrefix("but ") {
+                return located(mark, "YAML syntax error: \(context.text), \(problem)")
+            }
+            // libyaml's context points at the construct it was in the middle of,
+            // which is often where the real mistake is (an unclosed quote).
+            var message = "YAML syntax error: \(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
+            let line = text.split(separator: "\n", omittingEmptySubsequences: false).dropFirst(mark.line - 1).first
+            if line?.unicodeScalars.dropFirst(mark.column - 1).first == "\t" {
+                message += "; YAML does not allow tabs for indentation"
+            }
+            return located(mark, message)
+        }
+        switch error {
+        case let .scanner(context, problem, mark, _),
+             let .parser(context, problem, mark, _),
+             let .composer(context, problem, mark, _):
+            return yamlSyntax(context, problem, mark)
+        case let .duplicatedKeysInMapping(duplicates, context):
+            // Yams gives only the first of the clashing keys' marks.
+            let keys = duplicates.map { "'\($0)'" }.joined(separator: ", ")
+            return located(context.mark, "key \(keys) appears more than once in this mapping")
+        case let .reader(problem, offset, _, _):
+            guard let offset else { return ConfigError(file: file, message: "YAML: \(problem)") }
+            let line = text.utf8.prefix(offset).reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+            return ConfigError(file: file, line: line, message: "YAML: \(problem)")
+        default:
+            return ConfigError(file: file, message: "YAML: \(error)")
+        }
+    }
+}
+
+/// The keys of one YAML mapping, already checked against the schema.
+private struct Fields {
+    var node: Node
+    var values: [String: Node]
+    /// What the mapping is, for messages ("listener", "limits").
+    var what: String
+    /// Prepended to a key in messages, so `connect` reads `timeouts.connect`.
+    var prefix: String
+
+    subscript(key: String) -> Node? { values[key] }
+}
+
+/// Turns nodes into config values, remembering where each one was written.
+/// Only shape and type are checked here; ranges and cross-references are
+/// `StickyConfig.validate`'s, which asks `position(of:)` for the lines.
+private struct NodeReader {
+    let file: String
+    /// Paths like `pools[0].targets[1].weight`, the same ones `validate` uses.
+    var positions: [String: SourcePosition] = [:]
+
+    init(file: String) { self.file = file }
+
+    /// The written node at `path`, or else its nearest written ancestor: a
+    /// value left at its default has no node, but its mapping does.
+    func position(of path: String) -> SourcePosition? {
+        var path = Substring(path)
+        while true {
+            if let found = positions[String(path)] { return found }
+            guard let cut = path.lastIndex(where: { $0 == "." || $0 == "[" }) else { break }
+            path = path[..<cut]
+        }
+        return positions[""]
+    }
+
+    mutating func config(_ root: Node) throws -> StickyConfig {
+        let top = try fields(
+            root, path: "", what: "the top level", prefix: "",
+            known: ["engine", "workers", "listeners", "pools", "limits", "timeouts", "connect_retries", "admin", "log"],
+            planned: ["metrics", "health"])
+
+        let listenerNodes = try list(required("listeners", in: top), path: "listeners", name: "listeners")
+        var listeners: [(address: SocketAddress, pool: String?, backlog: Int)] = []
+        for (index, node) in listenerNodes.enumerated() {
+            listeners.append(try listener(node, path: "listeners[\(index)]"))
+        }
+
+        let poolNodes = try list(required("pools", in: top), path: "pools", name: "pools")
+        var pools: [PoolConfig] = []
+        for (index, node) in poolNodes.enumerated() {
+            pools.append(try pool(node, path: "pools[\(index)]"))
+        }
+
+        // An omitted pool stays empty unless it is unambiguous; validate says why.
+        let onlyPool = pools.count == 1 ? pools[0].name : ""
+        var config = StickyConfig(
+            listeners: listeners.map { ListenerConfig(address: $0.address, pool: $0.pool ?? onlyPool, backlog: $0.backlog) },
+            pools: pools)
+
+        if let node = top["engine"] {
+            let text = try string(node, name: "engine")
+            let names = ForwardingEngine.allCases.map(\.rawValue)
+            guard let engine = ForwardingEngine(rawValue: text) else {
+                throw failure(node, "engine must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
+            }
+            config.engine = engine
+        }
+        if let node = top["workers"] { config.workers = try int(node, name: "workers") }
+        if let node = top["connect_retries"] { config.connectRetries = try int(node, name: "connect_retries") }
+
+        if let node = top["limits"] {
+            let limits = try fields(
+                node, path: "limits", what: "limits", prefix: "limits.",
+                known: ["max_connections", "pipe_pool", "pipe_size", "buffer_count", "buffer_size"])
+            if let node = limits["max_connections"] { config.limits.maxConnections = try int(node, name: "limits.max_connections") }
+            if let node = limits["pipe_pool"] { config.limits.pipePool = try int(node, name: "limits.pipe_pool") }
+            if let node = limits["pipe_size"] { config.limits.pipeSize = try byteSize(node, name: "limits.pipe_size") }
+            if let node = limits["buffer_count"] { config.limits.bufferCount = try int(node, name: "limits.buffer_count") }
+            if let node = limits["buffer_size"] { config.limits.bufferSize = try byteSize(node, name: "limits.buffer_size") }
+        }
+        if let node = top["timeouts"] {
+            let timeouts = try fields(
+                node, path: "timeouts", what: "timeouts", prefix: "timeouts.", known: ["connect", "idle", "shutdown"])
+            if let node = timeouts["connect"] { config.timeouts.connectMs = try duration(node, name: "timeouts.connect") }
+            if let node = timeouts["idle"] { config.timeouts.idleMs = try duration(node, name: "timeouts.idle") }
+            if let node = timeouts["shutdown"] { config.timeouts.shutdownMs = try duration(node, name: "timeouts.shutdown") }
+        }
+        if let node = top["admin"] {
+            let admin = try fields(node, path: "admin", what: "admin", prefix: "admin.", known: ["socket"])
+            if let node = admin["socket"] { config.adminSocket = try string(node, name: "admin.socket") }
+        }
+        if let node = top["log"] {
+            let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level"])
+            if let node = log["level"] { config.logLevel = try string(node, name: "log.level") }
+        }
+        return config
+    }
+
+    private mutating func listener(_ node: Node, path: String) throws -> (address: SocketAddress, pool: String?, backlog: Int) {
+        let keys = try fields(node, path: path, what: "listener", prefix: "", known: ["address", "pool", "backlog"])
+        let address = try address(required("address", in: keys), name: "address")
+        let pool = try keys["pool"].map { try string($0, name: "pool") }
+        let backlog = try keys["backlog"].map { try int($0, name: "backlog") } ?? ListenerConfig.defaultBacklog
+        return (address, pool, backlog)
+    }
+
+    private mutating func pool(_ node: Node, path: String) throws -> PoolConfig {
+        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets"], planned: ["affinity"])
+        let name = try string(required("name", in: keys), name: "name")
+        let targetNodes = try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
+        var targets: [TargetSpec] = []
+        for (index, node) in targetNodes.enumerated() {
+            targets.append(try target(node, path: "\(path).targets[\(index)]"))
+        }
+        return PoolConfig(name: name, targets: targets)
+    }
+
+    private mutating func target(_ node: Node, path: String) throws -> TargetSpec {
+        let keys = try fields(node, path: path, what: "target", prefix: "", known: ["address", "weight", "name"])
+        var spec = TargetSpec(address: try address(required("address", in: keys), name: "address"))
+        if let node = keys["weight"] { spec.weight = try int(node, name: "weight") }
+        if let node = keys["name"] { spec.name = try string(node, name: "name") }
+        return spec
+    }
+
+    // MARK: Shapes
+
+    /// Checks a mapping's keys against the schema and records where it and
+    /// each of its values are. `planned` keys are ones a later version will
+    /// read: they get a clearer message than a typo does.
+    private mutating func fields(
+        _ node: Node, path: String, what: String, prefix: String, known: [String], planned: [String] = []
+    ) throws -> Fields {
+        guard case .mapping(let mapping) = node else {
+            throw failure(node, "\(what) must be a mapping (keys: \(known.joined(separator: ", "))), got \(describe(node))")
+        }
+        record(path, node)
+        var values: [String: Node] = [:]
+        for (keyNode, value) in mapping {
+            guard case .scalar(let scalar) = keyNode, !isNull(scalar) else {
+                throw failure(keyNode, "keys must be plain words, got \(describe(keyNode))")
+            }
+            let key = scalar.string
+            if planned.contains(key) {
+                throw failure(keyNode, "'\(prefix)\(key)' is not supported by this version of stickyd")
+            }
+            guard known.contains(key) else {
+                let hint = suggestion(for: key, among: known)
+                let fallback = hint.isEmpty ? " (known keys: \(known.joined(separator: ", ")))" : hint
+                throw failure(keyNode, "unknown key '\(key)' in \(what)\(fallback)")
+            }
+            values[key] = value
+            record(path.isEmpty ? key : "\(path).\(key)", value)
+        }
+        return Fields(node: node, values: values, what: what, prefix: prefix)
+    }
+
+    private mutating func list(_ node: Node, path: String, name: String) throws -> [Node] {
+        guard case .sequence(let sequence) = node else {
+            throw failure(node, "\(name) must be a list, got \(describe(node))")
+        }
+        for (index, item) in sequence.enumerated() { record("\(path)[\(index)]", item) }
+        return Array(sequence)
+    }
+
+    private func required(_ key: String, in fields: Fields) throws -> Node {
+        guard let node = fields[key] else { throw missing(key, in: fields) }
+        return node
+    }
+
+    /// Reported at the mapping that lacks the key: there is no node for the key itself.
+    private func missing(_ key: String, in fields: Fields) -> ConfigError {
+        failure(fields.node, "\(fields.what) is missing required key '\(fields.prefix)\(key)'")
+    }
+
+    // MARK: Scalars
+
+    private func scalar(_ node: Node, name: String, expected: String) throws -> String {
+        guard case .scalar(let scalar) = node, !isNull(scalar) else {
+            throw failure(node, "\(name) must be \(expected), got \(describe(node))")
+        }
+        return scalar.string
+    }
+
+    private func string(_ node: Node, name: String) throws -> String {
+        try scalar(node, name: name, expected: "a string")
+    }
+
+    private func int(_ node: Node, name: String) throws -> Int {
+        let text = try scalar(node, name: name, expected: "an integer")
+        guard let value = Int(text) else { throw failure(node, "\(name) must be an integer, got '\(text)'") }
+        return value
+    }
+
+    private func address(_ node: Node, name: String) throws -> SocketAddress {
+        let text = try scalar(node, name: name, expected: "an address")
+        guard let address = SocketAddress(text) else {
+            throw failure(node, "\(name) '\(text)' is not an address; \(addressHint)")
+        }
+        return address
+    }
+
+    private func duration(_ node: Node, name: String) throws -> Millis {
+        let text = try scalar(node, name: name, expected: "a duration")
+        guard let value = parseDuration(text) else {
+            throw failure(node, "\(name) must be a whole number with a unit (250ms, 5s, 2m, 3h, 1d), got '\(text)'")
+        }
+        return value
+    }
+
+    private func byteSize(_ node: Node, name: String) throws -> Int {
+        let text = try scalar(node, name: name, expected: "a size")
+        guard let value = parseByteSize(text) else {
+            throw failure(node, "\(name) must be a size such as 65536, 64KiB or 1MiB, got '\(text)'")
+        }
+        return value
+    }
+
+    // MARK: Helpers
+
+    private mutating func record(_ path: String, _ node: Node) {
+        if let mark = node.mark { positions[path] = SourcePosition(line: mark.line, column: mark.column) }
+    }
+
+    private func failure(_ node: Node, _ message: String) -> ConfigError {
+        ConfigError(file: file, line: node.mark?.line, column: node.mark?.column, message: message)
+    }
+
+    /// YAML's null: an empty value, `~` or `null`, unless quoted.
+    private func isNull(_ scalar: Node.Scalar) -> Bool {
+        scalar.style == .plain && ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+    }
+
+    private func describe(_ node: Node) -> String {
+        switch node {
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        case .scalar(let scalar): return isNull(scalar) ? "nothing" : "'\(scalar.string)'"
+        }
+    }
+}

@@ -1,0 +1,90 @@
+/// Milliseconds on a monotonic clock. The core never reads a clock itself:
+/// the event loop passes `now` in, and tests pass a manual one.
+public typealias Millis = Int64
+
+/// A small set of target indices, used to exclude targets that already
+/// failed a connect for this client. Bounded at 64 targets per pool by design
+/// (a pool larger than that wants a different failover strategy anyway).
+public struct TargetMask: Sendable, Equatable {
+    public private(set) var bits: UInt64 = 0
+    public init() {}
+    public static let capacity = 64
+    public func contains(_ index: Int) -> Bool {
+        index < 64 && bits & (1 << UInt64(index)) != 0
+    }
+    public mutating func insert(_ index: Int) {
+        precondition(index >= 0 && index < 64, "target index out of mask range")
+        bits |= 1 << UInt64(index)
+    }
+}
+
+/// Where a connection was placed: the target index in the pool's current
+/// target list and, when the placement policy keeps per-client state, the
+/// handle of that state (so closing the connection costs no lookup).
+public struct Placement: Sendable, Equatable {
+    public var target: Int32
+    public var entry: Int32
+    public init(target: Int32, entry: Int32 = -1) {
+        self.target = target
+        self.entry = entry
+    }
+}
+
+/// What the data path needs from a placement policy. One instance per worker
+/// thread and pool; not shared, so it takes no locks.
+///
+/// The event loop calls, for each accepted connection:
+/// 1. `place` to choose a target (and `place` again, with the failed target
+///    excluded, after a failed connect, then `connectFailed`);
+/// 2. `opened` once the backend connect succeeded;
+/// 3. `closed` when the proxied connection ends.
+public protocol PlacementPolicy {
+    mutating func place(client: IPAddress, now: Millis, excluding: TargetMask) -> Placement?
+    mutating func opened(_ placement: Placement, client: IPAddress, now: Millis)
+    mutating func connectFailed(_ placement: Placement, client: IPAddress, now: Millis)
+    mutating func closed(_ placement: Placement, client: IPAddress, now: Millis)
+}
+
+/// A pool target as the data path sees it.
+public struct TargetSpec: Sendable, Equatable {
+    public var address: SocketAddress
+    public var weight: Int
+    public var name: String?
+    public init(address: SocketAddress, weight: Int = 1, name: String? = nil) {
+        self.address = address
+        self.weight = weight
+        self.name = name
+    }
+}
+
+/// Placeholder policy until the affinity engine lands: smooth weighted
+/// round-robin (the nginx algorithm), which spreads by weight with no bursts.
+/// It keeps no per-client state, so `entry` is always -1.
+public struct WeightedRoundRobin: PlacementPolicy {
+    private var weights: [Int]
+    private var current: [Int]
+    private let total: Int
+
+    public init(targets: [TargetSpec]) {
+        weights = targets.map { max(0, $0.weight) }
+        current = Array(repeating: 0, count: targets.count)
+        total = weights.reduce(0, +)
+    }
+
+    public mutating func place(client: IPAddress, now: Millis, excluding: TargetMask) -> Placement? {
+        var best = -1
+        var eligibleTotal = 0
+        for i in weights.indices where weights[i] > 0 && !excluding.contains(i) {
+            current[i] += weights[i]
+            eligibleTotal += weights[i]
+            if best < 0 || current[i] > current[best] { best = i }
+        }
+        guard best >= 0 else { return nil }
+        current[best] -= eligibleTotal
+        return Placement(target: Int32(best))
+    }
+
+    public mutating func opened(_ placement: Placement, client: IPAddress, now: Millis) {}
+    public mutating func connectFailed(_ placement: Placement, client: IPAddress, now: Millis) {}
+    public mutating func closed(_ placement: Placement, client: IPAddress, now: Millis) {}
+}

@@ -1,0 +1,96 @@
+import StickyCore
+
+/// Where a connection slot is in its life.
+enum SlotState: UInt8 {
+    case free
+    /// Accepted; a backend connect is in flight.
+    case connecting
+    /// Both sides connected; bytes are forwarded.
+    case open
+    /// Descriptors are being cancelled and closed; the slot returns to the
+    /// free list once its last submitted operation has completed.
+    case closing
+}
+
+/// Why a connection ended, for counters (and the access log, later).
+public enum CloseReason: UInt8, Sendable, CaseIterable {
+    case none
+    /// Both sides finished with a FIN.
+    case done
+    /// One side reset (or errored); the reset was passed on.
+    case reset
+    case idleTimeout
+    case connectFailed
+    case noTarget
+    case shutdown
+    case resources
+}
+
+/// One forwarding direction: `up` is client to backend, `down` is backend
+/// to client.
+struct Direction {
+    static let noBuffer: UInt16 = 0xFFFF
+
+    /// Splice engine: the pipe held while bytes are in flight, or -1.
+    var pipe: Int32 = -1
+    /// Splice engine: bytes sitting in `pipe`.
+    var pipeBytes: Int32 = 0
+    /// The source sent FIN (or the engine saw EOF).
+    var sourceEOF = false
+    /// The EOF was passed on with shutdown(SHUT_WR): this direction is done.
+    var finished = false
+    /// Waiting for the destination to become writable.
+    var awaitingWritable = false
+    /// On the worker's list of directions waiting for a free pipe.
+    var awaitingPipe = false
+    /// Bytes delivered to the destination.
+    var bytes: UInt64 = 0
+
+    // Copy engine: received buffers waiting to be sent, as a FIFO linked
+    // through the worker's per-buffer `next` array (so no per-direction
+    // array, and no bound to get wrong: the ring bounds it).
+    var queueHead: UInt16 = Direction.noBuffer
+    var queueTail: UInt16 = Direction.noBuffer
+    var queuedBuffers: UInt16 = 0
+    /// Bytes of the head buffer already sent (a short send).
+    var headOffset: UInt32 = 0
+    /// A send is in flight: at most one per direction, or the stream reorders.
+    var sending = false
+    /// A multishot recv is armed on the source.
+    var receiving = false
+    /// The recv was cancelled for backpressure; re-arm once the queue drains.
+    var recvPaused = false
+    /// The buffer ring ran dry (ENOBUFS); re-arm once buffers return.
+    var starved = false
+}
+
+/// One proxied connection. Lives in a fixed array owned by its worker and is
+/// addressed from `user_data` by index and generation.
+struct Slot {
+    var generation: UInt32 = 0
+    var state: SlotState = .free
+    /// Submitted operations that have not yet delivered their final
+    /// completion. The slot is reused only at zero, so a late completion can
+    /// never be mistaken for the next connection's.
+    var inflight: Int32 = 0
+    /// Owned descriptors; -1 once their close has been submitted.
+    var clientFD: Int32 = -1
+    var backendFD: Int32 = -1
+    var pool: Int32 = 0
+    var placement = Placement(target: -1)
+    /// `policy.opened` was called, so `policy.closed` is owed.
+    var placed = false
+    var excluded = TargetMask()
+    var connectAttempts: Int32 = 0
+    var client: IPAddress = .v4(0)
+    var lastActive: Millis = 0
+    var closeReason: CloseReason = .none
+    // Intrusive lists: the free list and the idle (LRU) list share no slot.
+    var next: Int32 = -1
+    var prev: Int32 = -1
+    var onIdleList = false
+    var clientPollArmed = false
+    var backendPollArmed = false
+    var up = Direction()
+    var down = Direction()
+}

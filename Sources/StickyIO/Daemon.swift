@@ -1,0 +1,180 @@
+import Foundation
+import Glibc
+import Logging
+import StickyCore
+import Synchronization
+
+/// Runs the workers for one config: binds the listeners, starts one thread
+/// (and one ring) per worker, and turns signals into a graceful stop.
+public final class Daemon {
+    let config: StickyConfig
+    let logger: Logger
+    /// Test hook: the ring size; tiny rings exercise the full-queue paths.
+    public var ringEntries: UInt32 = 1024
+
+    public init(config: StickyConfig, logger: Logger) {
+        self.config = config
+        self.logger = logger
+    }
+
+    public static var processorCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    public var workerCount: Int { config.workers > 0 ? config.workers : Daemon.processorCount }
+
+    /// Raises the soft descriptor limit to the hard one: each connection
+    /// costs two descriptors, and the splice engine's pipes two more each.
+    static func raiseDescriptorLimit() -> rlim_t {
+        var lim = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 else { return 0 }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+        }
+        return lim.rlim_cur
+    }
+
+    /// Binds every listener once per worker, in worker order, so the index
+    /// the steering program returns is the worker's index.
+    func bindListeners(workers: Int) throws -> [[WorkerSettings.Listener]] {
+        var perWorker: [[WorkerSettings.Listener]] = Array(repeating: [], count: workers)
+        var opened: [Int32] = []
+        do {
+            for l in config.listeners {
+                guard let pool = config.pools.firstIndex(where: { $0.name == l.pool }) else {
+                    preconditionFailure("validated config names an unknown pool")
+                }
+                for w in 0..<workers {
+                    let fd = try Sockets.listener(l.address, backlog: Int32(l.backlog))
+                    opened.append(fd)
+                    perWorker[w].append(.init(fd: fd, pool: pool))
+                    if w == 0 && workers > 1 {
+                        try Sockets.attachSteering(fd, ipv6: !l.address.ip.isV4,
+                                                   prefixLength: l.address.ip.isV4 ? 32 : 128, workers: workers)
+                    }
+                }
+            }
+        } catch {
+            for fd in opened { close(fd) }
+            throw error
+        }
+        return perWorker
+    }
+
+    func settings(for index: Int, listeners: [WorkerSettings.Listener], workers: Int) -> WorkerSettings {
+        var s = WorkerSettings()
+        s.index = index
+        s.engine = config.engine
+        s.listeners = listeners
+        s.pools = config.pools.map(\.targets)
+        // Each worker owns its share; clients are steered by IP, not load.
+        s.connectionsMax = max(1, (config.limits.maxConnections + workers - 1) / workers)
+        s.pipePoolSize = config.limits.pipePool
+        s.pipeSizeBytes = config.limits.pipeSize
+        s.bufferCount = config.limits.bufferCount
+        s.bufferSizeBytes = config.limits.bufferSize
+        s.connectTimeoutMs = config.timeouts.connectMs
+        s.idleTimeoutMs = config.timeouts.idleMs
+        s.shutdownTimeoutMs = config.timeouts.shutdownMs
+        s.connectRetries = config.connectRetries
+        s.ringEntries = ringEntries
+        return s
+    }
+
+    /// Runs until SIGTERM or SIGINT and every worker has stopped.
+    /// Returns the process exit status.
+    public func run() throws -> Int32 {
+        signal(SIGPIPE, SIG_IGN)
+        // Block the stop signals before any thread starts, so they are only
+        // ever taken by sigwait below, never by a worker mid-operation.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, s) }
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+        let fdLimit = Daemon.raiseDescriptorLimit()
+        let workers = workerCount
+        let listeners = try bindListeners(workers: workers)
+
+        let started = Mutex<[Result<Int32, SystemError>?]>(Array(repeating: nil, count: workers))
+        let finished = Mutex<[WorkerCounters?]>(Array(repeating: nil, count: workers))
+        var threads: [Thread] = []
+        for w in 0..<workers {
+            let settings = settings(for: w, listeners: listeners[w], workers: workers)
+            let logger = self.logger
+            let t = Thread {
+                // The ring is created on the thread that will submit to it:
+                // SINGLE_ISSUER binds it to its creator.
+                let worker: Worker
+                do {
+                    worker = try Worker(settings: settings, logger: logger)
+                } catch let e as SystemError {
+                    started.withLock { $0[w] = .failure(e) }
+                    return
+                } catch {
+                    started.withLock { $0[w] = .failure(SystemError("worker \(w)", errno: EINVAL)) }
+                    return
+                }
+                started.withLock { $0[w] = .success(worker.stopHandle) }
+                worker.run()
+                finished.withLock { $0[w] = worker.counters }
+            }
+            t.name = "stickyd-w\(w)"
+            t.start()
+            threads.append(t)
+        }
+
+        // Wait (bounded) for every worker to report in.
+        var handles: [Int32] = []
+        for _ in 0..<2000 {
+            let snapshot = started.withLock { $0 }
+            if snapshot.allSatisfy({ $0 != nil }) {
+                for r in snapshot {
+                    switch r! {
+                    case .success(let h): handles.append(h)
+                    case .failure(let e):
+                        for case .success(let h) in snapshot.compactMap({ $0 }) { Worker.requestStop(wakeFD: h) }
+                        throw e
+                    }
+                }
+                break
+            }
+            usleep(5000)
+        }
+        guard handles.count == workers else {
+            throw SystemError("worker start (timed out)", errno: ETIMEDOUT)
+        }
+
+        logger.info("ready", metadata: [
+            "listeners": "\(config.listeners.map { "\($0.address)->\($0.pool)" }.joined(separator: ","))",
+            "workers": "\(workers)",
+            "engine": "\(config.engine.rawValue)",
+            "max_connections": "\(config.limits.maxConnections)",
+            "nofile": "\(fdLimit)",
+        ])
+
+        var caught: Int32 = 0
+        while true {
+            guard sigwait(&signals, &caught) == 0 else { continue }
+            if caught == SIGHUP {
+                logger.notice("SIGHUP: reload is not supported yet; configuration unchanged")
+                continue
+            }
+            logger.notice("stopping: no new connections; open ones may finish",
+                          metadata: ["signal": "\(caught)", "deadline_ms": "\(config.timeouts.shutdownMs)"])
+            break
+        }
+        for h in handles { Worker.requestStop(wakeFD: h) }
+        // Join: poll the finished flags; a worker stops by its deadline.
+        while finished.withLock({ $0.contains { $0 == nil } }) { usleep(10_000) }
+        let totals = finished.withLock { $0.compactMap { $0 } }
+        let accepted = totals.reduce(0) { $0 + $1.accepted }
+        logger.info("stopped", metadata: [
+            "accepted": "\(accepted)",
+            "bytes_up": "\(totals.reduce(0) { $0 + $1.bytesUp })",
+            "bytes_down": "\(totals.reduce(0) { $0 + $1.bytesDown })",
+            "connect_errors": "\(totals.reduce(0) { $0 + $1.connectErrors })",
+        ])
+        _ = threads
+        return 0
+    }
+}

@@ -1,0 +1,896 @@
+import CURing
+import CURingShim
+import Glibc
+import Logging
+import StickyCore
+
+/// What one worker needs to run. Built by the daemon from the config.
+public struct WorkerSettings: Sendable {
+    public struct Listener: Sendable {
+        public var fd: Int32
+        public var pool: Int
+        public init(fd: Int32, pool: Int) {
+            self.fd = fd
+            self.pool = pool
+        }
+    }
+
+    public var index = 0
+    public var engine: ForwardingEngine = .splice
+    public var listeners: [Listener] = []
+    public var pools: [[TargetSpec]] = []
+    public var connectionsMax = 1024
+    public var pipePoolSize = 256
+    public var pipeSizeBytes = 65536
+    public var bufferCount = 1024
+    public var bufferSizeBytes = 16384
+    public var connectTimeoutMs: Millis = 3000
+    public var idleTimeoutMs: Millis = 300_000
+    public var shutdownTimeoutMs: Millis = 60_000
+    public var connectRetries = 2
+    public var ringEntries: UInt32 = 1024
+    /// Accepted connections held while every slot is busy, before the
+    /// listener is paused; beyond it a connection is closed and counted.
+    public var acceptBacklogMax = 256
+
+    public init() {}
+}
+
+/// Counters a worker keeps; the control plane reads copies.
+public struct WorkerCounters: Sendable {
+    public var accepted: UInt64 = 0
+    public var active = 0
+    public var rejectedFull: UInt64 = 0
+    public var acceptErrors: UInt64 = 0
+    public var acceptPauses: UInt64 = 0
+    public var descriptorExhaustion: UInt64 = 0
+    public var connectErrors: UInt64 = 0
+    public var connectTimeouts: UInt64 = 0
+    public var connectRetries: UInt64 = 0
+    public var bytesUp: UInt64 = 0
+    public var bytesDown: UInt64 = 0
+    public var closed: [UInt64] = Array(repeating: 0, count: CloseReason.allCases.count)
+    public var pipeWaits: UInt64 = 0
+    public var bufferStarvations: UInt64 = 0
+    public var sqFullFlushes = 0
+    public init() {}
+}
+
+/// One event loop: one ring, one thread, its own listeners (one per
+/// configured listener, in a SO_REUSEPORT group), its own connections.
+///
+/// The loop reaps a batch of completions into a local array and advances the
+/// CQ first, then handles them: a handler may submit, but never runs another
+/// handler, so nothing recurses.
+public final class Worker {
+    public typealias Policy = WeightedRoundRobin
+
+    let settings: WorkerSettings
+    let ring: Ring
+    let logger: Logger
+    let slots: UnsafeMutablePointer<Slot>
+    let slotCount: Int
+    var freeHead: Int32 = -1
+    var idleHead: Int32 = -1
+    var idleTail: Int32 = -1
+    var policies: [Policy]
+    /// Target addresses per pool, built once so a connect SQE can point at
+    /// them: the kernel reads the address at submission.
+    let targetAddresses: [[UnsafeMutablePointer<sockaddr_storage>]]
+    let targetAddressLengths: [[socklen_t]]
+    let pipes: PipePool?
+    var buffers: BufferRing?
+    /// Copy engine: FIFO links and lengths per buffer id.
+    let bufferNext: UnsafeMutablePointer<UInt16>
+    let bufferLength: UnsafeMutablePointer<UInt32>
+
+    var listenerFDs: [Int32]
+    var acceptArmed: [Bool]
+    var acceptPaused = false
+    var acceptRetryArmed = false
+    /// Accepted descriptors waiting for a free slot.
+    var acceptBacklog: [Int32] = []
+    var acceptBacklogPool: [Int] = []
+
+    /// Directions waiting for a pipe (splice) or buffers (copy), encoded as
+    /// slot index << 1 | direction, with the generation alongside.
+    var waiting: [(slot: Int32, generation: UInt32, down: Bool)] = []
+    var resourcesFreed = false
+
+    public private(set) var counters = WorkerCounters()
+    var now: Millis = 0
+    var stopping = false
+    var stopDeadline: Millis = 0
+    var running = true
+
+    let wakeFD: Int32
+    let wakeBuffer: UnsafeMutablePointer<UInt64>
+    let connectTimeout: UnsafeMutablePointer<__kernel_timespec>
+    let tickTimeout: UnsafeMutablePointer<__kernel_timespec>
+    let acceptRetryTimeout: UnsafeMutablePointer<__kernel_timespec>
+    let tickMs: Millis
+
+    static let pollMask = UInt32(POLLIN) | UInt32(UInt16(bitPattern: sticky_pollrdhup)) | UInt32(POLLERR) | UInt32(POLLHUP)
+    static let batchMax = 256
+
+    public init(settings: WorkerSettings, logger: Logger) throws {
+        self.settings = settings
+        self.logger = logger
+        // Multishot operations post many completions per submission; size
+        // the CQ well above the SQ so bursts overflow rarely.
+        ring = try Ring(entries: settings.ringEntries, cqEntries: max(settings.ringEntries * 8, 64))
+        slotCount = settings.connectionsMax
+        slots = .allocate(capacity: slotCount)
+        slots.initialize(repeating: Slot(), count: slotCount)
+        for i in 0..<slotCount { slots[i].next = i + 1 < slotCount ? Int32(i + 1) : -1 }
+        freeHead = slotCount > 0 ? 0 : -1
+        policies = settings.pools.map { Policy(targets: $0) }
+
+        var addrs: [[UnsafeMutablePointer<sockaddr_storage>]] = []
+        var lens: [[socklen_t]] = []
+        for pool in settings.pools {
+            var a: [UnsafeMutablePointer<sockaddr_storage>] = []
+            var l: [socklen_t] = []
+            for t in pool {
+                let (ss, len) = Sockets.storage(for: t.address)
+                let p = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: 1)
+                p.initialize(to: ss)
+                a.append(p)
+                l.append(len)
+            }
+            addrs.append(a)
+            lens.append(l)
+        }
+        targetAddresses = addrs
+        targetAddressLengths = lens
+
+        switch settings.engine {
+        case .splice:
+            pipes = PipePool(capacity: settings.pipePoolSize, pipeSizeBytes: settings.pipeSizeBytes)
+        case .copy:
+            pipes = nil
+        }
+        let nbuf = settings.engine == .copy ? settings.bufferCount : 1
+        bufferNext = .allocate(capacity: nbuf)
+        bufferNext.initialize(repeating: Direction.noBuffer, count: nbuf)
+        bufferLength = .allocate(capacity: nbuf)
+        bufferLength.initialize(repeating: 0, count: nbuf)
+
+        listenerFDs = settings.listeners.map(\.fd)
+        acceptArmed = Array(repeating: false, count: settings.listeners.count)
+
+        let efd = eventfd(0, Int32(EFD_CLOEXEC))
+        guard efd >= 0 else { throw SystemError("eventfd", errno: errno) }
+        wakeFD = efd
+        wakeBuffer = .allocate(capacity: 1)
+        wakeBuffer.initialize(to: 0)
+        func timespec(_ ms: Millis) -> UnsafeMutablePointer<__kernel_timespec> {
+            let p = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: 1)
+            p.initialize(to: __kernel_timespec(tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000))
+            return p
+        }
+        connectTimeout = timespec(settings.connectTimeoutMs)
+        // The idle sweep's resolution: a quarter of the idle timeout, kept
+        // between 50 ms (cheap enough) and 1 s (prompt enough).
+        tickMs = min(1000, max(50, settings.idleTimeoutMs / 4))
+        tickTimeout = timespec(tickMs)
+        // EMFILE backoff: long enough not to spin, short enough to recover fast.
+        acceptRetryTimeout = timespec(100)
+
+        if settings.engine == .copy {
+            buffers = try BufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSizeBytes)
+        }
+    }
+
+    deinit {
+        slots.deinitialize(count: slotCount)
+        slots.deallocate()
+        for pool in targetAddresses { for p in pool { p.deallocate() } }
+        bufferNext.deallocate()
+        bufferLength.deallocate()
+        wakeBuffer.deallocate()
+        connectTimeout.deallocate()
+        tickTimeout.deallocate()
+        acceptRetryTimeout.deallocate()
+        close(wakeFD)
+    }
+
+    /// Asks the worker, from any thread, to stop gracefully: stop accepting,
+    /// let connections finish until the shutdown deadline, then exit.
+    public static func requestStop(wakeFD: Int32) {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    public var stopHandle: Int32 { wakeFD }
+
+    @inline(__always)
+    static func clock() -> Millis {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+        return Millis(ts.tv_sec) * 1000 + Millis(ts.tv_nsec / 1_000_000)
+    }
+
+    // MARK: - Loop
+
+    /// Runs until stopped and every connection has ended.
+    public func run() {
+        now = Worker.clock()
+        for i in listenerFDs.indices { armAccept(i) }
+        armWake()
+        armTick()
+        let cqes = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: Worker.batchMax)
+        let batch = UnsafeMutablePointer<(UInt64, Int32, UInt32)>.allocate(capacity: Worker.batchMax)
+        defer {
+            cqes.deallocate()
+            batch.deallocate()
+        }
+        while running {
+            ring.submitAndWait(timeoutMs: nil)
+            now = Worker.clock()
+            while true {
+                let n = ring.peekBatch(cqes, max: UInt32(Worker.batchMax))
+                if n == 0 { break }
+                for i in 0..<n {
+                    let c = cqes[i]!.pointee
+                    batch[i] = (c.user_data, c.res, c.flags)
+                }
+                ring.advance(n)
+                for i in 0..<n {
+                    let (ud, res, flags) = batch[i]
+                    dispatch(UserData(raw: ud), res, flags)
+                }
+                if resourcesFreed { serveWaiting() }
+            }
+            if stopping && counters.active == 0 && acceptBacklog.isEmpty { running = false }
+        }
+        counters.sqFullFlushes = ring.sqFullFlushes
+    }
+
+    @inline(__always)
+    func dispatch(_ ud: UserData, _ res: Int32, _ flags: UInt32) {
+        switch ud.op {
+        case .ignore, .cancelAccept:
+            return
+        case .accept:
+            onAccept(Int(ud.index), res, flags)
+        case .tick:
+            onTick()
+        case .wake:
+            onWake(res)
+        case .acceptRetry:
+            acceptRetryArmed = false
+            if !stopping { resumeAccepting() }
+        default:
+            let i = Int(ud.index)
+            precondition(i < slotCount, "completion for a slot out of range")
+            precondition(slots[i].generation & UserData.generationMask == ud.generation,
+                         "completion for a reused slot: an operation outlived its connection")
+            onSlotCompletion(i, ud.op, res, flags)
+        }
+    }
+
+    func onSlotCompletion(_ i: Int, _ op: Op, _ res: Int32, _ flags: UInt32) {
+        let more = flags & UInt32(IORING_CQE_F_MORE) != 0
+        if !more { slots[i].inflight -= 1 }
+        switch op {
+        case .connect:
+            onConnect(i, res)
+        case .connectTimeout, .cancel, .close:
+            break
+        case .pollClient, .pollBackend:
+            onPoll(i, client: op == .pollClient, res, more)
+        case .writableClient, .writableBackend:
+            onWritable(i, client: op == .writableClient)
+        case .recvClient, .recvBackend:
+            onRecv(i, client: op == .recvClient, res, flags, more)
+        case .sendClient, .sendBackend:
+            onSend(i, toClient: op == .sendClient, res)
+        default:
+            preconditionFailure("unexpected operation \(op) on a connection slot")
+        }
+        if slots[i].state == .closing && slots[i].inflight == 0 { release(i) }
+    }
+
+    // MARK: - Submission helpers
+
+    @inline(__always)
+    func userData(_ op: Op, _ i: Int) -> UInt64 {
+        UserData(op: op, generation: slots[i].generation, index: UInt32(i)).raw
+    }
+
+    func armWake() {
+        let s = ring.sqe()
+        io_uring_prep_read(s, wakeFD, wakeBuffer, 8, 0)
+        io_uring_sqe_set_data64(s, UserData(op: .wake, generation: 0, index: 0).raw)
+    }
+
+    func armTick() {
+        let s = ring.sqe()
+        io_uring_prep_timeout(s, tickTimeout, 0, 0)
+        io_uring_sqe_set_data64(s, UserData(op: .tick, generation: 0, index: 0).raw)
+    }
+
+    func armAccept(_ l: Int) {
+        guard !acceptArmed[l], listenerFDs[l] >= 0 else { return }
+        let s = ring.sqe()
+        io_uring_prep_multishot_accept(s, listenerFDs[l], nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+        io_uring_sqe_set_data64(s, UserData(op: .accept, generation: 0, index: UInt32(l)).raw)
+        acceptArmed[l] = true
+    }
+
+    // MARK: - Accept
+
+    func onAccept(_ l: Int, _ res: Int32, _ flags: UInt32) {
+        if flags & UInt32(IORING_CQE_F_MORE) == 0 { acceptArmed[l] = false }
+        if res >= 0 {
+            counters.accepted += 1
+            admit(res, pool: settings.listeners[l].pool)
+        } else if res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM {
+            // Out of descriptors or memory: stop accepting for a while
+            // instead of spinning on the error, and say so (rarely).
+            counters.descriptorExhaustion += 1
+            if counters.descriptorExhaustion & (counters.descriptorExhaustion - 1) == 0 {
+                logger.warning("accept paused: out of descriptors or memory",
+                               metadata: ["errno": "\(-res)", "times": "\(counters.descriptorExhaustion)"])
+            }
+            pauseAccepting()
+            armAcceptRetry()
+            return
+        } else if res != -ECANCELED {
+            counters.acceptErrors += 1
+        }
+        if !acceptArmed[l] && !acceptPaused && !stopping { armAccept(l) }
+    }
+
+    func armAcceptRetry() {
+        guard !acceptRetryArmed else { return }
+        acceptRetryArmed = true
+        let s = ring.sqe()
+        io_uring_prep_timeout(s, acceptRetryTimeout, 0, 0)
+        io_uring_sqe_set_data64(s, UserData(op: .acceptRetry, generation: 0, index: 0).raw)
+    }
+
+    func pauseAccepting() {
+        guard !acceptPaused else { return }
+        acceptPaused = true
+        counters.acceptPauses += 1
+        for l in listenerFDs.indices where acceptArmed[l] {
+            let s = ring.sqe()
+            io_uring_prep_cancel64(s, UserData(op: .accept, generation: 0, index: UInt32(l)).raw, 0)
+            io_uring_sqe_set_data64(s, UserData(op: .cancelAccept, generation: 0, index: UInt32(l)).raw)
+        }
+    }
+
+    func resumeAccepting() {
+        guard acceptPaused, freeHead >= 0, !stopping else { return }
+        acceptPaused = false
+        for l in listenerFDs.indices { armAccept(l) }
+    }
+
+    /// Takes an accepted descriptor into a slot, or holds it until one frees.
+    func admit(_ fd: Int32, pool: Int) {
+        guard freeHead >= 0 else {
+            if acceptBacklog.count < settings.acceptBacklogMax {
+                acceptBacklog.append(fd)
+                acceptBacklogPool.append(pool)
+            } else {
+                counters.rejectedFull += 1
+                Sockets.setResetOnClose(fd)
+                close(fd)
+            }
+            pauseAccepting()
+            return
+        }
+        guard let peer = Sockets.peer(of: fd) else {
+            // The client already went away (ENOTCONN).
+            close(fd)
+            return
+        }
+        let i = Int(freeHead)
+        freeHead = slots[i].next
+        let generation = slots[i].generation
+        slots[i] = Slot()
+        slots[i].generation = generation
+        slots[i].state = .connecting
+        slots[i].clientFD = fd
+        slots[i].pool = Int32(pool)
+        slots[i].client = peer.ip
+        slots[i].lastActive = now
+        counters.active += 1
+        if freeHead < 0 { pauseAccepting() }
+        connect(i)
+    }
+
+    // MARK: - Connect
+
+    func connect(_ i: Int) {
+        let pool = Int(slots[i].pool)
+        guard let p = policies[pool].place(client: slots[i].client, now: now, excluding: slots[i].excluded) else {
+            beginClose(i, .noTarget)
+            return
+        }
+        let t = Int(p.target)
+        let family = targetAddresses[pool][t].pointee.ss_family
+        let fd = socket(Int32(family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else {
+            counters.descriptorExhaustion += 1
+            beginClose(i, .resources, reset: true)
+            return
+        }
+        Sockets.setNoDelay(fd)
+        slots[i].placement = p
+        slots[i].backendFD = fd
+        slots[i].connectAttempts += 1
+        ring.reserve(2)
+        let c = ring.sqe()
+        targetAddresses[pool][t].withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            io_uring_prep_connect(c, fd, $0, targetAddressLengths[pool][t])
+        }
+        c.pointee.flags |= UInt8(sticky_iosqe_io_link)
+        io_uring_sqe_set_data64(c, userData(.connect, i))
+        let tsq = ring.sqe()
+        io_uring_prep_link_timeout(tsq, connectTimeout, 0)
+        io_uring_sqe_set_data64(tsq, userData(.connectTimeout, i))
+        slots[i].inflight += 2
+    }
+
+    func onConnect(_ i: Int, _ res: Int32) {
+        guard slots[i].state == .connecting else { return }
+        let pool = Int(slots[i].pool)
+        if res == 0 {
+            slots[i].state = .open
+            slots[i].placed = true
+            policies[pool].opened(slots[i].placement, client: slots[i].client, now: now)
+            slots[i].lastActive = now
+            idleAppend(i)
+            switch settings.engine {
+            case .splice:
+                armPoll(i, client: true)
+                armPoll(i, client: false)
+            case .copy:
+                armRecv(i, client: true)
+                armRecv(i, client: false)
+            }
+            return
+        }
+        // A refused or timed-out connect: this target failed this client.
+        // -ECANCELED here means the linked timeout fired first.
+        if res == -ECANCELED { counters.connectTimeouts += 1 } else { counters.connectErrors += 1 }
+        close(slots[i].backendFD)
+        slots[i].backendFD = -1
+        policies[pool].connectFailed(slots[i].placement, client: slots[i].client, now: now)
+        let failed = Int(slots[i].placement.target)
+        if failed < TargetMask.capacity { slots[i].excluded.insert(failed) }
+        if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping {
+            counters.connectRetries += 1
+            connect(i)
+        } else {
+            beginClose(i, .connectFailed)
+        }
+    }
+
+    // MARK: - Splice engine
+
+    func armPoll(_ i: Int, client: Bool) {
+        let fd = client ? slots[i].clientFD : slots[i].backendFD
+        let s = ring.sqe()
+        io_uring_prep_poll_multishot(s, fd, Worker.pollMask)
+        io_uring_sqe_set_data64(s, userData(client ? .pollClient : .pollBackend, i))
+        slots[i].inflight += 1
+        if client { slots[i].clientPollArmed = true } else { slots[i].backendPollArmed = true }
+    }
+
+    func armWritable(_ i: Int, client: Bool) {
+        let fd = client ? slots[i].clientFD : slots[i].backendFD
+        let s = ring.sqe()
+        io_uring_prep_poll_add(s, fd, UInt32(POLLOUT))
+        io_uring_sqe_set_data64(s, userData(client ? .writableClient : .writableBackend, i))
+        slots[i].inflight += 1
+    }
+
+    func onPoll(_ i: Int, client: Bool, _ res: Int32, _ more: Bool) {
+        if !more {
+            if client { slots[i].clientPollArmed = false } else { slots[i].backendPollArmed = false }
+        }
+        guard slots[i].state == .open else { return }
+        // Readable client feeds `up`; readable backend feeds `down`.
+        let down = !client
+        if res >= 0 {
+            switch settings.engine {
+            case .splice: pump(i, down: down)
+            case .copy: break
+            }
+        }
+        guard slots[i].state == .open else { return }
+        let stillReading = down ? !slots[i].down.sourceEOF : !slots[i].up.sourceEOF
+        if !more && stillReading {
+            if client { if !slots[i].clientPollArmed { armPoll(i, client: true) } }
+            else if !slots[i].backendPollArmed { armPoll(i, client: false) }
+        }
+    }
+
+    func onWritable(_ i: Int, client: Bool) {
+        // A writable client drains `down`; a writable backend drains `up`.
+        let down = client
+        if down { slots[i].down.awaitingWritable = false } else { slots[i].up.awaitingWritable = false }
+        guard slots[i].state == .open else { return }
+        switch settings.engine {
+        case .splice: pump(i, down: down)
+        case .copy: break
+        }
+    }
+
+    /// Moves bytes source → pipe → destination with non-blocking splice(2)
+    /// until the source is empty or the destination is full.
+    func pump(_ i: Int, down: Bool) {
+        guard let pipes else { return }
+        var d = down ? slots[i].down : slots[i].up
+        if d.awaitingWritable || d.awaitingPipe || d.finished { return }
+        let src = down ? slots[i].backendFD : slots[i].clientFD
+        let dst = down ? slots[i].clientFD : slots[i].backendFD
+        var moved = false
+        var outcome: CloseReason = .none
+        loop: while true {
+            if d.pipeBytes > 0 {
+                let n = sticky_splice(pipes.readFD(d.pipe), dst, Int(d.pipeBytes))
+                if n > 0 {
+                    d.pipeBytes -= Int32(n)
+                    d.bytes += UInt64(n)
+                    moved = true
+                    continue
+                }
+                if n == -Int(EAGAIN) {
+                    d.awaitingWritable = true
+                    armWritable(i, client: down)
+                    break loop
+                }
+                outcome = .reset
+                break loop
+            }
+            if d.sourceEOF {
+                if d.pipe >= 0 {
+                    pipes.release(d.pipe)
+                    d.pipe = -1
+                    resourcesFreed = true
+                }
+                shutdown(dst, Int32(SHUT_WR))
+                d.finished = true
+                break loop
+            }
+            if d.pipe < 0 {
+                guard let p = pipes.acquire() else {
+                    d.awaitingPipe = true
+                    counters.pipeWaits += 1
+                    waiting.append((Int32(i), slots[i].generation, down))
+                    break loop
+                }
+                d.pipe = p
+            }
+            let n = sticky_splice(src, pipes.writeFD(d.pipe), Int(pipes.pipeSizeBytes))
+            if n > 0 {
+                d.pipeBytes = Int32(n)
+                continue
+            }
+            if n == 0 {
+                d.sourceEOF = true
+                continue
+            }
+            if n == -Int(EAGAIN) {
+                // Source drained: give the empty pipe back so idle
+                // connections hold none.
+                pipes.release(d.pipe)
+                d.pipe = -1
+                resourcesFreed = true
+                break loop
+            }
+            outcome = .reset
+            break loop
+        }
+        if down { slots[i].down = d } else { slots[i].up = d }
+        if moved { touch(i) }
+        if outcome != .none {
+            beginClose(i, outcome, reset: true)
+        } else if slots[i].up.finished && slots[i].down.finished {
+            beginClose(i, .done)
+        }
+    }
+
+    // MARK: - Copy engine
+
+    func armRecv(_ i: Int, client: Bool) {
+        let fd = client ? slots[i].clientFD : slots[i].backendFD
+        let s = ring.sqe()
+        io_uring_prep_recv_multishot(s, fd, nil, 0, 0)
+        s.pointee.flags |= UInt8(sticky_iosqe_buffer_select)
+        s.pointee.buf_group = BufferRing.group
+        io_uring_sqe_set_data64(s, userData(client ? .recvClient : .recvBackend, i))
+        slots[i].inflight += 1
+        if client { slots[i].up.receiving = true } else { slots[i].down.receiving = true }
+    }
+
+    /// Queued buffers above which a direction stops receiving: bounds what
+    /// one slow reader can pin of the shared ring.
+    static let queueHighWater: UInt16 = 8
+
+    func onRecv(_ i: Int, client: Bool, _ res: Int32, _ flags: UInt32, _ more: Bool) {
+        guard let buffers else { return }
+        let down = !client
+        var d = down ? slots[i].down : slots[i].up
+        if !more { d.receiving = false }
+        var outcome: CloseReason = .none
+        if flags & UInt32(IORING_CQE_F_BUFFER) != 0 {
+            let bid = UInt16(truncatingIfNeeded: flags >> 16)
+            buffers.taken()
+            if res > 0 && slots[i].state == .open {
+                bufferLength[Int(bid)] = UInt32(res)
+                bufferNext[Int(bid)] = Direction.noBuffer
+                if d.queueTail == Direction.noBuffer { d.queueHead = bid } else { bufferNext[Int(d.queueTail)] = bid }
+                d.queueTail = bid
+                d.queuedBuffers += 1
+            } else {
+                buffers.recycle(bid)
+                resourcesFreed = true
+            }
+        } else if res == 0 {
+            d.sourceEOF = true
+        } else if res == -ENOBUFS {
+            d.starved = true
+            counters.bufferStarvations += 1
+            waiting.append((Int32(i), slots[i].generation, down))
+        } else if res < 0 && res != -ECANCELED {
+            outcome = .reset
+        }
+        if down { slots[i].down = d } else { slots[i].up = d }
+        guard slots[i].state == .open else { return }
+        if outcome != .none {
+            beginClose(i, outcome, reset: true)
+            return
+        }
+        if res > 0 { touch(i) }
+        flush(i, down: down)
+    }
+
+    /// Sends the head of a direction's queue if nothing is in flight, passes
+    /// EOF on once the queue is empty, and applies receive backpressure.
+    func flush(_ i: Int, down: Bool) {
+        guard let buffers, slots[i].state == .open else { return }
+        var d = down ? slots[i].down : slots[i].up
+        let dst = down ? slots[i].clientFD : slots[i].backendFD
+        if !d.sending && d.queueHead != Direction.noBuffer {
+            let bid = d.queueHead
+            let s = ring.sqe()
+            io_uring_prep_send(s, dst, buffers.address(bid) + Int(d.headOffset),
+                               Int(bufferLength[Int(bid)] - d.headOffset), Int32(MSG_NOSIGNAL))
+            io_uring_sqe_set_data64(s, userData(down ? .sendClient : .sendBackend, i))
+            slots[i].inflight += 1
+            d.sending = true
+        }
+        if !d.sending && d.queueHead == Direction.noBuffer && d.sourceEOF && !d.finished {
+            shutdown(dst, Int32(SHUT_WR))
+            d.finished = true
+        }
+        // Backpressure: stop receiving while the queue is long; resume when
+        // it has drained.
+        if d.queuedBuffers >= Worker.queueHighWater && d.receiving && !d.recvPaused {
+            d.recvPaused = true
+            let s = ring.sqe()
+            io_uring_prep_cancel64(s, userData(down ? .recvBackend : .recvClient, i), 0)
+            io_uring_sqe_set_data64(s, userData(.cancel, i))
+            slots[i].inflight += 1
+        } else if !d.receiving && !d.sourceEOF && !d.starved && d.queuedBuffers == 0 {
+            d.recvPaused = false
+            if down { slots[i].down = d } else { slots[i].up = d }
+            armRecv(i, client: !down)
+            d = down ? slots[i].down : slots[i].up
+        }
+        if down { slots[i].down = d } else { slots[i].up = d }
+        if slots[i].up.finished && slots[i].down.finished { beginClose(i, .done) }
+    }
+
+    func onSend(_ i: Int, toClient: Bool, _ res: Int32) {
+        guard let buffers else { return }
+        let down = toClient
+        var d = down ? slots[i].down : slots[i].up
+        d.sending = false
+        if res > 0 {
+            d.headOffset += UInt32(res)
+            d.bytes += UInt64(res)
+            let bid = d.queueHead
+            if d.headOffset >= bufferLength[Int(bid)] {
+                d.queueHead = bufferNext[Int(bid)]
+                if d.queueHead == Direction.noBuffer { d.queueTail = Direction.noBuffer }
+                d.queuedBuffers -= 1
+                d.headOffset = 0
+                buffers.recycle(bid)
+                resourcesFreed = true
+            }
+        }
+        if down { slots[i].down = d } else { slots[i].up = d }
+        guard slots[i].state == .open else { return }
+        if res < 0 {
+            beginClose(i, .reset, reset: true)
+            return
+        }
+        touch(i)
+        flush(i, down: down)
+    }
+
+    /// Wakes directions that waited for a pipe or for buffers.
+    func serveWaiting() {
+        resourcesFreed = false
+        guard !waiting.isEmpty else { return }
+        let list = waiting
+        waiting.removeAll(keepingCapacity: true)
+        for (index, generation, down) in list {
+            let i = Int(index)
+            guard slots[i].generation == generation, slots[i].state == .open else { continue }
+            switch settings.engine {
+            case .splice:
+                if down { slots[i].down.awaitingPipe = false } else { slots[i].up.awaitingPipe = false }
+                pump(i, down: down)
+            case .copy:
+                if down { slots[i].down.starved = false } else { slots[i].up.starved = false }
+                flush(i, down: down)
+            }
+        }
+    }
+
+    // MARK: - Idle list
+
+    func idleAppend(_ i: Int) {
+        slots[i].prev = idleTail
+        slots[i].next = -1
+        if idleTail >= 0 { slots[Int(idleTail)].next = Int32(i) } else { idleHead = Int32(i) }
+        idleTail = Int32(i)
+        slots[i].onIdleList = true
+    }
+
+    func idleRemove(_ i: Int) {
+        guard slots[i].onIdleList else { return }
+        let p = slots[i].prev, n = slots[i].next
+        if p >= 0 { slots[Int(p)].next = n } else { idleHead = n }
+        if n >= 0 { slots[Int(n)].prev = p } else { idleTail = p }
+        slots[i].onIdleList = false
+        slots[i].prev = -1
+        slots[i].next = -1
+    }
+
+    /// Marks activity: the list stays ordered by last activity, so the idle
+    /// sweep only ever looks at its head.
+    @inline(__always)
+    func touch(_ i: Int) {
+        slots[i].lastActive = now
+        if idleTail != Int32(i) {
+            idleRemove(i)
+            idleAppend(i)
+        }
+    }
+
+    func onTick() {
+        armTick()
+        var h = idleHead
+        while h >= 0 {
+            let i = Int(h)
+            guard now - slots[i].lastActive >= settings.idleTimeoutMs else { break }
+            h = slots[i].next
+            beginClose(i, .idleTimeout)
+        }
+        if stopping && now >= stopDeadline {
+            // Deadline passed: what is left is cut with a reset.
+            var h = idleHead
+            while h >= 0 {
+                let i = Int(h)
+                h = slots[i].next
+                beginClose(i, .shutdown, reset: true)
+            }
+            for i in 0..<slotCount where slots[i].state == .connecting {
+                beginClose(i, .shutdown, reset: true)
+            }
+        }
+    }
+
+    func onWake(_ res: Int32) {
+        if !stopping {
+            stopping = true
+            stopDeadline = now + settings.shutdownTimeoutMs
+            for l in listenerFDs.indices where listenerFDs[l] >= 0 {
+                // A pending accept holds the listening socket open too.
+                ring.reserve(2)
+                let c = ring.sqe()
+                io_uring_prep_cancel_fd(c, listenerFDs[l], UInt32(IORING_ASYNC_CANCEL_ALL))
+                c.pointee.flags |= UInt8(sticky_iosqe_io_hardlink)
+                io_uring_sqe_set_data64(c, 0)
+                let s = ring.sqe()
+                io_uring_prep_close(s, listenerFDs[l])
+                io_uring_sqe_set_data64(s, 0)
+                listenerFDs[l] = -1
+                acceptArmed[l] = false
+            }
+            for fd in acceptBacklog { close(fd) }
+            acceptBacklog.removeAll()
+            acceptBacklogPool.removeAll()
+        }
+        armWake()
+    }
+
+    // MARK: - Close
+
+    /// Starts closing a connection: cancels every operation on each of its
+    /// descriptors, then closes them, each pair as one hard-linked chain.
+    func beginClose(_ i: Int, _ reason: CloseReason, reset: Bool = false) {
+        guard slots[i].state != .closing, slots[i].state != .free else { return }
+        slots[i].state = .closing
+        slots[i].closeReason = reason
+        idleRemove(i)
+        if slots[i].clientFD >= 0 {
+            cancelAndClose(slots[i].clientFD, i, reset: reset)
+            slots[i].clientFD = -1
+        }
+        if slots[i].backendFD >= 0 {
+            cancelAndClose(slots[i].backendFD, i, reset: reset)
+            slots[i].backendFD = -1
+        }
+    }
+
+    /// A pending poll or recv holds a reference to the socket, so close(2)
+    /// alone would leave it open: cancel first, then close, hard-linked so
+    /// the close runs even when there was nothing to cancel.
+    func cancelAndClose(_ fd: Int32, _ i: Int, reset: Bool) {
+        if reset { Sockets.setResetOnClose(fd) }
+        ring.reserve(2)
+        let c = ring.sqe()
+        io_uring_prep_cancel_fd(c, fd, UInt32(IORING_ASYNC_CANCEL_ALL))
+        c.pointee.flags |= UInt8(sticky_iosqe_io_hardlink)
+        io_uring_sqe_set_data64(c, userData(.cancel, i))
+        let s = ring.sqe()
+        io_uring_prep_close(s, fd)
+        io_uring_sqe_set_data64(s, userData(.close, i))
+        slots[i].inflight += 2
+    }
+
+    /// Gives back a finished direction's pipe or queued buffers.
+    func returnResources(_ d: Direction) {
+        if let pipes, d.pipe >= 0 {
+            if d.pipeBytes == 0 { pipes.release(d.pipe) } else { pipes.discard(d.pipe) }
+            resourcesFreed = true
+        }
+        if let buffers, d.queueHead != Direction.noBuffer {
+            var b = d.queueHead
+            while b != Direction.noBuffer {
+                let next = bufferNext[Int(b)]
+                buffers.recycle(b)
+                b = next
+            }
+            resourcesFreed = true
+        }
+    }
+
+    /// Returns a slot whose every operation has completed to the free list.
+    func release(_ i: Int) {
+        precondition(slots[i].inflight == 0, "slot released with operations in flight")
+        precondition(slots[i].clientFD < 0, "slot released with its client descriptor open")
+        precondition(slots[i].backendFD < 0, "slot released with its backend descriptor open")
+        let pool = Int(slots[i].pool)
+        if slots[i].placed {
+            policies[pool].closed(slots[i].placement, client: slots[i].client, now: now)
+        }
+        counters.bytesUp &+= slots[i].up.bytes
+        counters.bytesDown &+= slots[i].down.bytes
+        counters.closed[Int(slots[i].closeReason.rawValue)] += 1
+        returnResources(slots[i].up)
+        returnResources(slots[i].down)
+        slots[i].generation &+= 1
+        slots[i].state = .free
+        slots[i].next = freeHead
+        freeHead = Int32(i)
+        counters.active -= 1
+        // A free slot: first serve a connection accepted while full.
+        if !acceptBacklog.isEmpty && !stopping {
+            let fd = acceptBacklog.removeFirst()
+            let pool = acceptBacklogPool.removeFirst()
+            admit(fd, pool: pool)
+        }
+        if acceptBacklog.isEmpty { resumeAccepting() }
+    }
+}
