@@ -73,3 +73,22 @@ int sticky_attach_reuseport_steering(int fd, int ipv6, unsigned prefix_len, unsi
     if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) < 0) return -errno;
     return 0;
 }
+
+int sticky_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -errno;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+int sticky_accept_nonblocking(int fd) {
+    for (;;) {
+        int r = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}

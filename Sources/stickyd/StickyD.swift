@@ -19,7 +19,7 @@ struct StickyD: ParsableCommand {
 /// editors and CI logs already know how to jump to.
 func fail(_ error: Error) -> ExitCode {
     var stderr = StandardError()
-    print("stickyd: \(error)", to: &stderr)
+    print("\(error)", to: &stderr)
     return ExitCode(1)
 }
 

@@ -37,4 +37,10 @@ int sticky_attach_reuseport_steering(int fd, int ipv6, unsigned prefix_len, unsi
 /// address as 1 (v4) or 4 (v6) big-endian 32-bit words.
 unsigned sticky_reuseport_worker(const uint32_t *words, int nwords, unsigned prefix_len, unsigned groups);
 
+/// getsockopt(SO_PEERCRED); struct ucred is _GNU_SOURCE-only. Returns 0 or -errno.
+int sticky_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// accept4(SOCK_NONBLOCK | SOCK_CLOEXEC), _GNU_SOURCE-only. Returns the fd or -errno.
+int sticky_accept_nonblocking(int fd);
+
 #endif

@@ -1,0 +1,103 @@
+# stickyd: developer entry points. `make` alone prints the list.
+#
+# Everything here works from a fresh clone on Debian 12 as root (or with sudo):
+# `make deps` installs only what is missing, and the other targets call it.
+
+SHELL         := /bin/bash
+.SHELLFLAGS   := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+# Targets run in the order they are listed, even under `make -j`.
+.NOTPARALLEL:
+
+SWIFT   ?= swift
+PYTHON  ?= python3
+CONFIG  ?= config/stickyd.yaml
+PYTEST_ARGS ?= -q
+
+# Debian packages: build deps (liburing, OpenSSL), and the tools that the
+# tests (socat) and benchmarks (iperf3, wrk, haproxy, nginx stream) use.
+APT_PACKAGES := liburing-dev libssl-dev pkg-config iperf3 wrk haproxy nginx \
+                libnginx-mod-stream socat
+# Python packages as import-name:pip-name.
+PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \
+                grpc_health.v1.health:grpcio-health-checking pytest:pytest
+
+GREETER  := examples/greeter
+PROTO_PY := $(GREETER)/helloworld_pb2.py $(GREETER)/helloworld_pb2_grpc.py
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help deps proto build build-debug run test unit integration bench clean
+
+help: ## Show this list
+	@echo "stickyd: a Layer-4 sticky TCP load balancer"
+	@echo
+	@echo "Usage: make <target>"
+	@echo
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: SWIFT=$(SWIFT) PYTHON=$(PYTHON) CONFIG=$(CONFIG) PYTEST_ARGS='$(PYTEST_ARGS)'"
+
+deps: ## Install missing Debian and Python packages (apt-get, pip)
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: apt-get install$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "deps: Debian packages present"; \
+	fi
+	@if ! $(PYTHON) -m pip --version >/dev/null 2>&1; then \
+	  echo "deps: installing pip for $(PYTHON)"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip; \
+	fi; \
+	missing=""; \
+	for spec in $(PY_PACKAGES); do \
+	  mod="$${spec%%:*}"; pkg="$${spec#*:}"; \
+	  $(PYTHON) -c "import $$mod" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: pip install$$missing"; \
+	  $(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore $$missing \
+	    || $(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages $$missing; \
+	else \
+	  echo "deps: Python packages present"; \
+	fi
+
+proto: $(PROTO_PY) ## Generate the greeter's Python gRPC code (not committed)
+
+$(PROTO_PY) &: $(GREETER)/helloworld.proto
+	$(PYTHON) -m grpc_tools.protoc -I$(GREETER) --python_out=$(GREETER) \
+	  --grpc_python_out=$(GREETER) $(GREETER)/helloworld.proto
+
+build: ## Build stickyd in release mode (.build/release/stickyd)
+	$(SWIFT) build -c release
+
+build-debug: ## Build stickyd in debug mode (.build/debug/stickyd)
+	$(SWIFT) build
+
+run: deps proto build ## Start 3 greeter pods and stickyd (CONFIG=config/stickyd.yaml); Ctrl-C stops all
+	STICKYD_BIN="$(CURDIR)/.build/release/stickyd" \
+	  CONFIG="$(CONFIG)" PYTHON="$(PYTHON)" examples/run-local.sh
+
+test: deps proto build-debug unit ## Build (debug) and run every test
+	$(MAKE) --no-print-directory integration STICKYD_BIN="$(CURDIR)/.build/debug/stickyd"
+
+unit: ## Run the Swift unit tests (swift test)
+	$(SWIFT) test
+
+integration: proto ## Run the integration tests (pytest); STICKYD_BIN defaults to the debug binary
+	STICKYD_BIN="$${STICKYD_BIN:-$(CURDIR)/.build/debug/stickyd}" \
+	  $(PYTHON) -m pytest $(PYTEST_ARGS) Tests/integration
+
+bench: deps build ## Compare stickyd with direct, HAProxy and nginx (Benchmarks/compare/run.sh)
+	bash Benchmarks/compare/run.sh
+
+clean: ## Remove build products and generated code
+	rm -rf .build .pytest_cache $(PROTO_PY) $(GREETER)/__pycache__ Tests/integration/__pycache__
