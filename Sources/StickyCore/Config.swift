@@ -30,11 +30,25 @@ public struct ListenerConfig: Sendable, Equatable {
 public struct PoolConfig: Sendable, Equatable {
     public var name: String
     public var targets: [TargetSpec]
+    /// Capacity here is the pool's total; each worker gets its share.
+    public var affinity: AffinityConfig
 
-    public init(name: String, targets: [TargetSpec]) {
+    public init(name: String, targets: [TargetSpec], affinity: AffinityConfig = AffinityConfig()) {
         self.name = name
         self.targets = targets
+        self.affinity = affinity
     }
+}
+
+/// What `drain target` does when the command does not say.
+public struct DrainDefaults: Sendable, Equatable {
+    public var mode: DrainMode = .strict
+    /// The seed's NLB connection-draining timeout.
+    public var timeoutMs: Millis = 60_000
+    /// After a strict drain's deadline, connections get a FIN; those still
+    /// open this much later are reset.
+    public var graceMs: Millis = 5_000
+    public init() {}
 }
 
 public struct Limits: Sendable, Equatable {
@@ -74,7 +88,16 @@ public struct StickyConfig: Sendable, Equatable {
     /// Further targets tried after a failed backend connect, per client connection.
     public var connectRetries = 2
     /// Path of the admin Unix socket; nil runs without one.
-    public var adminSocket: String? = nil
+    public var adminSocket: String? = StickyConfig.adminSocketDefault
+    public static let adminSocketDefault = "/run/stickyd/admin.sock"
+    /// Besides root and the daemon's own user, who may use the admin socket.
+    public var adminAllowUIDs: [Int] = []
+    public var adminAllowGIDs: [Int] = []
+    public var drain = DrainDefaults()
+    /// Where runtime state (targets changed over the admin socket, the
+    /// generated hash key) is kept across restarts; nil keeps none.
+    public var stateDir: String? = StickyConfig.stateDirDefault
+    public static let stateDirDefault = "/var/lib/stickyd"
     /// One of `StickyConfig.logLevels` (swift-log's level names).
     public var logLevel = "info"
 
@@ -195,6 +218,9 @@ public struct StickyConfig: Sendable, Equatable {
             if !pool.targets.contains(where: { $0.weight > 0 }) {
                 throw failure("\(at).targets", "\(who) has no target with a weight above 0, so no client could ever be placed")
             }
+            if let problem = pool.affinity.validate().first {
+                throw failure("\(at).affinity.\(problem.key)", "\(who): \(problem)")
+            }
         }
 
         let limitChecks: [(String, IntBound, Int)] = [
@@ -219,6 +245,18 @@ public struct StickyConfig: Sendable, Equatable {
 
         if let message = Bounds.connectRetries.check(connectRetries) { throw failure("connect_retries", message) }
 
+        for (path, value) in [("drain.timeout", drain.timeoutMs), ("drain.grace", drain.graceMs)]
+        where value <= 0 || value >= Bounds.timeoutCeiling {
+            throw failure(path, "\(path) must be more than 0 and less than \(formatDuration(Bounds.timeoutCeiling)), got \(formatDuration(value))")
+        }
+        for (path, ids) in [("admin.allow_uids", adminAllowUIDs), ("admin.allow_gids", adminAllowGIDs)] {
+            if let bad = ids.first(where: { $0 < 0 || $0 > Int(UInt32.max) }) {
+                throw failure(path, "\(path) holds \(bad), which is not a user or group id")
+            }
+        }
+        if let dir = stateDir, !dir.hasPrefix("/") {
+            throw failure("state_dir", "state_dir must be an absolute path, got '\(dir)'")
+        }
         if let socket = adminSocket {
             guard socket.hasPrefix("/") else {
                 throw failure("admin.socket", "admin.socket must be an absolute path, got '\(socket)'")

@@ -137,7 +137,8 @@ private struct NodeReader {
     mutating func config(_ root: Node) throws -> StickyConfig {
         let top = try fields(
             root, path: "", what: "the top level", prefix: "",
-            known: ["engine", "workers", "listeners", "pools", "limits", "timeouts", "connect_retries", "admin", "log"],
+            known: ["engine", "workers", "listeners", "pools", "limits", "timeouts", "connect_retries", "admin", "log",
+                    "drain", "state_dir"],
             planned: ["metrics", "health"])
 
         let listenerNodes = try list(required("listeners", in: top), path: "listeners", name: "listeners")
@@ -187,8 +188,29 @@ private struct NodeReader {
             if let node = timeouts["shutdown"] { config.timeouts.shutdownMs = try duration(node, name: "timeouts.shutdown") }
         }
         if let node = top["admin"] {
-            let admin = try fields(node, path: "admin", what: "admin", prefix: "admin.", known: ["socket"])
-            if let node = admin["socket"] { config.adminSocket = try string(node, name: "admin.socket") }
+            let admin = try fields(node, path: "admin", what: "admin", prefix: "admin.", known: ["socket", "allow_uids", "allow_gids"])
+            if let node = admin["socket"] {
+                let text = try string(node, name: "admin.socket")
+                config.adminSocket = text == "none" ? nil : text
+            }
+            if let node = admin["allow_uids"] { config.adminAllowUIDs = try ints(node, path: "admin.allow_uids") }
+            if let node = admin["allow_gids"] { config.adminAllowGIDs = try ints(node, path: "admin.allow_gids") }
+        }
+        if let node = top["drain"] {
+            let drain = try fields(node, path: "drain", what: "drain", prefix: "drain.", known: ["mode", "timeout", "grace"])
+            if let node = drain["mode"] {
+                let text = try string(node, name: "drain.mode")
+                guard let mode = DrainMode(rawValue: text) else {
+                    throw failure(node, "drain.mode must be strict or sticky, got '\(text)'")
+                }
+                config.drain.mode = mode
+            }
+            if let node = drain["timeout"] { config.drain.timeoutMs = try duration(node, name: "drain.timeout") }
+            if let node = drain["grace"] { config.drain.graceMs = try duration(node, name: "drain.grace") }
+        }
+        if let node = top["state_dir"] {
+            let text = try string(node, name: "state_dir")
+            config.stateDir = text == "none" ? nil : text
         }
         if let node = top["log"] {
             let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level"])
@@ -206,14 +228,62 @@ private struct NodeReader {
     }
 
     private mutating func pool(_ node: Node, path: String) throws -> PoolConfig {
-        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets"], planned: ["affinity"])
+        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets", "affinity"])
         let name = try string(required("name", in: keys), name: "name")
         let targetNodes = try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
         var targets: [TargetSpec] = []
         for (index, node) in targetNodes.enumerated() {
             targets.append(try target(node, path: "\(path).targets[\(index)]"))
         }
-        return PoolConfig(name: name, targets: targets)
+        var pool = PoolConfig(name: name, targets: targets)
+        if let node = keys["affinity"] { pool.affinity = try affinity(node, path: "\(path).affinity") }
+        return pool
+    }
+
+    /// Shapes and types only; ranges are `AffinityConfig.validate`'s.
+    private mutating func affinity(_ node: Node, path: String) throws -> AffinityConfig {
+        let keys = try fields(node, path: path, what: "affinity", prefix: "affinity.",
+                              known: ["mode", "timeout", "capacity", "mask_v4", "mask_v6", "balance_factor", "hash_key"])
+        var a = AffinityConfig()
+        if let node = keys["mode"] {
+            let text = try string(node, name: "affinity.mode")
+            guard let mode = AffinityConfig.Mode(rawValue: text) else {
+                throw failure(node, "affinity.mode must be idle or absolute, got '\(text)'")
+            }
+            a.mode = mode
+        }
+        if let node = keys["timeout"] {
+            // 0 is meaningful here (affinity only while connected), so
+            // accept a bare 0 as well as a duration.
+            let text = try scalar(node, name: "affinity.timeout", expected: "a duration")
+            if text == "0" { a.timeoutMs = 0 } else { a.timeoutMs = try duration(node, name: "affinity.timeout") }
+        }
+        if let node = keys["capacity"] { a.capacity = try int(node, name: "affinity.capacity") }
+        if let node = keys["mask_v4"] { a.maskV4 = try int(node, name: "affinity.mask_v4") }
+        if let node = keys["mask_v6"] { a.maskV6 = try int(node, name: "affinity.mask_v6") }
+        if let node = keys["balance_factor"] {
+            let text = try scalar(node, name: "affinity.balance_factor", expected: "a number or off")
+            if text == "off" || text == "false" {
+                a.balanceFactor = nil
+            } else {
+                guard let c = Double(text) else {
+                    throw failure(node, "affinity.balance_factor must be a number such as 1.25, or off, got '\(text)'")
+                }
+                a.balanceFactor = c
+            }
+        }
+        if let node = keys["hash_key"] {
+            let text = try string(node, name: "affinity.hash_key")
+            guard let key = SipKey(hex: text) else {
+                throw failure(node, "affinity.hash_key must be 32 hex digits, got '\(text)'")
+            }
+            a.hashKey = key
+        }
+        return a
+    }
+
+    private mutating func ints(_ node: Node, path: String) throws -> [Int] {
+        try list(node, path: path, name: path).map { try int($0, name: path) }
     }
 
     private mutating func target(_ node: Node, path: String) throws -> TargetSpec {

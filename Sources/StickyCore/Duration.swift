@@ -52,7 +52,7 @@ public func parseByteSize(_ text: String) -> Int? {
 
 /// The shortest exact text for a duration, so error messages echo limits in
 /// the same form the user writes them ("30d", not "2592000000ms").
-func formatDuration(_ millis: Millis) -> String {
+public func formatDuration(_ millis: Millis) -> String {
     for (suffix, scale) in durationUnits.reversed() where millis != 0 && millis % scale == 0 {
         return "\(millis / scale)\(suffix)"
     }
@@ -60,7 +60,7 @@ func formatDuration(_ millis: Millis) -> String {
 }
 
 /// The shortest exact text for a size in the config's own units ("64KiB").
-func formatByteSize(_ bytes: Int) -> String {
+public func formatByteSize(_ bytes: Int) -> String {
     for (suffix, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
     where bytes != 0 && bytes % scale == 0 {
         return "\(bytes / scale)\(suffix)"

@@ -24,6 +24,25 @@ public enum CloseReason: UInt8, Sendable, CaseIterable {
     case noTarget
     case shutdown
     case resources
+    /// Cut at a strict drain's deadline.
+    case drainDeadline
+}
+
+extension CloseReason {
+    /// snake_case, for stats and (later) metrics and access logs.
+    public var metricName: String {
+        switch self {
+        case .none: return "none"
+        case .done: return "done"
+        case .reset: return "reset"
+        case .idleTimeout: return "idle_timeout"
+        case .connectFailed: return "connect_failed"
+        case .noTarget: return "no_target"
+        case .shutdown: return "shutdown"
+        case .resources: return "resources"
+        case .drainDeadline: return "drain_deadline"
+        }
+    }
 }
 
 /// One forwarding direction: `up` is client to backend, `down` is backend

@@ -60,12 +60,12 @@ public final class Daemon {
         return perWorker
     }
 
-    func settings(for index: Int, listeners: [WorkerSettings.Listener], workers: Int) -> WorkerSettings {
+    func settings(for index: Int, listeners: [WorkerSettings.Listener], workers: Int, pools: [PoolSetup]) -> WorkerSettings {
         var s = WorkerSettings()
         s.index = index
         s.engine = config.engine
         s.listeners = listeners
-        s.pools = config.pools.map(\.targets)
+        s.pools = pools
         // Each worker owns its share; clients are steered by IP, not load.
         s.connectionsMax = max(1, (config.limits.maxConnections + workers - 1) / workers)
         s.pipePoolSize = config.limits.pipePool
@@ -93,20 +93,35 @@ public final class Daemon {
 
         let fdLimit = Daemon.raiseDescriptorLimit()
         let workers = workerCount
+        let control = try makeControlPlane()
+        let pools = control.poolSetups(workers: workers)
         let listeners = try bindListeners(workers: workers)
+        var admin: AdminServer?
+        if let path = config.adminSocket {
+            do {
+                admin = try AdminServer(path: path, allowedUIDs: Set(config.adminAllowUIDs.map(UInt32.init)),
+                                        allowedGIDs: Set(config.adminAllowGIDs.map(UInt32.init)), logger: logger)
+            } catch {
+                for l in listeners.joined() { close(l.fd) }
+                throw error
+            }
+        }
+        let channels = try (0..<workers).map { _ in try WorkerChannel() }
+        control.attach(channels)
 
-        let started = Mutex<[Result<Int32, SystemError>?]>(Array(repeating: nil, count: workers))
+        let started = Mutex<[Result<Void, SystemError>?]>(Array(repeating: nil, count: workers))
         let finished = Mutex<[WorkerCounters?]>(Array(repeating: nil, count: workers))
         var threads: [Thread] = []
         for w in 0..<workers {
-            let settings = settings(for: w, listeners: listeners[w], workers: workers)
+            let settings = settings(for: w, listeners: listeners[w], workers: workers, pools: pools)
             let logger = self.logger
+            let channel = channels[w]
             let t = Thread {
                 // The ring is created on the thread that will submit to it:
                 // SINGLE_ISSUER binds it to its creator.
                 let worker: Worker
                 do {
-                    worker = try Worker(settings: settings, logger: logger)
+                    worker = try Worker(settings: settings, channel: channel, logger: logger)
                 } catch let e as SystemError {
                     started.withLock { $0[w] = .failure(e) }
                     return
@@ -114,7 +129,7 @@ public final class Daemon {
                     started.withLock { $0[w] = .failure(SystemError("worker \(w)", errno: EINVAL)) }
                     return
                 }
-                started.withLock { $0[w] = .success(worker.stopHandle) }
+                started.withLock { $0[w] = .success(()) }
                 worker.run()
                 finished.withLock { $0[w] = worker.counters }
             }
@@ -124,25 +139,25 @@ public final class Daemon {
         }
 
         // Wait (bounded) for every worker to report in.
-        var handles: [Int32] = []
+        var up = false
         for _ in 0..<2000 {
             let snapshot = started.withLock { $0 }
             if snapshot.allSatisfy({ $0 != nil }) {
-                for r in snapshot {
-                    switch r! {
-                    case .success(let h): handles.append(h)
-                    case .failure(let e):
-                        for case .success(let h) in snapshot.compactMap({ $0 }) { Worker.requestStop(wakeFD: h) }
-                        throw e
-                    }
+                for case .failure(let e) in snapshot.compactMap({ $0 }) {
+                    for c in channels { c.post(.stop) }
+                    throw e
                 }
+                up = true
                 break
             }
             usleep(5000)
         }
-        guard handles.count == workers else {
+        guard up else {
+            for c in channels { c.post(.stop) }
             throw SystemError("worker start (timed out)", errno: ETIMEDOUT)
         }
+        admin?.start { line, peer in control.handle(line, peer) }
+        control.persist()
 
         logger.info("ready", metadata: [
             "listeners": "\(config.listeners.map { "\($0.address)->\($0.pool)" }.joined(separator: ","))",
@@ -152,9 +167,15 @@ public final class Daemon {
             "nofile": "\(fdLimit)",
         ])
 
-        var caught: Int32 = 0
+        // The main thread waits for signals, waking every 100 ms to run the
+        // control plane's timers (drain deadlines).
+        var tick = timespec(tv_sec: 0, tv_nsec: 100_000_000)
         while true {
-            guard sigwait(&signals, &caught) == 0 else { continue }
+            let caught = sigtimedwait(&signals, nil, &tick)
+            if caught < 0 {
+                control.tick()
+                continue
+            }
             if caught == SIGHUP {
                 logger.notice("SIGHUP: reload is not supported yet; configuration unchanged")
                 continue
@@ -163,7 +184,8 @@ public final class Daemon {
                           metadata: ["signal": "\(caught)", "deadline_ms": "\(config.timeouts.shutdownMs)"])
             break
         }
-        for h in handles { Worker.requestStop(wakeFD: h) }
+        admin?.stop()
+        for c in channels { c.post(.stop) }
         // Join: poll the finished flags; a worker stops by its deadline.
         while finished.withLock({ $0.contains { $0 == nil } }) { usleep(10_000) }
         let totals = finished.withLock { $0.compactMap { $0 } }
@@ -176,5 +198,47 @@ public final class Daemon {
         ])
         _ = threads
         return 0
+    }
+
+    /// Builds the registry from the config and the state file, and settles
+    /// the hash key: configured, else kept in the state file, else new.
+    func makeControlPlane() throws -> ControlPlane {
+        var registry = TargetRegistry(config: config)
+        var key: SipKey?
+        var generated = false
+        var statePath: String?
+        if let dir = config.stateDir {
+            statePath = dir + "/state.json"
+            do {
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o700])
+            } catch {
+                throw SystemError("state_dir \(dir): \(error)", errno: EACCES)
+            }
+            if let data = FileManager.default.contents(atPath: statePath!) {
+                let file: StateFile
+                do {
+                    file = try StateFile.decode(data, file: statePath!)
+                } catch {
+                    // Refuse to start rather than run on the config alone and
+                    // overwrite what the operator changed at runtime.
+                    throw SystemError("\(error); fix or move it aside (the config alone is then used)", errno: EINVAL)
+                }
+                let (merged, warnings) = file.overlay(on: registry, nowMs: ControlPlane.monotonicMs(), nowUnixMs: ControlPlane.unixMs())
+                registry = merged
+                for w in warnings { logger.warning("\(w)") }
+                if let hex = file.hashKey { key = SipKey(hex: hex) }
+                logger.info("state file applied", metadata: ["path": "\(statePath!)"])
+            }
+        }
+        if key == nil {
+            key = SipKey.random()
+            generated = true
+        } else {
+            generated = true
+        }
+        if config.pools.allSatisfy({ $0.affinity.hashKey != nil }) { generated = false }
+        return ControlPlane(config: config, registry: registry, hashKey: key!, generatedKey: generated,
+                            stateFilePath: statePath, logger: logger)
     }
 }

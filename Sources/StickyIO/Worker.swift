@@ -18,7 +18,7 @@ public struct WorkerSettings: Sendable {
     public var index = 0
     public var engine: ForwardingEngine = .splice
     public var listeners: [Listener] = []
-    public var pools: [[TargetSpec]] = []
+    public var pools: [PoolSetup] = []
     public var connectionsMax = 1024
     public var pipePoolSize = 256
     public var pipeSizeBytes = 65536
@@ -53,6 +53,8 @@ public struct WorkerCounters: Sendable {
     public var pipeWaits: UInt64 = 0
     public var bufferStarvations: UInt64 = 0
     public var sqFullFlushes = 0
+    /// Connections given FIN by a strict drain's deadline.
+    public var drainCuts: UInt64 = 0
     public init() {}
 }
 
@@ -63,7 +65,7 @@ public struct WorkerCounters: Sendable {
 /// CQ first, then handles them: a handler may submit, but never runs another
 /// handler, so nothing recurses.
 public final class Worker {
-    public typealias Policy = WeightedRoundRobin
+    public typealias Policy = AffinityBalancer
 
     let settings: WorkerSettings
     let ring: Ring
@@ -74,10 +76,23 @@ public final class Worker {
     var idleHead: Int32 = -1
     var idleTail: Int32 = -1
     var policies: [Policy]
-    /// Target addresses per pool, built once so a connect SQE can point at
-    /// them: the kernel reads the address at submission.
-    let targetAddresses: [[UnsafeMutablePointer<sockaddr_storage>]]
-    let targetAddressLengths: [[socklen_t]]
+    /// Target addresses by pool and target slot (pool * 64 + slot), kept in
+    /// stable memory so a connect SQE can point at them.
+    let targetAddresses: UnsafeMutablePointer<sockaddr_storage>
+    var targetAddressLengths: [socklen_t]
+    /// Per pool and target slot, for reports.
+    var targetBytesUp: [UInt64]
+    var targetBytesDown: [UInt64]
+    var targetConnections: [UInt64]
+    /// Connections told to finish by a drain deadline: reset if still open
+    /// at `deadline`.
+    var cutList: [(slot: Int32, generation: UInt32, deadline: Millis)] = []
+    let channel: WorkerChannel
+    var reportSequence: UInt64 = 0
+    var tickCount = 0
+    /// How many affinity slots each pool's expiry sweep visits per tick.
+    var expiryBudget: [Int]
+    static let targetSlots = TargetMask.capacity
     let pipes: PipePool?
     var buffers: BufferRing?
     /// Copy engine: FIFO links and lengths per buffer id.
@@ -113,9 +128,10 @@ public final class Worker {
     static let pollMask = UInt32(POLLIN) | UInt32(UInt16(bitPattern: sticky_pollrdhup)) | UInt32(POLLERR) | UInt32(POLLHUP)
     static let batchMax = 256
 
-    public init(settings: WorkerSettings, logger: Logger) throws {
+    public init(settings: WorkerSettings, channel: WorkerChannel, logger: Logger) throws {
         self.settings = settings
         self.logger = logger
+        self.channel = channel
         // Multishot operations post many completions per submission; size
         // the CQ well above the SQ so bursts overflow rarely.
         ring = try Ring(entries: settings.ringEntries, cqEntries: max(settings.ringEntries * 8, 64))
@@ -124,25 +140,23 @@ public final class Worker {
         slots.initialize(repeating: Slot(), count: slotCount)
         for i in 0..<slotCount { slots[i].next = i + 1 < slotCount ? Int32(i + 1) : -1 }
         freeHead = slotCount > 0 ? 0 : -1
-        policies = settings.pools.map { Policy(targets: $0) }
-
-        var addrs: [[UnsafeMutablePointer<sockaddr_storage>]] = []
-        var lens: [[socklen_t]] = []
+        var balancers: [Policy] = []
         for pool in settings.pools {
-            var a: [UnsafeMutablePointer<sockaddr_storage>] = []
-            var l: [socklen_t] = []
-            for t in pool {
-                let (ss, len) = Sockets.storage(for: t.address)
-                let p = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: 1)
-                p.initialize(to: ss)
-                a.append(p)
-                l.append(len)
+            var b = try Policy(targets: pool.targets, config: pool.affinity, maglev: pool.maglev)
+            for (t, state) in zip(pool.targets, pool.states) where state != .ready {
+                b.setState(address: t.address, state: state)
             }
-            addrs.append(a)
-            lens.append(l)
+            balancers.append(b)
         }
-        targetAddresses = addrs
-        targetAddressLengths = lens
+        policies = balancers
+        let slotsTotal = settings.pools.count * Worker.targetSlots
+        targetAddresses = .allocate(capacity: max(1, slotsTotal))
+        targetAddresses.initialize(repeating: sockaddr_storage(), count: max(1, slotsTotal))
+        targetAddressLengths = Array(repeating: 0, count: slotsTotal)
+        targetBytesUp = Array(repeating: 0, count: slotsTotal)
+        targetBytesDown = Array(repeating: 0, count: slotsTotal)
+        targetConnections = Array(repeating: 0, count: slotsTotal)
+        expiryBudget = settings.pools.map { max(1024, $0.affinity.capacity / 10) }
 
         switch settings.engine {
         case .splice:
@@ -159,9 +173,7 @@ public final class Worker {
         listenerFDs = settings.listeners.map(\.fd)
         acceptArmed = Array(repeating: false, count: settings.listeners.count)
 
-        let efd = eventfd(0, Int32(EFD_CLOEXEC))
-        guard efd >= 0 else { throw SystemError("eventfd", errno: errno) }
-        wakeFD = efd
+        wakeFD = channel.wakeFD
         wakeBuffer = .allocate(capacity: 1)
         wakeBuffer.initialize(to: 0)
         func timespec(_ ms: Millis) -> UnsafeMutablePointer<__kernel_timespec> {
@@ -180,29 +192,35 @@ public final class Worker {
         if settings.engine == .copy {
             buffers = try BufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSizeBytes)
         }
+        for p in settings.pools.indices { refreshAddresses(pool: p) }
+    }
+
+    /// Re-reads the connect address of every target slot of a pool: slots
+    /// change hands when targets are added and removed.
+    func refreshAddresses(pool: Int) {
+        for t in 0..<Worker.targetSlots {
+            let k = pool * Worker.targetSlots + t
+            if let a = policies[pool].address(ofTarget: t) {
+                let (ss, len) = Sockets.storage(for: a)
+                targetAddresses[k] = ss
+                targetAddressLengths[k] = len
+            } else {
+                targetAddressLengths[k] = 0
+            }
+        }
     }
 
     deinit {
         slots.deinitialize(count: slotCount)
         slots.deallocate()
-        for pool in targetAddresses { for p in pool { p.deallocate() } }
+        targetAddresses.deallocate()
         bufferNext.deallocate()
         bufferLength.deallocate()
         wakeBuffer.deallocate()
         connectTimeout.deallocate()
         tickTimeout.deallocate()
         acceptRetryTimeout.deallocate()
-        close(wakeFD)
     }
-
-    /// Asks the worker, from any thread, to stop gracefully: stop accepting,
-    /// let connections finish until the shutdown deadline, then exit.
-    public static func requestStop(wakeFD: Int32) {
-        var one: UInt64 = 1
-        _ = write(wakeFD, &one, 8)
-    }
-
-    public var stopHandle: Int32 { wakeFD }
 
     @inline(__always)
     static func clock() -> Millis {
@@ -411,7 +429,9 @@ public final class Worker {
             return
         }
         let t = Int(p.target)
-        let family = targetAddresses[pool][t].pointee.ss_family
+        let k = pool * Worker.targetSlots + t
+        precondition(targetAddressLengths[k] > 0, "placed on a target slot with no address")
+        let family = targetAddresses[k].ss_family
         let fd = socket(Int32(family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else {
             counters.descriptorExhaustion += 1
@@ -424,8 +444,8 @@ public final class Worker {
         slots[i].connectAttempts += 1
         ring.reserve(2)
         let c = ring.sqe()
-        targetAddresses[pool][t].withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            io_uring_prep_connect(c, fd, $0, targetAddressLengths[pool][t])
+        (targetAddresses + k).withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            io_uring_prep_connect(c, fd, $0, targetAddressLengths[k])
         }
         c.pointee.flags |= UInt8(sticky_iosqe_io_link)
         io_uring_sqe_set_data64(c, userData(.connect, i))
@@ -769,6 +789,18 @@ public final class Worker {
 
     func onTick() {
         armTick()
+        for p in policies.indices { policies[p].expire(now: now, slots: expiryBudget[p]) }
+        if !cutList.isEmpty {
+            var keep: [(slot: Int32, generation: UInt32, deadline: Millis)] = []
+            for c in cutList {
+                let i = Int(c.slot)
+                guard slots[i].generation == c.generation, slots[i].state == .open else { continue }
+                if now >= c.deadline { beginClose(i, .drainDeadline, reset: true) } else { keep.append(c) }
+            }
+            cutList = keep
+        }
+        if tickCount % 4 == 0 { publishReport(nil) }
+        tickCount &+= 1
         var h = idleHead
         while h >= 0 {
             let i = Int(h)
@@ -791,27 +823,106 @@ public final class Worker {
     }
 
     func onWake(_ res: Int32) {
-        if !stopping {
-            stopping = true
-            stopDeadline = now + settings.shutdownTimeoutMs
-            for l in listenerFDs.indices where listenerFDs[l] >= 0 {
-                // A pending accept holds the listening socket open too.
-                ring.reserve(2)
-                let c = ring.sqe()
-                io_uring_prep_cancel_fd(c, listenerFDs[l], UInt32(IORING_ASYNC_CANCEL_ALL))
-                c.pointee.flags |= UInt8(sticky_iosqe_io_hardlink)
-                io_uring_sqe_set_data64(c, 0)
-                let s = ring.sqe()
-                io_uring_prep_close(s, listenerFDs[l])
-                io_uring_sqe_set_data64(s, 0)
-                listenerFDs[l] = -1
-                acceptArmed[l] = false
-            }
-            for fd in acceptBacklog { close(fd) }
-            acceptBacklog.removeAll()
-            acceptBacklogPool.removeAll()
-        }
         armWake()
+        for command in channel.take() {
+            switch command {
+            case .stop:
+                beginStop()
+            case .setTargets(let pool, let targets, let states, let maglev):
+                do {
+                    try policies[pool].updateTargets(targets, maglev: maglev)
+                } catch {
+                    preconditionFailure("control plane sent a target set the balancer refuses: \(error)")
+                }
+                for (t, state) in zip(targets, states) { policies[pool].setState(address: t.address, state: state) }
+                refreshAddresses(pool: pool)
+            case .setState(let pool, let address, let state):
+                policies[pool].setState(address: address, state: state)
+            case .closeTarget(let pool, let address, let graceMs):
+                cutTarget(pool: pool, address: address, graceMs: graceMs)
+            case .clearAffinity(let pool, let scope):
+                for p in policies.indices where pool == nil || pool == p {
+                    policies[p].clearAffinity(scope, now: now)
+                }
+            case .report(let query):
+                publishReport(query)
+            }
+        }
+    }
+
+    func beginStop() {
+        guard !stopping else { return }
+        stopping = true
+        stopDeadline = now + settings.shutdownTimeoutMs
+        for l in listenerFDs.indices where listenerFDs[l] >= 0 {
+            // A pending accept holds the listening socket open too.
+            ring.reserve(2)
+            let c = ring.sqe()
+            io_uring_prep_cancel_fd(c, listenerFDs[l], UInt32(IORING_ASYNC_CANCEL_ALL))
+            c.pointee.flags |= UInt8(sticky_iosqe_io_hardlink)
+            io_uring_sqe_set_data64(c, 0)
+            let s = ring.sqe()
+            io_uring_prep_close(s, listenerFDs[l])
+            io_uring_sqe_set_data64(s, 0)
+            listenerFDs[l] = -1
+            acceptArmed[l] = false
+        }
+        for fd in acceptBacklog { close(fd) }
+        acceptBacklog.removeAll()
+        acceptBacklogPool.removeAll()
+    }
+
+    /// A drain deadline passed: FIN both ways now (clients see an orderly
+    /// end, and HTTP/2 peers get to finish a frame), reset after the grace.
+    func cutTarget(pool: Int, address: SocketAddress, graceMs: Millis) {
+        guard let t = policies[pool].targetIndex(of: address) ?? (0..<Worker.targetSlots).first(where: {
+            policies[pool].address(ofTarget: $0) == address
+        }) else { return }
+        for i in 0..<slotCount where slots[i].pool == Int32(pool) && slots[i].placement.target == Int32(t) {
+            switch slots[i].state {
+            case .open:
+                shutdown(slots[i].clientFD, Int32(SHUT_WR))
+                shutdown(slots[i].backendFD, Int32(SHUT_WR))
+                counters.drainCuts += 1
+                cutList.append((Int32(i), slots[i].generation, now + graceMs))
+            case .connecting:
+                beginClose(i, .drainDeadline, reset: true)
+            case .free, .closing:
+                break
+            }
+        }
+    }
+
+    func publishReport(_ query: PinQuery?) {
+        reportSequence += 1
+        var r = WorkerReport()
+        r.sequence = reportSequence
+        r.counters = counters
+        r.counters.sqFullFlushes = ring.sqFullFlushes
+        for p in policies.indices {
+            var pr = PoolReport()
+            pr.affinity = policies[p].counters
+            let entries = policies[p].entriesPerTarget(now: now)
+            for t in 0..<Worker.targetSlots {
+                guard let a = policies[p].address(ofTarget: t) else { continue }
+                let k = p * Worker.targetSlots + t
+                pr.targets.append(TargetLoad(address: a, connections: policies[p].openConnections(target: t),
+                                             affinityEntries: entries[t], bytesUp: targetBytesUp[k],
+                                             bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k]))
+            }
+            r.pools.append(pr)
+        }
+        if let q = query {
+            for p in policies.indices where q.pool == nil || q.pool == p {
+                if let c = q.client {
+                    if let pin = policies[p].pin(of: c, now: now) { r.pins.append((p, pin)) }
+                } else {
+                    for pin in policies[p].pins(now: now).prefix(q.limit - r.pins.count) { r.pins.append((p, pin)) }
+                }
+                if r.pins.count >= q.limit { break }
+            }
+        }
+        channel.publish(r)
     }
 
     // MARK: - Close
@@ -874,6 +985,10 @@ public final class Worker {
         let pool = Int(slots[i].pool)
         if slots[i].placed {
             policies[pool].closed(slots[i].placement, client: slots[i].client, now: now)
+            let k = pool * Worker.targetSlots + Int(slots[i].placement.target)
+            targetBytesUp[k] &+= slots[i].up.bytes
+            targetBytesDown[k] &+= slots[i].down.bytes
+            targetConnections[k] &+= 1
         }
         counters.bytesUp &+= slots[i].up.bytes
         counters.bytesDown &+= slots[i].down.bytes

@@ -65,8 +65,11 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Give up a backend connect after this long, e.g. 3s.")
     var connectTimeout: String?
 
-    @Option(name: .long, help: "Admin socket path.")
+    @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock).")
     var adminSocket: String?
+
+    @Option(name: .long, help: "State directory for runtime changes, or 'none' (default /var/lib/stickyd).")
+    var stateDir: String?
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
@@ -101,7 +104,8 @@ struct Serve: ParsableCommand {
             guard let ms = parseDuration(connectTimeout) else { throw ValidationError("--connect-timeout: not a duration: '\(connectTimeout)' (e.g. 500ms, 3s)") }
             cfg.timeouts.connectMs = ms
         }
-        if let adminSocket { cfg.adminSocket = adminSocket }
+        if let adminSocket { cfg.adminSocket = adminSocket == "none" ? nil : adminSocket }
+        if let stateDir { cfg.stateDir = stateDir == "none" ? nil : stateDir }
         if let logLevel { cfg.logLevel = logLevel }
         try cfg.validate(file: config ?? "<command line>")
         return cfg

@@ -90,7 +90,10 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.engine, .splice)
         XCTAssertEqual(config.limits, Limits())
         XCTAssertEqual(config.timeouts, Timeouts())
-        XCTAssertNil(config.adminSocket)
+        XCTAssertEqual(config.adminSocket, StickyConfig.adminSocketDefault)
+        XCTAssertEqual(config.stateDir, StickyConfig.stateDirDefault)
+        XCTAssertEqual(config.drain, DrainDefaults())
+        XCTAssertEqual(config.pools[0].affinity, AffinityConfig())
         XCTAssertEqual(config.logLevel, "info")
     }
 
@@ -214,13 +217,67 @@ final class ConfigTests: XCTestCase {
 
     func testPlannedKeysAreNotSupportedYet() {
         assertError(minimal("metrics: { listen: 127.0.0.1:9100 }\n"), line: 7, "'metrics' is not supported")
+    }
+
+    func testAffinityDrainAndAdminKeysAreRead() throws {
+        let config = try ConfigLoader.parse("""
+            listeners: [ { address: 127.0.0.1:7001 } ]
+            pools:
+              - name: web
+                affinity:
+                  mode: absolute
+                  timeout: 3h
+                  capacity: 5000
+                  mask_v4: 24
+                  mask_v6: 64
+                  balance_factor: off
+                  hash_key: 000102030405060708090a0b0c0d0e0f
+                targets: [ { address: 127.0.0.1:8081 } ]
+            drain: { mode: sticky, timeout: 30s, grace: 2s }
+            admin: { socket: none, allow_uids: [1000], allow_gids: [50, 51] }
+            state_dir: /tmp/stickyd-state
+            """, file: "t.yaml")
+        let a = config.pools[0].affinity
+        XCTAssertEqual(a.mode, .absolute)
+        XCTAssertEqual(a.timeoutMs, 3 * 3_600_000)
+        XCTAssertEqual(a.capacity, 5000)
+        XCTAssertEqual(a.maskV4, 24)
+        XCTAssertEqual(a.maskV6, 64)
+        XCTAssertNil(a.balanceFactor)
+        XCTAssertEqual(a.hashKey, SipKey(hex: "000102030405060708090a0b0c0d0e0f"))
+        XCTAssertEqual(config.drain.mode, .sticky)
+        XCTAssertEqual(config.drain.timeoutMs, 30_000)
+        XCTAssertEqual(config.drain.graceMs, 2_000)
+        XCTAssertNil(config.adminSocket)
+        XCTAssertEqual(config.adminAllowUIDs, [1000])
+        XCTAssertEqual(config.adminAllowGIDs, [50, 51])
+        XCTAssertEqual(config.stateDir, "/tmp/stickyd-state")
+    }
+
+    func testBadAffinityValuesNameTheirLine() {
         assertError("""
             listeners: [ { address: 127.0.0.1:7001 } ]
             pools:
               - name: web
-                affinity: { timeout: 3h }
+                affinity:
+                  mask_v4: 33
                 targets: [ { address: 127.0.0.1:8081 } ]
-            """, line: 4, column: 5, "'affinity' is not supported")
+            """, line: 5, "mask_v4")
+        assertError("""
+            listeners: [ { address: 127.0.0.1:7001 } ]
+            pools:
+              - name: web
+                affinity: { hash_key: xyz }
+                targets: [ { address: 127.0.0.1:8081 } ]
+            """, line: 4, "hash_key must be 32 hex digits")
+        assertError("""
+            listeners: [ { address: 127.0.0.1:7001 } ]
+            pools:
+              - name: web
+                affinity: { balance_factor: 0.5 }
+                targets: [ { address: 127.0.0.1:8081 } ]
+            """, line: 4, "balance_factor")
+        assertError(minimal("drain: { mode: gentle }\n"), line: 7, "drain.mode must be strict or sticky")
     }
 
     func testMissingRequiredKeyIsReportedAtItsMapping() {

@@ -116,8 +116,14 @@ def run_stickyd(request, stickyd_path, tmp_path):
             argv += ["--target", t]
         if engine:
             argv += ["--engine", engine]
-        argv += list(args)
         n = len(started) + 1
+        # Each daemon gets its own admin socket and state directory, so tests
+        # never share runtime state or collide on /run/stickyd.
+        if "--admin-socket" not in args:
+            argv += ["--admin-socket", str(tmp_path / f"admin-{n}.sock")]
+        if "--state-dir" not in args:
+            argv += ["--state-dir", str(tmp_path / f"state-{n}")]
+        argv += list(args)
         proc = Stickyd(argv, f"stickyd#{n}", tmp_path / f"stickyd-{n}.log", cwd=str(REPO))
         proc.listen = [_split(a) for a in listen]
         started.append(proc)

@@ -1,0 +1,197 @@
+/// Where a target came from, which decides how a restart treats it: see
+/// `StateFile` and docs/ADMIN.md ("Persistence").
+public enum TargetOrigin: String, Sendable, Equatable, Codable {
+    /// Listed in the config file.
+    case config
+    /// Added through the admin socket.
+    case runtime
+}
+
+/// A drain in progress: how, and until when.
+public struct DrainInfo: Sendable, Equatable {
+    public var mode: DrainMode
+    public var startedMs: Millis
+    public var deadlineMs: Millis
+    /// The deadline passed and the remaining connections were told to close.
+    public var expired = false
+    public init(mode: DrainMode, startedMs: Millis, deadlineMs: Millis) {
+        self.mode = mode
+        self.startedMs = startedMs
+        self.deadlineMs = deadlineMs
+    }
+}
+
+/// One target as the control plane knows it: its spec and its state.
+public struct TargetRecord: Sendable, Equatable {
+    public var spec: TargetSpec
+    public var state: TargetState
+    public var drain: DrainInfo?
+    public var origin: TargetOrigin
+    public init(spec: TargetSpec, state: TargetState = .ready, drain: DrainInfo? = nil, origin: TargetOrigin) {
+        self.spec = spec
+        self.state = state
+        self.drain = drain
+        self.origin = origin
+    }
+}
+
+public struct PoolRecord: Sendable, Equatable {
+    public var name: String
+    public var targets: [TargetRecord]
+    /// Config targets removed at runtime: kept so a restart does not bring
+    /// them back from the config file.
+    public var removedConfigTargets: [SocketAddress] = []
+    public init(name: String, targets: [TargetRecord]) {
+        self.name = name
+        self.targets = targets
+    }
+}
+
+/// A refused admin operation. The message is the error line's text.
+public struct RegistryError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// What a successful change requires of the data path.
+public enum RegistryChange: Equatable, Sendable {
+    /// The pool's target list (membership or weights) changed: rebuild
+    /// Maglev and hand the workers the new list.
+    case targets(pool: Int)
+    /// One target's state changed.
+    case state(pool: Int, address: SocketAddress, state: TargetState)
+}
+
+/// The control plane's model of pools and targets: membership, weights,
+/// states and drains. Pure: time comes in as `now`, and the open-connection
+/// counts it needs (for `remove`) are passed in by the caller.
+public struct TargetRegistry: Sendable, Equatable {
+    public var pools: [PoolRecord]
+    public var drainModeDefault: DrainMode = .strict
+    public var drainTimeoutMsDefault: Millis = 60_000
+
+    public init(pools: [PoolRecord]) {
+        self.pools = pools
+    }
+
+    public init(config: StickyConfig) {
+        pools = config.pools.map { p in
+            PoolRecord(name: p.name, targets: p.targets.map { TargetRecord(spec: $0, origin: .config) })
+        }
+    }
+
+    /// The pool a command means: the named one, or the only one.
+    public func poolIndex(_ name: String?) -> Result<Int, RegistryError> {
+        if let name {
+            guard let i = pools.firstIndex(where: { $0.name == name }) else {
+                return .failure(RegistryError("no pool named '\(name)'; pools: \(pools.map(\.name).joined(separator: ", "))"))
+            }
+            return .success(i)
+        }
+        guard pools.count == 1 else {
+            return .failure(RegistryError("more than one pool; name it (pools: \(pools.map(\.name).joined(separator: ", ")))"))
+        }
+        return .success(0)
+    }
+
+    /// The pool and index of a target: in the named pool, or in whichever
+    /// single pool holds that address.
+    public func locate(_ pool: String?, _ address: SocketAddress) -> Result<(Int, Int), RegistryError> {
+        if pool != nil || pools.count == 1 {
+            return poolIndex(pool).flatMap { p in
+                guard let t = pools[p].targets.firstIndex(where: { $0.spec.address == address }) else {
+                    return .failure(RegistryError("no target \(address) in pool '\(pools[p].name)'"))
+                }
+                return .success((p, t))
+            }
+        }
+        let hits = pools.indices.compactMap { p in
+            pools[p].targets.firstIndex(where: { $0.spec.address == address }).map { (p, $0) }
+        }
+        switch hits.count {
+        case 0: return .failure(RegistryError("no target \(address) in any pool"))
+        case 1: return .success(hits[0])
+        default:
+            return .failure(RegistryError("\(address) is in pools \(hits.map { pools[$0.0].name }.joined(separator: ", ")); name the pool"))
+        }
+    }
+
+    public mutating func add(pool: String?, address: SocketAddress, weight: Int?, name: String?) -> Result<RegistryChange, RegistryError> {
+        poolIndex(pool).flatMap { p in
+            if pools[p].targets.contains(where: { $0.spec.address == address }) {
+                return .failure(RegistryError("\(address) is already in pool '\(pools[p].name)'"))
+            }
+            if let name, pools[p].targets.contains(where: { $0.spec.name == name }) {
+                return .failure(RegistryError("a target named '\(name)' is already in pool '\(pools[p].name)'"))
+            }
+            guard pools[p].targets.count < TargetMask.capacity else {
+                return .failure(RegistryError("pool '\(pools[p].name)' is full (\(TargetMask.capacity) targets)"))
+            }
+            let wasConfig = pools[p].removedConfigTargets.contains(address)
+            pools[p].removedConfigTargets.removeAll { $0 == address }
+            pools[p].targets.append(TargetRecord(spec: TargetSpec(address: address, weight: weight ?? 1, name: name),
+                                                 origin: wasConfig ? .config : .runtime))
+            return .success(.targets(pool: p))
+        }
+    }
+
+    public mutating func setWeight(pool: String?, address: SocketAddress, weight: Int) -> Result<RegistryChange, RegistryError> {
+        locate(pool, address).flatMap { p, t in
+            let others = pools[p].targets.indices.filter { $0 != t && pools[p].targets[$0].spec.weight > 0 }
+            if weight == 0 && others.isEmpty {
+                return .failure(RegistryError("refusing weight 0: no other target in '\(pools[p].name)' has weight"))
+            }
+            pools[p].targets[t].spec.weight = weight
+            return .success(.targets(pool: p))
+        }
+    }
+
+    /// Starts (or restarts, with new settings) a drain.
+    public mutating func drain(pool: String?, address: SocketAddress, mode: DrainMode?, timeoutMs: Millis?, now: Millis) -> Result<RegistryChange, RegistryError> {
+        locate(pool, address).flatMap { p, t in
+            let m = mode ?? drainModeDefault
+            let info = DrainInfo(mode: m, startedMs: now, deadlineMs: now + (timeoutMs ?? drainTimeoutMsDefault))
+            pools[p].targets[t].drain = info
+            pools[p].targets[t].state = .draining(m)
+            return .success(.state(pool: p, address: address, state: .draining(m)))
+        }
+    }
+
+    public mutating func setState(pool: String?, address: SocketAddress, _ state: TargetState) -> Result<RegistryChange, RegistryError> {
+        locate(pool, address).flatMap { p, t in
+            pools[p].targets[t].state = state
+            pools[p].targets[t].drain = nil
+            return .success(.state(pool: p, address: address, state: state))
+        }
+    }
+
+    /// Removes a target. Without `force` it must have no open connections
+    /// (drain it first); with `force`, the workers cut what is left.
+    public mutating func remove(pool: String?, address: SocketAddress, force: Bool, openConnections: Int) -> Result<RegistryChange, RegistryError> {
+        locate(pool, address).flatMap { p, t in
+            if openConnections > 0 && !force {
+                return .failure(RegistryError("\(address) still has \(openConnections) connection(s); drain it and wait, or add 'force'"))
+            }
+            let record = pools[p].targets.remove(at: t)
+            if record.origin == .config { pools[p].removedConfigTargets.append(address) }
+            return .success(.targets(pool: p))
+        }
+    }
+
+    /// Drains whose deadline has passed and that were not yet expired;
+    /// marks them expired. The caller tells the workers to close what is
+    /// left on each.
+    public mutating func expireDrains(now: Millis) -> [(pool: Int, address: SocketAddress)] {
+        var out: [(Int, SocketAddress)] = []
+        for p in pools.indices {
+            for t in pools[p].targets.indices {
+                guard var d = pools[p].targets[t].drain, !d.expired, now >= d.deadlineMs else { continue }
+                d.expired = true
+                pools[p].targets[t].drain = d
+                out.append((p, pools[p].targets[t].spec.address))
+            }
+        }
+        return out
+    }
+}

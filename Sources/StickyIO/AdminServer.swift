@@ -1,0 +1,291 @@
+import CURingShim
+import Foundation
+import Glibc
+import Logging
+import StickyCore
+
+/// Who is on the other end of an admin connection (SO_PEERCRED).
+public struct PeerCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+/// What the control plane answers to one admin line.
+public struct AdminReply: Sendable {
+    public var text: String
+    /// End the session after this reply (`quit`).
+    public var close: Bool
+    public init(_ text: String, close: Bool = false) {
+        self.text = text
+        self.close = close
+    }
+}
+
+/// The admin socket: a Unix stream socket, one command per line, many
+/// commands per connection, every answer followed by an empty line (so a
+/// script can tell where it ends, as with HAProxy's CLI).
+///
+/// It runs on its own thread with poll(2): admin traffic is rare and small,
+/// and keeping it off the workers' rings means a misbehaving admin client
+/// can never stall the data path. Every per-client buffer is bounded.
+public final class AdminServer: @unchecked Sendable {
+    public typealias Handler = @Sendable (Substring, PeerCredentials) -> AdminReply
+
+    public static let clientsMax = 256
+    /// A client that does not read its answers is cut off past this much
+    /// unsent output.
+    public static let pendingOutputMax = 4 << 20
+    /// A session that sends nothing for this long is closed.
+    public static let sessionIdleMs: Int64 = 300_000
+
+    let path: String
+    let allowedUIDs: Set<UInt32>
+    let allowedGIDs: Set<UInt32>
+    let logger: Logger
+    let listenFD: Int32
+    let stopPipe: (read: Int32, write: Int32)
+    var thread: Thread?
+
+    /// Binds the socket (mode 0600) at `path`, replacing a stale socket
+    /// file but refusing to steal one another process is serving.
+    public init(path: String, allowedUIDs: Set<UInt32> = [], allowedGIDs: Set<UInt32> = [], logger: Logger) throws {
+        self.path = path
+        self.allowedUIDs = allowedUIDs
+        self.allowedGIDs = allowedGIDs
+        self.logger = logger
+        guard path.utf8.count < 108 else { throw SystemError("admin socket path longer than 107 bytes", errno: ENAMETOOLONG) }
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty {
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                     attributes: [.posixPermissions: 0o755])
+        }
+        if AdminServer.somebodyListens(at: path) {
+            throw SystemError("admin socket \(path) is served by another process", errno: EADDRINUSE)
+        }
+        unlink(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket(AF_UNIX)", errno: errno) }
+        var addr = AdminServer.unixAddress(path)
+        // Create the socket file without group/other bits from the start:
+        // a chmod after bind would leave a window.
+        let oldMask = umask(0o177)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        let bindErrno = errno
+        umask(oldMask)
+        guard rc == 0 else {
+            close(fd)
+            throw SystemError("bind(\(path))", errno: bindErrno)
+        }
+        guard listen(fd, 64) == 0 else {
+            let e = errno
+            close(fd)
+            throw SystemError("listen(\(path))", errno: e)
+        }
+        listenFD = fd
+        var p: (Int32, Int32) = (-1, -1)
+        _ = withUnsafeMutableBytes(of: &p) { pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
+        stopPipe = (p.0, p.1)
+    }
+
+    static func unixAddress(_ path: String) -> sockaddr_un {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
+        }
+        return addr
+    }
+
+    static func somebodyListens(at path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = unixAddress(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0
+    }
+
+    public func start(_ handler: @escaping Handler) {
+        let t = Thread { [self] in self.serve(handler) }
+        t.name = "stickyd-admin"
+        t.start()
+        thread = t
+    }
+
+    /// Stops serving and removes the socket file.
+    public func stop() {
+        var one: UInt8 = 1
+        _ = write(stopPipe.write, &one, 1)
+    }
+
+    final class Client {
+        let fd: Int32
+        let credentials: PeerCredentials
+        var input: [UInt8] = []
+        var output: [UInt8] = []
+        var discardingLongLine = false
+        var closeAfterFlush = false
+        var lastActive: Int64
+        init(fd: Int32, credentials: PeerCredentials, now: Int64) {
+            self.fd = fd
+            self.credentials = credentials
+            lastActive = now
+        }
+    }
+
+    static func monotonicMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec / 1_000_000)
+    }
+
+    func credentials(of fd: Int32) -> PeerCredentials? {
+        var pid: Int32 = 0
+        var uid: UInt32 = 0
+        var gid: UInt32 = 0
+        guard sticky_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+    }
+
+    func allowed(_ c: PeerCredentials) -> Bool {
+        c.uid == 0 || c.uid == geteuid() || allowedUIDs.contains(c.uid) || allowedGIDs.contains(c.gid)
+    }
+
+    /// Writes what it can without blocking; false when the peer is gone.
+    func flush(_ c: Client) -> Bool {
+        while !c.output.isEmpty {
+            let n = c.output.withUnsafeBytes { send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                c.output.removeFirst(n)
+            } else if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                return true
+            } else {
+                return false
+            }
+        }
+        return !c.closeAfterFlush
+    }
+
+    func serve(_ handler: Handler) {
+        var clients: [Int32: Client] = [:]
+        var fds: [pollfd] = []
+        defer {
+            for c in clients.values { close(c.fd) }
+            close(listenFD)
+            unlink(path)
+            close(stopPipe.read)
+            close(stopPipe.write)
+        }
+        while true {
+            fds.removeAll(keepingCapacity: true)
+            fds.append(pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0))
+            fds.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))
+            for c in clients.values {
+                var ev = Int16(POLLIN)
+                if !c.output.isEmpty { ev |= Int16(POLLOUT) }
+                fds.append(pollfd(fd: c.fd, events: ev, revents: 0))
+            }
+            let n = poll(&fds, nfds_t(fds.count), 1000)
+            let now = AdminServer.monotonicMs()
+            if n < 0 && errno != EINTR { logger.error("admin poll failed: errno \(errno)") }
+            if fds[0].revents != 0 { return }
+            if fds[1].revents & Int16(POLLIN) != 0 {
+                acceptClients(&clients, now: now)
+            }
+            for p in fds.dropFirst(2) where p.revents != 0 {
+                guard let c = clients[p.fd] else { continue }
+                var keep = true
+                if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                    keep = readLines(c, handler, now: now)
+                }
+                if keep { keep = flush(c) }
+                if keep && c.output.count > AdminServer.pendingOutputMax { keep = false }
+                if !keep {
+                    close(c.fd)
+                    clients[p.fd] = nil
+                }
+            }
+            // Idle sessions go, so a stuck client cannot hold a slot forever.
+            for (fd, c) in clients where now - c.lastActive > AdminServer.sessionIdleMs {
+                close(fd)
+                clients[fd] = nil
+            }
+        }
+    }
+
+    func acceptClients(_ clients: inout [Int32: Client], now: Int64) {
+        while true {
+            let fd = sticky_accept_nonblocking(listenFD)
+            if fd < 0 { return }
+            guard let cred = credentials(of: fd), allowed(cred) else {
+                let who = credentials(of: fd).map { "uid \($0.uid)" } ?? "unknown peer"
+                logger.warning("admin connection refused", metadata: ["peer": "\(who)"])
+                let msg = "error: permission denied for \(who)\n\n"
+                _ = msg.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+                close(fd)
+                continue
+            }
+            if clients.count >= AdminServer.clientsMax {
+                let msg = "error: too many admin connections (\(AdminServer.clientsMax)); try again\n\n"
+                _ = msg.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+                close(fd)
+                continue
+            }
+            clients[fd] = Client(fd: fd, credentials: cred, now: now)
+        }
+    }
+
+    /// Reads what is there and answers each complete line. Returns false
+    /// when the session should end.
+    func readLines(_ c: Client, _ handler: Handler, now: Int64) -> Bool {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 {
+                // Half-closed by the client (socat at EOF): answer what
+                // was asked, then end.
+                c.closeAfterFlush = true
+                return flush(c)
+            }
+            if n < 0 { return errno == EAGAIN || errno == EINTR }
+            c.lastActive = now
+            for b in buf[0..<n] {
+                if b == UInt8(ascii: "\n") {
+                    if c.discardingLongLine {
+                        c.discardingLongLine = false
+                        continue
+                    }
+                    let line = String(decoding: c.input, as: UTF8.self)
+                    c.input.removeAll(keepingCapacity: true)
+                    if line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) { continue }
+                    let reply = handler(line[...], c.credentials)
+                    c.output.append(contentsOf: reply.text.utf8)
+                    if !reply.text.hasSuffix("\n") { c.output.append(UInt8(ascii: "\n")) }
+                    c.output.append(UInt8(ascii: "\n"))
+                    if reply.close {
+                        c.closeAfterFlush = true
+                        return flush(c)
+                    }
+                } else if c.discardingLongLine {
+                    continue
+                } else if c.input.count >= AdminGrammar.lineBytesMax {
+                    c.input.removeAll(keepingCapacity: true)
+                    c.discardingLongLine = true
+                    c.output.append(contentsOf: "error: line longer than \(AdminGrammar.lineBytesMax) bytes; discarded\n\n".utf8)
+                } else {
+                    c.input.append(b)
+                }
+            }
+        }
+    }
+}

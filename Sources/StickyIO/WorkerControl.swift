@@ -1,0 +1,111 @@
+import CURingShim
+import Glibc
+import StickyCore
+import Synchronization
+
+/// What a worker needs to place connections for one pool. Built once by the
+/// control plane (Maglev included) and handed to every worker, so all
+/// workers place a client the same way.
+public struct PoolSetup: Sendable {
+    public var name: String
+    public var targets: [TargetSpec]
+    public var states: [TargetState]
+    /// Per-worker share: capacity already divided by the worker count.
+    public var affinity: AffinityConfig
+    public var maglev: MaglevTable
+
+    public init(name: String, targets: [TargetSpec], states: [TargetState], affinity: AffinityConfig, maglev: MaglevTable) {
+        precondition(targets.count == states.count, "one state per target")
+        self.name = name
+        self.targets = targets
+        self.states = states
+        self.affinity = affinity
+        self.maglev = maglev
+    }
+}
+
+/// A message from the control plane to one worker.
+public enum WorkerCommand: Sendable {
+    /// Stop accepting; let connections finish until the shutdown deadline.
+    case stop
+    /// New target list for a pool (membership or weights changed).
+    case setTargets(pool: Int, targets: [TargetSpec], states: [TargetState], maglev: MaglevTable)
+    case setState(pool: Int, address: SocketAddress, state: TargetState)
+    /// A strict drain's deadline passed: send FIN both ways on the target's
+    /// connections now, and reset what is still open `graceMs` later.
+    case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis)
+    case clearAffinity(pool: Int?, scope: AffinityScope)
+    /// Publish a fresh report, with affinity pins if `pins` asks for them.
+    case report(PinQuery?)
+}
+
+/// Which pins a `show affinity` wants.
+public struct PinQuery: Sendable {
+    public var pool: Int?
+    public var client: IPAddress?
+    public var limit: Int
+    public init(pool: Int?, client: IPAddress?, limit: Int) {
+        self.pool = pool
+        self.client = client
+        self.limit = limit
+    }
+}
+
+/// One target as a worker sees it.
+public struct TargetLoad: Sendable, Equatable {
+    public var address: SocketAddress
+    public var connections: Int = 0
+    public var affinityEntries: Int = 0
+    public var bytesUp: UInt64 = 0
+    public var bytesDown: UInt64 = 0
+    public var connectionsTotal: UInt64 = 0
+}
+
+public struct PoolReport: Sendable {
+    public var targets: [TargetLoad] = []
+    public var affinity = AffinityCounters()
+}
+
+/// What a worker publishes: counters, per-target loads, and pins on demand.
+public struct WorkerReport: Sendable {
+    public var sequence: UInt64 = 0
+    public var counters = WorkerCounters()
+    public var pools: [PoolReport] = []
+    public var pins: [(pool: Int, pin: AffinityPin)] = []
+}
+
+/// The worker's side of the control channel: a mailbox the control plane
+/// fills, an eventfd that wakes the worker's ring, and the latest report.
+/// The worker takes the lock only when woken or on its tick, never per
+/// connection.
+public final class WorkerChannel: Sendable {
+    let inbox = Mutex<[WorkerCommand]>([])
+    let latest = Mutex<WorkerReport>(WorkerReport())
+    public let wakeFD: Int32
+
+    public init() throws {
+        let fd = eventfd(0, Int32(EFD_CLOEXEC))
+        guard fd >= 0 else { throw SystemError("eventfd", errno: errno) }
+        wakeFD = fd
+    }
+
+    deinit { close(wakeFD) }
+
+    public func post(_ command: WorkerCommand) {
+        inbox.withLock { $0.append(command) }
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    func take() -> [WorkerCommand] {
+        inbox.withLock { box in
+            let out = box
+            box.removeAll()
+            return out
+        }
+    }
+
+    public var report: WorkerReport { latest.withLock { $0 } }
+
+    func publish(_ r: WorkerReport) { latest.withLock { $0 = r } }
+}
