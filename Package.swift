@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "stickyd", targets: ["stickyd"]),
+        .executable(name: "stickyctl", targets: ["stickyctl"]),
         .library(name: "StickyCore", targets: ["StickyCore"]),
     ],
     dependencies: [
@@ -41,6 +42,14 @@ let package = Package(
                 "StickyCore", "StickyIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The operator's CLI: admin commands and the affinity benchmark.
+        .executableTarget(
+            name: "stickyctl",
+            dependencies: [
+                "StickyCore", "StickyIO", "CURing", "CURingShim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "StickyCoreTests", dependencies: ["StickyCore"]),
