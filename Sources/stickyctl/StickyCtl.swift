@@ -7,7 +7,8 @@ struct StickyCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stickyctl",
         abstract: "Control and benchmark stickyd.",
-        subcommands: [Bench.self]
+        subcommands: [Show.self, Add.self, SetWeight.self, Drain.self, Ready.self, Maint.self, Remove.self,
+                      ClearAffinity.self, Replace.self, Raw.self, Bench.self]
     )
 
     /// As ArgumentParser's own `main()`, except that a usage error exits 2

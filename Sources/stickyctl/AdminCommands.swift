@@ -1,0 +1,399 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import StickyCore
+
+/// Exit statuses scripts can rely on (docs/ADMIN.md, "stickyctl").
+enum CtlExit {
+    /// The daemon refused the command (it answered with an error).
+    static let refused: Int32 = 1
+    /// Bad usage (ArgumentParser's errors are mapped to 2 too).
+    static let usage: Int32 = 2
+    /// The admin socket could not be reached.
+    static let unreachable: Int32 = 3
+    /// A wait (--wait, replace) ran out of time.
+    static let timedOut: Int32 = 4
+}
+
+struct CtlFailure: Error {
+    var status: Int32
+    var message: String
+}
+
+/// Options every admin subcommand takes.
+struct AdminOptions: ParsableArguments {
+    @Option(name: .long, help: "Admin socket path (default $STICKYD_ADMIN_SOCKET or /run/stickyd/admin.sock).")
+    var socket: String?
+
+    @Flag(name: .long, help: "Print the daemon's JSON answer instead of text.")
+    var json = false
+
+    var path: String {
+        socket ?? ProcessInfo.processInfo.environment["STICKYD_ADMIN_SOCKET"] ?? StickyConfig.adminSocketDefault
+    }
+}
+
+/// One session on the admin socket: a line out, an answer (ended by an
+/// empty line) back.
+final class AdminSession {
+    let fd: Int32
+    var buffer: [UInt8] = []
+
+    init(path: String) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw CtlFailure(status: CtlExit.unreachable, message: "socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        guard path.utf8.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
+            throw CtlFailure(status: CtlExit.usage, message: "admin socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw CtlFailure(status: CtlExit.unreachable,
+                             message: "cannot reach stickyd at \(path): \(String(cString: strerror(e)))")
+        }
+        // A daemon that stops answering must not hang a rollout script.
+        var tv = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    /// Sends one command; returns the answer without its closing blank line.
+    func ask(_ line: String) throws -> String {
+        let out = Array((line + "\n").utf8)
+        var off = 0
+        while off < out.count {
+            let n = out[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw CtlFailure(status: CtlExit.unreachable, message: "admin socket closed while sending") }
+            off += n
+        }
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let end = AdminSession.answerEnd(buffer) {
+                let answer = String(decoding: buffer[..<end], as: UTF8.self)
+                buffer.removeFirst(end + 2)
+                return answer
+            }
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else {
+                throw CtlFailure(status: CtlExit.unreachable, message: n == 0 ? "stickyd closed the admin session" : "no answer from stickyd (timed out)")
+            }
+            buffer.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    /// Index of the "\n\n" that ends an answer.
+    static func answerEnd(_ b: [UInt8]) -> Int? {
+        guard b.count >= 2 else { return nil }
+        for i in 0..<(b.count - 1) where b[i] == 10 && b[i + 1] == 10 { return i }
+        return nil
+    }
+
+    /// Asks and fails on an error answer.
+    func run(_ line: String, json: Bool) throws -> String {
+        let answer = try ask(json ? "json " + line : line)
+        if answer.hasPrefix("error: ") {
+            throw CtlFailure(status: CtlExit.refused, message: String(answer.dropFirst(7)))
+        }
+        if json, let data = answer.data(using: .utf8),
+           let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let e = obj["error"] as? String {
+            throw CtlFailure(status: CtlExit.refused, message: e)
+        }
+        return answer
+    }
+
+    func targets(pool: String?) throws -> [[String: Any]] {
+        let answer = try run("show targets" + (pool.map { " \($0)" } ?? ""), json: true)
+        guard let data = answer.data(using: .utf8),
+              let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let list = obj["targets"] as? [[String: Any]] else {
+            throw CtlFailure(status: CtlExit.refused, message: "unexpected answer to show targets: \(answer)")
+        }
+        return list
+    }
+
+    func target(_ address: String, pool: String?) throws -> [String: Any]? {
+        try targets(pool: pool).first { $0["address"] as? String == address && (pool == nil || $0["pool"] as? String == pool) }
+    }
+}
+
+/// Runs an admin subcommand body, turning failures into exit statuses.
+func runAdmin(_ options: AdminOptions, _ body: (AdminSession) throws -> String?) throws {
+    do {
+        let session = try AdminSession(path: options.path)
+        if let out = try body(session), !out.isEmpty { print(out) }
+    } catch let f as CtlFailure {
+        var err = StandardErrorStream()
+        print("stickyctl: \(f.message)", to: &err)
+        throw ExitCode(f.status)
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func poolPrefix(_ pool: String?) -> String { pool.map { "\($0) " } ?? "" }
+
+// MARK: - Commands
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show info, stats, targets or affinity.",
+        discussion: "TOPIC is info, stats, targets [POOL], or affinity [POOL] [IP] [--limit N].")
+
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "info, stats, targets or affinity, then its arguments.")
+    var words: [String]
+    @Option(name: .long, help: "For affinity: most entries to show.")
+    var limit: Int?
+
+    func run() throws {
+        guard let topic = words.first, ["info", "stats", "targets", "affinity"].contains(topic) else {
+            throw ValidationError("show takes info, stats, targets [POOL] or affinity [POOL] [IP]")
+        }
+        var line = "show " + words.joined(separator: " ")
+        if let limit { line += " limit \(limit)" }
+        try runAdmin(options) { try $0.run(line, json: options.json) }
+    }
+}
+
+struct Add: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Add a target to a pool (it takes new clients at once).")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Target address, ip:port.") var address: String
+    @Option(help: "Pool (needed when there is more than one).") var pool: String?
+    @Option(help: "Weight, 0-10000 (default 1).") var weight: Int?
+    @Option(help: "Name shown in listings.") var name: String?
+
+    func run() throws {
+        var line = "add target \(poolPrefix(pool))\(address)"
+        if let weight { line += " weight \(weight)" }
+        if let name { line += " name \(name)" }
+        try runAdmin(options) { try $0.run(line, json: options.json) }
+    }
+}
+
+struct SetWeight: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "set-weight", abstract: "Change a target's weight.")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Target address.") var address: String
+    @Argument(help: "New weight, 0-10000.") var weight: Int
+    @Option(help: "Pool.") var pool: String?
+
+    func run() throws {
+        try runAdmin(options) { try $0.run("set target \(poolPrefix(pool))\(address) weight \(weight)", json: options.json) }
+    }
+}
+
+/// Polls until the target has no connections or its drain deadline has
+/// passed and the cut is done; prints progress to stderr.
+func waitDrained(_ s: AdminSession, address: String, pool: String?, waitTimeout: Double, quiet: Bool) throws -> String {
+    let start = monotonicSeconds()
+    var err = StandardErrorStream()
+    var lastPrinted = -1.0
+    while true {
+        guard let t = try s.target(address, pool: pool) else {
+            return "drained \(address): target is gone"
+        }
+        let conns = t["connections"] as? Int ?? 0
+        let left = (t["drain_remaining_ms"] as? Int).map { Double($0) / 1000 }
+        if conns == 0 {
+            if !quiet { print("", to: &err) }
+            return "drained \(address): no connections left"
+        }
+        let elapsed = monotonicSeconds() - start
+        if elapsed > waitTimeout {
+            throw CtlFailure(status: CtlExit.timedOut, message: "\(address) still has \(conns) connection(s) after \(Int(waitTimeout))s of waiting")
+        }
+        if !quiet && elapsed - lastPrinted >= 1 {
+            lastPrinted = elapsed
+            let deadline = left.map { String(format: "deadline in %.0fs", $0) } ?? "no deadline"
+            print("draining \(address): \(conns) connection(s) left, \(deadline)", to: &err)
+        }
+        usleep(200_000)
+    }
+}
+
+struct Drain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Drain a target: no new clients; with strict mode its pinned clients move too.",
+        discussion: "With --wait, returns once the target has no connections (at the deadline the daemon closes what is left).")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Target address.") var address: String
+    @Option(help: "Pool.") var pool: String?
+    @Option(help: "strict (default) or sticky.") var mode: String?
+    @Option(help: "Deadline, e.g. 60s.") var timeout: String?
+    @Flag(help: "Wait until the target has no connections left.") var wait = false
+    @Option(name: .customLong("wait-timeout"), help: "Give up waiting after this many seconds (default: drain deadline + 30).")
+    var waitTimeout: Double?
+    @Flag(help: "No progress lines.") var quiet = false
+
+    func run() throws {
+        var line = "drain target \(poolPrefix(pool))\(address)"
+        if let mode { line += " mode \(mode)" }
+        if let timeout { line += " timeout \(timeout)" }
+        try runAdmin(options) { s in
+            let first = try s.run(line, json: options.json)
+            guard wait else { return first }
+            print(first)
+            let deadlineS = Double(parseDuration(timeout ?? "") ?? 60_000) / 1000
+            return try waitDrained(s, address: address, pool: pool, waitTimeout: waitTimeout ?? deadlineS + 30, quiet: quiet)
+        }
+    }
+}
+
+struct Ready: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Put a target back in service (ends a drain or maintenance).")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Target address.") var address: String
+    @Option(help: "Pool.") var pool: String?
+    func run() throws { try runAdmin(options) { try $0.run("ready target \(poolPrefix(pool))\(address)", json: options.json) } }
+}
+
+struct Maint: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Take a target out of service at once (its clients move).")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Target address.") var address: String
+    @Option(help: "Pool.") var pool: String?
+    func run() throws { try runAdmin(options) { try $0.run("maint target \(poolPrefix(pool))\(address)", json: options.json) } }
+}
+
+struct Remove: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove a target (drain it first; --force cuts its connections).")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Target address.") var address: String
+    @Option(help: "Pool.") var pool: String?
+    @Flag(help: "Remove even with connections open (they are reset).") var force = false
+    func run() throws {
+        try runAdmin(options) { try $0.run("remove target \(poolPrefix(pool))\(address)\(force ? " force" : "")", json: options.json) }
+    }
+}
+
+struct ClearAffinity: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "clear-affinity", abstract: "Forget pins: one client's, one target's, or all.")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Client IP.") var client: String?
+    @Option(help: "Pool.") var pool: String?
+    @Option(help: "Forget every pin to this target.") var target: String?
+    @Flag(help: "Forget every pin.") var all = false
+
+    func run() throws {
+        let scope: String
+        switch (client, target, all) {
+        case (let c?, nil, false): scope = c
+        case (nil, let t?, false): scope = "target \(t)"
+        case (nil, nil, true): scope = "all"
+        default: throw ValidationError("give exactly one of CLIENT, --target ADDR or --all")
+        }
+        try runAdmin(options) { try $0.run("clear affinity \(poolPrefix(pool))\(scope)", json: options.json) }
+    }
+}
+
+struct Raw: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send one admin command line as it is (see `help`).")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "The command words.") var words: [String]
+    func run() throws { try runAdmin(options) { try $0.run(words.joined(separator: " "), json: options.json) } }
+}
+
+/// Whether something accepts TCP connections at `address` (a bounded connect).
+func acceptsConnections(_ address: SocketAddress, timeoutMs: Int32 = 1000) -> Bool {
+    let family = address.ip.isV4 ? AF_INET : AF_INET6
+    let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var ss = sockaddr_storage()
+    var len: socklen_t = 0
+    switch address.ip {
+    case .v4(let v):
+        withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                sin.pointee.sin_family = sa_family_t(AF_INET)
+                sin.pointee.sin_port = address.port.bigEndian
+                sin.pointee.sin_addr.s_addr = v.bigEndian
+            }
+        }
+        len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    case .v6(let hi, let lo):
+        withUnsafeMutablePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
+                sin6.pointee.sin6_family = sa_family_t(AF_INET6)
+                sin6.pointee.sin6_port = address.port.bigEndian
+                withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { raw in
+                    raw.storeBytes(of: hi.bigEndian, toByteOffset: 0, as: UInt64.self)
+                    raw.storeBytes(of: lo.bigEndian, toByteOffset: 8, as: UInt64.self)
+                }
+            }
+        }
+        len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+    }
+    let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
+    if rc == 0 { return true }
+    guard errno == EINPROGRESS else { return false }
+    var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+    guard poll(&p, 1, timeoutMs) == 1 else { return false }
+    var soerr: Int32 = 0
+    var slen = socklen_t(MemoryLayout<Int32>.size)
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen)
+    return soerr == 0
+}
+
+struct Replace: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Roll one target over to another: add NEW, wait until it is ready, drain OLD and wait, remove OLD.",
+        discussion: "Each step is printed; on failure the exit status says which kind (1 refused, 3 unreachable, 4 timed out) and nothing further is done.")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "Target to retire.") var old: String
+    @Argument(help: "Target to bring in.") var new: String
+    @Option(help: "Pool.") var pool: String?
+    @Option(help: "Weight for NEW (default: OLD's).") var weight: Int?
+    @Option(help: "Name for NEW.") var name: String?
+    @Option(help: "Drain mode for OLD (default strict).") var mode: String?
+    @Option(help: "Drain deadline for OLD, e.g. 60s.") var timeout: String?
+    @Option(name: .customLong("ready-timeout"), help: "Seconds to wait for NEW to accept connections (default 30).")
+    var readyTimeout: Double = 30
+    @Flag(help: "No progress lines.") var quiet = false
+
+    func run() throws {
+        guard let newAddress = SocketAddress(new) else { throw ValidationError("NEW '\(new)' is not an address (ip:port)") }
+        guard SocketAddress(old) != nil else { throw ValidationError("OLD '\(old)' is not an address (ip:port)") }
+        try runAdmin(options) { s in
+            guard let oldTarget = try s.target(old, pool: pool) else {
+                throw CtlFailure(status: CtlExit.refused, message: "no target \(old)")
+            }
+            let targetPool = pool ?? (oldTarget["pool"] as? String)
+            // 1. NEW must answer before it gets clients.
+            let start = monotonicSeconds()
+            while !acceptsConnections(newAddress) {
+                if monotonicSeconds() - start > readyTimeout {
+                    throw CtlFailure(status: CtlExit.timedOut, message: "\(new) did not accept connections within \(Int(readyTimeout))s; nothing changed")
+                }
+                usleep(200_000)
+            }
+            var add = "add target \(poolPrefix(targetPool))\(new) weight \(weight ?? (oldTarget["weight"] as? Int ?? 1))"
+            if let name { add += " name \(name)" }
+            print(try s.run(add, json: false))
+            // 2. Drain OLD and wait for its last connection.
+            var drain = "drain target \(poolPrefix(targetPool))\(old)"
+            if let mode { drain += " mode \(mode)" }
+            if let timeout { drain += " timeout \(timeout)" }
+            print(try s.run(drain, json: false))
+            let deadlineS = Double(parseDuration(timeout ?? "") ?? 60_000) / 1000
+            print(try waitDrained(s, address: old, pool: targetPool, waitTimeout: deadlineS + 30, quiet: quiet))
+            // 3. Remove it.
+            return try s.run("remove target \(poolPrefix(targetPool))\(old)", json: false)
+        }
+    }
+}
