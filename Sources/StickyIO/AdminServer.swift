@@ -72,9 +72,12 @@ public final class AdminServer: @unchecked Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket(AF_UNIX)", errno: errno) }
         var addr = AdminServer.unixAddress(path)
-        // Create the socket file without group/other bits from the start:
-        // a chmod after bind would leave a window.
-        let oldMask = umask(0o177)
+        // Create the socket file with its final mode from the start (a chmod
+        // after bind would leave a window): 0600 when only root and our own
+        // user may connect; open to all when allow lists name others, whom
+        // the kernel would otherwise refuse before SO_PEERCRED is checked.
+        let open = !allowedUIDs.isEmpty || !allowedGIDs.isEmpty
+        let oldMask = umask(open ? 0o111 : 0o177)
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }

@@ -100,10 +100,10 @@ public final class ControlPlane: Sendable {
     // MARK: - Reports
 
     /// Asks every worker for a fresh report and waits (bounded) for them.
-    public func collect(_ query: PinQuery? = nil, timeoutMs: Int = 2000) -> [WorkerReport] {
+    public func collect(_ query: PinQuery? = nil, entries: Bool = false, timeoutMs: Int = 2000) -> [WorkerReport] {
         let chans = channels.withLock { $0 }
         let before = chans.map { $0.report.sequence }
-        for c in chans { c.post(.report(query)) }
+        for c in chans { c.post(.report(query, entries: entries)) }
         let deadline = ControlPlane.monotonicMs() + Millis(timeoutMs)
         while ControlPlane.monotonicMs() < deadline {
             if zip(chans, before).allSatisfy({ $0.report.sequence > $1 }) { break }
@@ -395,7 +395,8 @@ public final class ControlPlane: Sendable {
     }
 
     func targets(_ r: TargetRegistry, pool: String?, now: Millis) -> AdminAnswer {
-        let loads = ControlPlane.loads(collect())
+        // Entry counts walk every worker's table: only `show targets` pays.
+        let loads = ControlPlane.loads(collect(entries: true))
         var rows: [[String]] = []
         var objects: [[String: Any]] = []
         for (p, pr) in r.pools.enumerated() where pool == nil || pr.name == pool {

@@ -48,8 +48,12 @@ public final class Daemon {
                     opened.append(fd)
                     perWorker[w].append(.init(fd: fd, pool: pool))
                     if w == 0 && workers > 1 {
+                        // Steer by the pool's affinity key, not the full
+                        // address: a masked key (/24) must still land on the
+                        // one worker whose shard holds it.
+                        let a = config.pools[pool].affinity
                         try Sockets.attachSteering(fd, ipv6: !l.address.ip.isV4,
-                                                   prefixLength: l.address.ip.isV4 ? 32 : 128, workers: workers)
+                                                   prefixLength: l.address.ip.isV4 ? a.maskV4 : a.maskV6, workers: workers)
                     }
                 }
             }

@@ -799,7 +799,7 @@ public final class Worker {
             }
             cutList = keep
         }
-        if tickCount % 4 == 0 { publishReport(nil) }
+        if tickCount % 4 == 0 { publishReport(nil, entries: false) }
         tickCount &+= 1
         var h = idleHead
         while h >= 0 {
@@ -844,8 +844,8 @@ public final class Worker {
                 for p in policies.indices where pool == nil || pool == p {
                     policies[p].clearAffinity(scope, now: now)
                 }
-            case .report(let query):
-                publishReport(query)
+            case .report(let query, let entries):
+                publishReport(query, entries: entries)
             }
         }
     }
@@ -893,7 +893,7 @@ public final class Worker {
         }
     }
 
-    func publishReport(_ query: PinQuery?) {
+    func publishReport(_ query: PinQuery?, entries countEntries: Bool) {
         reportSequence += 1
         var r = WorkerReport()
         r.sequence = reportSequence
@@ -902,12 +902,12 @@ public final class Worker {
         for p in policies.indices {
             var pr = PoolReport()
             pr.affinity = policies[p].counters
-            let entries = policies[p].entriesPerTarget(now: now)
+            let entries = countEntries ? policies[p].entriesPerTarget(now: now) : []
             for t in 0..<Worker.targetSlots {
                 guard let a = policies[p].address(ofTarget: t) else { continue }
                 let k = p * Worker.targetSlots + t
                 pr.targets.append(TargetLoad(address: a, connections: policies[p].openConnections(target: t),
-                                             affinityEntries: entries[t], bytesUp: targetBytesUp[k],
+                                             affinityEntries: countEntries ? entries[t] : 0, bytesUp: targetBytesUp[k],
                                              bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k]))
             }
             r.pools.append(pr)
@@ -917,7 +917,7 @@ public final class Worker {
                 if let c = q.client {
                     if let pin = policies[p].pin(of: c, now: now) { r.pins.append((p, pin)) }
                 } else {
-                    for pin in policies[p].pins(now: now).prefix(q.limit - r.pins.count) { r.pins.append((p, pin)) }
+                    for pin in policies[p].pins(now: now, limit: q.limit - r.pins.count) { r.pins.append((p, pin)) }
                 }
                 if r.pins.count >= q.limit { break }
             }

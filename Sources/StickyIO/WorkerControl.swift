@@ -35,8 +35,9 @@ public enum WorkerCommand: Sendable {
     /// connections now, and reset what is still open `graceMs` later.
     case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis)
     case clearAffinity(pool: Int?, scope: AffinityScope)
-    /// Publish a fresh report, with affinity pins if `pins` asks for them.
-    case report(PinQuery?)
+    /// Publish a fresh report: with affinity pins if a query asks for them,
+    /// and with per-target entry counts (a walk of the table) if `entries`.
+    case report(PinQuery?, entries: Bool)
 }
 
 /// Which pins a `show affinity` wants.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CURing
 import Glibc
 import StickyCore
 import StickyIO
@@ -312,12 +313,35 @@ struct BenchServe: ParsableCommand {
 
     func validate() throws { _ = try resolved() }
 
+    /// bind(2) without SO_REUSEPORT: the listeners below set it (one per
+    /// thread), and would otherwise quietly join the group of another
+    /// process on the same port, a stale serve or a balancer, and share
+    /// its connections. Returns why the address cannot be used, or nil.
+    static func probe(_ a: SocketAddress) -> String? {
+        let fd = socket(a.ip.isV4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return String(cString: strerror(errno)) }
+        defer { close(fd) }
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if !a.ip.isV4 {
+            _ = setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        var (ss, len) = Sockets.storage(for: a)
+        let rc = withUnsafePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
+        }
+        return rc == 0 ? nil : String(cString: strerror(errno))
+    }
+
     func run() throws {
         let backends = try resolved()
         _ = benchRaiseFileLimit()
         BenchSignals.install()
         // Listeners are made here, so that a port in use is reported before
         // anything starts; each thread gets its own SO_REUSEPORT member.
+        for (a, _) in backends {
+            if let problem = BenchServe.probe(a) { throw BenchFailure("listen \(a): \(problem)") }
+        }
         var workers: [BenchServeWorker] = []
         for _ in 0..<threads {
             var fds: [Int32] = []

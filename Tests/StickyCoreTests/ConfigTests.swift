@@ -77,6 +77,8 @@ final class ConfigTests: XCTestCase {
         // The shipped file doubles as documentation of the defaults, so it
         // must say exactly what leaving every optional key out would mean.
         let shipped = try ConfigLoader.load(path: Self.defaultConfigPath)
+        // Pools are taken from the file, so their affinity is checked apart.
+        XCTAssertEqual(shipped.pools.map(\.affinity), [AffinityConfig()])
         var defaults = StickyConfig(listeners: shipped.listeners, pools: shipped.pools)
         defaults.adminSocket = shipped.adminSocket
         XCTAssertEqual(shipped, defaults)

@@ -39,3 +39,22 @@ extension AffinityBalancer {
         return removed
     }
 }
+
+extension AffinityBalancer {
+    private struct Enough: Error {}
+
+    /// At most `limit` live pins, stopping the walk once it has them, so a
+    /// `show affinity` on a big table costs the data path little.
+    public func pins(now: Millis, limit: Int) -> [AffinityPin] {
+        var out: [AffinityPin] = []
+        guard limit > 0 else { return out }
+        out.reserveCapacity(min(limit, 4096))
+        let nowSec = AffinityTable.seconds(now)
+        try? table.forEach { _, e in
+            guard !table.isExpired(e, nowSec: nowSec) else { return }
+            out.append(pinInfo(e))
+            if out.count >= limit { throw Enough() }
+        }
+        return out
+    }
+}
