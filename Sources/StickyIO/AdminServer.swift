@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import StickyCore
+import Synchronization
 
 /// Who is on the other end of an admin connection (SO_PEERCRED).
 public struct PeerCredentials: Sendable, Equatable {
@@ -51,6 +52,7 @@ public final class AdminServer: @unchecked Sendable {
     let listenFD: Int32
     let stopPipe: (read: Int32, write: Int32)
     var thread: Thread?
+    let finished = Mutex(false)
 
     /// Binds the socket (mode 0600) at `path`, replacing a stale socket
     /// file but refusing to steal one another process is serving.
@@ -98,6 +100,11 @@ public final class AdminServer: @unchecked Sendable {
         stopPipe = (p.0, p.1)
     }
 
+    deinit {
+        close(stopPipe.read)
+        close(stopPipe.write)
+    }
+
     static func unixAddress(_ path: String) -> sockaddr_un {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -125,10 +132,13 @@ public final class AdminServer: @unchecked Sendable {
         thread = t
     }
 
-    /// Stops serving and removes the socket file.
+    /// Stops serving and removes the socket file; returns once the admin
+    /// thread has finished (bounded: 2 s), so a process exiting right after
+    /// leaves no stale socket behind.
     public func stop() {
         var one: UInt8 = 1
         _ = write(stopPipe.write, &one, 1)
+        for _ in 0..<200 where !finished.withLock({ $0 }) { usleep(10_000) }
     }
 
     final class Client {
@@ -186,8 +196,7 @@ public final class AdminServer: @unchecked Sendable {
             for c in clients.values { close(c.fd) }
             close(listenFD)
             unlink(path)
-            close(stopPipe.read)
-            close(stopPipe.write)
+            finished.withLock { $0 = true }
         }
         while true {
             fds.removeAll(keepingCapacity: true)

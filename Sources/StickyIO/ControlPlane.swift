@@ -413,7 +413,8 @@ public final class ControlPlane: Sendable {
                 }
                 if let d = t.drain {
                     drainLeftMs = max(0, d.deadlineMs - now)
-                    drainText = d.expired ? "expired" : formatDuration(max(0, d.deadlineMs - now))
+                    // Whole seconds, rounded up: "0s" only once it is over.
+                    drainText = d.expired ? "expired" : "\((max(0, d.deadlineMs - now) + 999) / 1000)s"
                 }
                 rows.append([pr.name, "\(t.spec.address)", t.spec.name ?? "-", stateText, "\(t.spec.weight)",
                              "\(l.connections)", "\(l.affinityEntries)", "\(l.connectionsTotal)",

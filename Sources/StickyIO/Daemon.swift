@@ -204,6 +204,32 @@ public final class Daemon {
         return 0
     }
 
+    /// The state file's bytes; nil only when there is none (ENOENT). Any
+    /// other failure stops the start: running on the config alone would
+    /// overwrite the runtime changes the file holds.
+    static func readStateFile(_ path: String) throws -> Data? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw SystemError("cannot read state file \(path); fix its permissions or move it aside (the config alone is then used)", errno: errno)
+        }
+        defer { close(fd) }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n == 0 { return data }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("cannot read state file \(path)", errno: errno)
+            }
+            data.append(contentsOf: chunk[0..<n])
+            guard data.count <= 64 << 20 else {
+                throw SystemError("state file \(path) is larger than 64 MiB; not a stickyd state file", errno: EFBIG)
+            }
+        }
+    }
+
     /// Builds the registry from the config and the state file, and settles
     /// the hash key: configured, else kept in the state file, else new.
     func makeControlPlane() throws -> ControlPlane {
@@ -219,7 +245,7 @@ public final class Daemon {
             } catch {
                 throw SystemError("state_dir \(dir): \(error)", errno: EACCES)
             }
-            if let data = FileManager.default.contents(atPath: statePath!) {
+            if let data = try Daemon.readStateFile(statePath!) {
                 let file: StateFile
                 do {
                     file = try StateFile.decode(data, file: statePath!)

@@ -102,6 +102,8 @@ final class BenchClientWorker: @unchecked Sendable {
     private var targetCounts = [UInt64](repeating: 0, count: NameTable.namesMax)
 
     private var started: UInt64 = 0
+    /// Warmup plus budget; an unlimited budget stays unlimited.
+    private let startsMax: UInt64
     private var nextClient = 0
     private var active = 0
     private var parked = 0
@@ -115,6 +117,8 @@ final class BenchClientWorker: @unchecked Sendable {
         precondition(plan.threadIndex < plan.threadCount, "thread index out of range")
         precondition(plan.sources.count >= plan.threadCount, "every worker needs a client")
         self.plan = plan
+        let (sum, overflow) = plan.warmup.addingReportingOverflow(plan.budget)
+        startsMax = overflow ? .max : sum
         family = plan.targets[0].ip.isV4 ? AF_INET : AF_INET6
         localClients = (plan.sources.count - plan.threadIndex + plan.threadCount - 1) / plan.threadCount
         slots = .allocate(capacity: plan.slots)
@@ -204,7 +208,7 @@ final class BenchClientWorker: @unchecked Sendable {
 
     @inline(__always)
     private func canStart(_ now: UInt64) -> Bool {
-        !stopping && started < plan.warmup &+ plan.budget && now < deadlineNs
+        !stopping && started < startsMax && now < deadlineNs
     }
 
     private func beginMeasuring(_ now: UInt64) {

@@ -206,14 +206,26 @@ public enum AdminGrammar {
     static func parseTarget(_ w: inout ArraySlice<Substring>, usage: String) -> Result<(String?, SocketAddress), AdminParseError> {
         guard let first = w.popFirst() else { return .failure(AdminParseError("missing target address; usage: \(usage)")) }
         if let a = SocketAddress(String(first)) { return .success((nil, a)) }
+        // A word that looks like an address is a bad address, not a pool
+        // name: say what is wrong with it.
+        if first.contains(":") || first.contains("[") || IPAddress(parsing: first) != nil {
+            return .failure(AdminParseError(badAddress(first)))
+        }
         guard let second = w.popFirst() else {
             return .failure(AdminParseError("'\(first)' is not an address (ip:port, or [v6]:port); usage: \(usage)"))
         }
         if let e = checkPoolName(String(first)) { return .failure(e) }
         guard let a = SocketAddress(String(second)) else {
-            return .failure(AdminParseError("'\(second)' is not an address (ip:port, or [v6]:port)"))
+            return .failure(AdminParseError(badAddress(second)))
         }
         return .success((String(first), a))
+    }
+
+    static func badAddress(_ word: Substring) -> String {
+        if IPAddress(parsing: word) != nil {
+            return "'\(word)' is not an address: the port is missing (ip:port, or [v6]:port)"
+        }
+        return "'\(word)' is not an address (ip:port with port 1-65535, or [v6]:port)"
     }
 
     static func parseWeight(_ word: Substring?) -> Result<Int, AdminParseError> {
