@@ -75,7 +75,7 @@ public final class ControlPlane: Sendable {
             let a = affinity(pool: p, workers: workers)
             let specs = r.pools[p].targets.map(\.spec)
             return PoolSetup(name: r.pools[p].name, targets: specs, states: r.pools[p].targets.map(\.state),
-                             affinity: a, maglev: MaglevTable(targets: specs, key: a.hashKey!))
+                             affinity: a, maglev: MaglevTable(targets: specs, key: a.hashKey!), sharedLoads: SharedLoads())
         }
     }
 

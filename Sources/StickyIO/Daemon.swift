@@ -81,6 +81,7 @@ public final class Daemon {
         s.shutdownTimeoutMs = config.timeouts.shutdownMs
         s.connectRetries = config.connectRetries
         s.ringEntries = ringEntries
+        s.sharePoolLoads = workers > 1
         return s
     }
 

@@ -32,6 +32,9 @@ public struct WorkerSettings: Sendable {
     /// Accepted connections held while every slot is busy, before the
     /// listener is paused; beyond it a connection is closed and counted.
     public var acceptBacklogMax = 256
+    /// Bounded load over the pool's connections on every worker (true with
+    /// more than one worker), rather than this worker's alone.
+    public var sharePoolLoads = false
 
     public init() {}
 }
@@ -143,6 +146,7 @@ public final class Worker {
         var balancers: [Policy] = []
         for pool in settings.pools {
             var b = try Policy(targets: pool.targets, config: pool.affinity, maglev: pool.maglev)
+            if settings.sharePoolLoads { b.sharedLoads = pool.sharedLoads }
             for (t, state) in zip(pool.targets, pool.states) where state != .ready {
                 b.setState(address: t.address, state: state)
             }

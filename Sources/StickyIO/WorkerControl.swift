@@ -13,14 +13,18 @@ public struct PoolSetup: Sendable {
     /// Per-worker share: capacity already divided by the worker count.
     public var affinity: AffinityConfig
     public var maglev: MaglevTable
+    /// One per pool, shared by every worker: bounded load is pool-wide.
+    public var sharedLoads: SharedLoads
 
-    public init(name: String, targets: [TargetSpec], states: [TargetState], affinity: AffinityConfig, maglev: MaglevTable) {
+    public init(name: String, targets: [TargetSpec], states: [TargetState], affinity: AffinityConfig,
+                maglev: MaglevTable, sharedLoads: SharedLoads) {
         precondition(targets.count == states.count, "one state per target")
         self.name = name
         self.targets = targets
         self.states = states
         self.affinity = affinity
         self.maglev = maglev
+        self.sharedLoads = sharedLoads
     }
 }
 

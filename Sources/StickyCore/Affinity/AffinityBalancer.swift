@@ -129,6 +129,10 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
 
     @usableFromInline var counts = AffinityCounters()
 
+    /// Pool-wide loads for the bounded-load check when several workers
+    /// share a pool; nil when this balancer sees every connection itself.
+    public var sharedLoads: SharedLoads?
+
     // MARK: setup (control plane)
 
     /// A balancer over `targets`, all ready. Builds the Maglev table here;
@@ -442,7 +446,18 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         // connect failure excluded some (rare, so a loop is fine there).
         var load = newLoad
         var weight = newWeight
-        if candidates != takesNew {
+        if let shared = sharedLoads {
+            // Pool-wide view: sum the candidates' shared counts.
+            load = 0
+            weight = 0
+            var m = candidates
+            while m != 0 {
+                let s = m.trailingZeroBitCount
+                load += shared[s]
+                weight += weights[s]
+                m &= m &- 1
+            }
+        } else if candidates != takesNew {
             load = 0
             weight = 0
             var m = candidates
@@ -460,7 +475,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         for _ in 0..<AffinityBalancer.spillWalkMax {
             let t = Int(slotOfMaglevIndex[Int(maglev.slots[pos])])
             if candidates & 1 << UInt64(t) != 0 {
-                if let per = perWeight, Double(loads[t]) >= (per * Double(weights[t])).rounded(.up) {
+                if let per = perWeight, Double(sharedLoads?[t] ?? loads[t]) >= (per * Double(weights[t])).rounded(.up) {
                     passedOver = true
                 } else {
                     if passedOver { counts.spills &+= 1 }
@@ -474,7 +489,9 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         var m = candidates
         while m != 0 {
             let s = m.trailingZeroBitCount
-            if best < 0 || (loads[s] + 1) * weights[best] < (loads[best] + 1) * weights[s] { best = s }
+            let ls = sharedLoads?[s] ?? loads[s]
+            let lb = best < 0 ? 0 : sharedLoads?[best] ?? loads[best]
+            if best < 0 || (ls + 1) * weights[best] < (lb + 1) * weights[s] { best = s }
             m &= m &- 1
         }
         if passedOver { counts.spills &+= 1 }
@@ -484,6 +501,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     @inlinable @inline(__always)
     mutating func addLoad(_ target: Int, _ delta: Int) {
         loads[target] += delta
+        sharedLoads?.add(target, delta)
         if takesNew & 1 << UInt64(target) != 0 { newLoad += delta }
     }
 
