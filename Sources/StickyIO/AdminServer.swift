@@ -53,6 +53,8 @@ public final class AdminServer: @unchecked Sendable {
     let stopPipe: (read: Int32, write: Int32)
     var thread: Thread?
     let finished = Mutex(false)
+    /// Monotonic ms until which the listener is not polled (after EMFILE).
+    var acceptPausedUntil: Int64 = 0
 
     /// Binds the socket (mode 0600) at `path`, replacing a stale socket
     /// file but refusing to steal one another process is serving.
@@ -201,13 +203,14 @@ public final class AdminServer: @unchecked Sendable {
         while true {
             fds.removeAll(keepingCapacity: true)
             fds.append(pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0))
-            fds.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))
+            let listening = AdminServer.monotonicMs() >= acceptPausedUntil
+            fds.append(pollfd(fd: listening ? listenFD : -1, events: Int16(POLLIN), revents: 0))
             for c in clients.values {
                 var ev = Int16(POLLIN)
                 if !c.output.isEmpty { ev |= Int16(POLLOUT) }
                 fds.append(pollfd(fd: c.fd, events: ev, revents: 0))
             }
-            let n = poll(&fds, nfds_t(fds.count), 1000)
+            let n = poll(&fds, nfds_t(fds.count), listening ? 1000 : 100)
             let now = AdminServer.monotonicMs()
             if n < 0 && errno != EINTR { logger.error("admin poll failed: errno \(errno)") }
             if fds[0].revents != 0 { return }
@@ -238,6 +241,12 @@ public final class AdminServer: @unchecked Sendable {
     func acceptClients(_ clients: inout [Int32: Client], now: Int64) {
         while true {
             let fd = sticky_accept_nonblocking(listenFD)
+            if fd == -EMFILE || fd == -ENFILE {
+                // The listener stays readable while we have no descriptor
+                // to accept with: stop polling it for a moment, not spin.
+                acceptPausedUntil = now + 100
+                return
+            }
             if fd < 0 { return }
             guard let cred = credentials(of: fd), allowed(cred) else {
                 let who = credentials(of: fd).map { "uid \($0.uid)" } ?? "unknown peer"

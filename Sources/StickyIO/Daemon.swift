@@ -64,6 +64,16 @@ public final class Daemon {
         return perWorker
     }
 
+    /// Each worker's share of the descriptors not yet in use, less room for
+    /// its ring and eventfd, admin sessions and the state file's writes.
+    static func descriptorBudget(limit: Int, workers: Int) -> Int {
+        let inUse = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 64
+        let reserved = 16 + 4 * workers
+        return max(16, (limit - inUse - reserved) / workers)
+    }
+
+    var descriptorBudget = 0
+
     func settings(for index: Int, listeners: [WorkerSettings.Listener], workers: Int, pools: [PoolSetup]) -> WorkerSettings {
         var s = WorkerSettings()
         s.index = index
@@ -82,6 +92,7 @@ public final class Daemon {
         s.connectRetries = config.connectRetries
         s.ringEntries = ringEntries
         s.sharePoolLoads = workers > 1
+        s.descriptorBudget = descriptorBudget
         return s
     }
 
@@ -113,6 +124,15 @@ public final class Daemon {
         }
         let channels = try (0..<workers).map { _ in try WorkerChannel() }
         control.attach(channels)
+        let budget = Daemon.descriptorBudget(limit: Int(fdLimit), workers: workers)
+        descriptorBudget = budget
+        let needed = 2 * config.limits.maxConnections
+            + (config.engine == .splice ? 2 * config.limits.pipePool * workers : 0)
+        if budget * workers < needed {
+            logger.warning("RLIMIT_NOFILE allows fewer connections than limits.max_connections; accepting pauses at the descriptor budget",
+                           metadata: ["nofile": "\(fdLimit)", "max_connections": "\(config.limits.maxConnections)",
+                                      "connections_possible": "\(max(0, budget * workers - (needed - 2 * config.limits.maxConnections)) / 2)"])
+        }
 
         let started = Mutex<[Result<Void, SystemError>?]>(Array(repeating: nil, count: workers))
         let finished = Mutex<[WorkerCounters?]>(Array(repeating: nil, count: workers))

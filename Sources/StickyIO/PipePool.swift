@@ -51,11 +51,17 @@ final class PipePool {
     @inline(__always) func writeFD(_ i: Int32) -> Int32 { pipes[Int(i)].write }
 
     /// An empty pipe, or nil when the pool is exhausted or pipe2 fails.
-    func acquire() -> Int32? {
+    /// `mayCreate` false: only a pipe already open will do (the worker is
+    /// short of descriptors).
+    func acquire(mayCreate: Bool = true) -> Int32? {
         guard freeCount > 0 else { return nil }
         freeCount -= 1
         let i = free[freeCount]
         if pipes[Int(i)].read < 0 {
+            guard mayCreate else {
+                freeCount += 1
+                return nil
+            }
             var fds: (Int32, Int32) = (-1, -1)
             let rc = withUnsafeMutableBytes(of: &fds) {
                 sticky_pipe_nonblocking($0.baseAddress!.assumingMemoryBound(to: Int32.self))

@@ -35,6 +35,9 @@ public struct WorkerSettings: Sendable {
     /// Bounded load over the pool's connections on every worker (true with
     /// more than one worker), rather than this worker's alone.
     public var sharePoolLoads = false
+    /// Descriptors this worker may hold (its share of RLIMIT_NOFILE after
+    /// what the process already uses); 0 means no budget is enforced.
+    public var descriptorBudget = 0
 
     public init() {}
 }
@@ -106,6 +109,15 @@ public final class Worker {
     var acceptArmed: [Bool]
     var acceptPaused = false
     var acceptRetryArmed = false
+    /// Sockets this worker holds open (clients, backends, held accepts);
+    /// pipes are counted by the pool.
+    var descriptors = 0
+    /// Accepted connections whose backend socket could not be created for
+    /// want of descriptors; retried on the accept-retry timer.
+    var parkedConnects: [(slot: Int32, generation: UInt32)] = []
+    /// Descriptors kept free before accepting more: room for the backend
+    /// sockets of connections the kernel already accepted in one batch.
+    static let descriptorReserve = 8
     /// Accepted descriptors waiting for a free slot.
     var acceptBacklog: [Int32] = []
     var acceptBacklogPool: [Int] = []
@@ -282,6 +294,7 @@ public final class Worker {
             onWake(res)
         case .acceptRetry:
             acceptRetryArmed = false
+            retryParkedConnects()
             if !stopping { resumeAccepting() }
         default:
             let i = Int(ud.index)
@@ -347,7 +360,14 @@ public final class Worker {
         if flags & UInt32(IORING_CQE_F_MORE) == 0 { acceptArmed[l] = false }
         if res >= 0 {
             counters.accepted += 1
+            descriptors += 1
             admit(res, pool: settings.listeners[l].pool)
+            if descriptorsLeft < Worker.descriptorReserve {
+                // Near the budget: pause before the kernel hands us clients
+                // we could not give a backend socket.
+                if !acceptPaused { counters.descriptorExhaustion += 1 }
+                pauseAccepting()
+            }
         } else if res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM {
             // Out of descriptors or memory: stop accepting for a while
             // instead of spinning on the error, and say so (rarely).
@@ -384,8 +404,17 @@ public final class Worker {
         }
     }
 
+    /// Descriptors left in this worker's budget (Int.max without one).
+    var descriptorsLeft: Int {
+        guard settings.descriptorBudget > 0 else { return Int.max }
+        return settings.descriptorBudget - descriptors - 2 * (pipes?.openCount ?? 0)
+    }
+
     func resumeAccepting() {
-        guard acceptPaused, freeHead >= 0, !stopping else { return }
+        // Hysteresis: resume only with twice the reserve free, so a worker at
+        // its descriptor budget does not flap between pausing and accepting.
+        guard acceptPaused, freeHead >= 0, !stopping, parkedConnects.isEmpty,
+              descriptorsLeft >= 2 * Worker.descriptorReserve else { return }
         acceptPaused = false
         for l in listenerFDs.indices { armAccept(l) }
     }
@@ -400,6 +429,7 @@ public final class Worker {
                 counters.rejectedFull += 1
                 Sockets.setResetOnClose(fd)
                 close(fd)
+                descriptors -= 1
             }
             pauseAccepting()
             return
@@ -407,6 +437,7 @@ public final class Worker {
         guard let peer = Sockets.peer(of: fd) else {
             // The client already went away (ENOTCONN).
             close(fd)
+            descriptors -= 1
             return
         }
         let i = Int(freeHead)
@@ -436,12 +467,25 @@ public final class Worker {
         let k = pool * Worker.targetSlots + t
         precondition(targetAddressLengths[k] > 0, "placed on a target slot with no address")
         let family = targetAddresses[k].ss_family
-        let fd = socket(Int32(family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = descriptorsLeft > 0
+            ? socket(Int32(family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            : -1
         guard fd >= 0 else {
+            // No descriptor for the backend: give back what place() counted
+            // and park the client (it keeps its connection) until one frees,
+            // up to the connect timeout; accepting pauses meanwhile.
+            policies[pool].connectFailed(p, client: slots[i].client, now: now)
             counters.descriptorExhaustion += 1
-            beginClose(i, .resources, reset: true)
+            if now - slots[i].lastActive >= settings.connectTimeoutMs {
+                beginClose(i, .resources, reset: true)
+                return
+            }
+            parkedConnects.append((Int32(i), slots[i].generation))
+            pauseAccepting()
+            armAcceptRetry()
             return
         }
+        descriptors += 1
         Sockets.setNoDelay(fd)
         slots[i].placement = p
         slots[i].backendFD = fd
@@ -483,6 +527,7 @@ public final class Worker {
         if res == -ECANCELED { counters.connectTimeouts += 1 } else { counters.connectErrors += 1 }
         close(slots[i].backendFD)
         slots[i].backendFD = -1
+        descriptors -= 1
         policies[pool].connectFailed(slots[i].placement, client: slots[i].client, now: now)
         let failed = Int(slots[i].placement.target)
         if failed < TargetMask.capacity { slots[i].excluded.insert(failed) }
@@ -583,7 +628,7 @@ public final class Worker {
                 break loop
             }
             if d.pipe < 0 {
-                guard let p = pipes.acquire() else {
+                guard let p = pipes.acquire(mayCreate: descriptorsLeft >= 2) else {
                     d.awaitingPipe = true
                     counters.pipeWaits += 1
                     waiting.append((Int32(i), slots[i].generation, down))
@@ -872,6 +917,7 @@ public final class Worker {
             acceptArmed[l] = false
         }
         for fd in acceptBacklog { close(fd) }
+        descriptors -= acceptBacklog.count
         acceptBacklog.removeAll()
         acceptBacklogPool.removeAll()
     }
@@ -953,6 +999,7 @@ public final class Worker {
     /// the close runs even when there was nothing to cancel.
     func cancelAndClose(_ fd: Int32, _ i: Int, reset: Bool) {
         if reset { Sockets.setResetOnClose(fd) }
+        descriptors -= 1
         ring.reserve(2)
         let c = ring.sqe()
         io_uring_prep_cancel_fd(c, fd, UInt32(IORING_ASYNC_CANCEL_ALL))
@@ -962,6 +1009,18 @@ public final class Worker {
         io_uring_prep_close(s, fd)
         io_uring_sqe_set_data64(s, userData(.close, i))
         slots[i].inflight += 2
+    }
+
+    /// Connects parked for want of a descriptor try again, oldest first.
+    func retryParkedConnects() {
+        guard !parkedConnects.isEmpty else { return }
+        let list = parkedConnects
+        parkedConnects.removeAll(keepingCapacity: true)
+        for (index, generation) in list {
+            let i = Int(index)
+            guard slots[i].generation == generation, slots[i].state == .connecting, slots[i].backendFD < 0 else { continue }
+            connect(i)
+        }
     }
 
     /// Gives back a finished direction's pipe or queued buffers.
@@ -1004,7 +1063,9 @@ public final class Worker {
         slots[i].next = freeHead
         freeHead = Int32(i)
         counters.active -= 1
-        // A free slot: first serve a connection accepted while full.
+        // Descriptors came back: parked connects first, they hold clients.
+        retryParkedConnects()
+        // A free slot: then serve a connection accepted while full.
         if !acceptBacklog.isEmpty && !stopping {
             let fd = acceptBacklog.removeFirst()
             let pool = acceptBacklogPool.removeFirst()

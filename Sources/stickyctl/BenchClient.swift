@@ -402,6 +402,14 @@ final class BenchClientWorker: @unchecked Sendable {
     }
 
     /// Ten times a second: give up on slow connections, retry parked slots.
+    ///
+    /// `shutdown(2)` on an active slot's fd is safe because its CLOSE only
+    /// runs after its RECV completes, and with DEFER_TASKRUN completions and
+    /// the linked CLOSE only happen inside `submitAndWait`, after which the
+    /// loop reaps everything before it gets here. (Without DEFER_TASKRUN, on
+    /// kernels before 6.1, a slot timing out in the same instant as it
+    /// completes could shut down a reused fd number; the Ring falls back to
+    /// that mode only there.)
     private func tick(_ now: UInt64, _ ring: Ring) {
         for s in 0..<plan.slots {
             let slot = slots + s
