@@ -93,6 +93,7 @@ public final class Daemon {
         s.ringEntries = ringEntries
         s.sharePoolLoads = workers > 1
         s.descriptorBudget = descriptorBudget
+        s.acceptQueueMax = config.listeners.map(\.backlog).max() ?? 4096
         return s
     }
 
@@ -126,12 +127,12 @@ public final class Daemon {
         control.attach(channels)
         let budget = Daemon.descriptorBudget(limit: Int(fdLimit), workers: workers)
         descriptorBudget = budget
-        let needed = 2 * config.limits.maxConnections
-            + (config.engine == .splice ? 2 * config.limits.pipePool * workers : 0)
-        if budget * workers < needed {
+        // Two descriptors per connection; splice pipes (two each) are taken
+        // only while bytes are in flight, so they are not counted here.
+        if budget * workers < 2 * config.limits.maxConnections {
             logger.warning("RLIMIT_NOFILE allows fewer connections than limits.max_connections; accepting pauses at the descriptor budget",
                            metadata: ["nofile": "\(fdLimit)", "max_connections": "\(config.limits.maxConnections)",
-                                      "connections_possible": "\(max(0, budget * workers - (needed - 2 * config.limits.maxConnections)) / 2)"])
+                                      "connections_possible": "\(budget * workers / 2)"])
         }
 
         let started = Mutex<[Result<Void, SystemError>?]>(Array(repeating: nil, count: workers))
@@ -190,6 +191,7 @@ public final class Daemon {
             "engine": "\(config.engine.rawValue)",
             "max_connections": "\(config.limits.maxConnections)",
             "nofile": "\(fdLimit)",
+            "descriptor_budget_per_worker": "\(descriptorBudget)",
         ])
 
         // The main thread waits for signals, waking every 100 ms to run the

@@ -38,6 +38,9 @@ public struct WorkerSettings: Sendable {
     /// Descriptors this worker may hold (its share of RLIMIT_NOFILE after
     /// what the process already uses); 0 means no budget is enforced.
     public var descriptorBudget = 0
+    /// The largest listener backlog: how many connections one multishot
+    /// accept can hand over at once.
+    public var acceptQueueMax = 4096
 
     public init() {}
 }
@@ -346,10 +349,22 @@ public final class Worker {
         io_uring_sqe_set_data64(s, UserData(op: .tick, generation: 0, index: 0).raw)
     }
 
+    /// Descriptors a multishot accept may take in one go: it drains the
+    /// whole accept queue, which the listener backlog bounds.
+    var multishotHeadroom: Int { settings.acceptQueueMax + 64 }
+
     func armAccept(_ l: Int) {
         guard !acceptArmed[l], listenerFDs[l] >= 0 else { return }
         let s = ring.sqe()
-        io_uring_prep_multishot_accept(s, listenerFDs[l], nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+        let flags = Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if descriptorsLeft > multishotHeadroom {
+            io_uring_prep_multishot_accept(s, listenerFDs[l], nil, nil, flags)
+        } else {
+            // Near the descriptor budget, one accept at a time: a multishot
+            // accept would take the whole queue, and descriptors held by
+            // clients we cannot yet serve leave none for backends or pipes.
+            io_uring_prep_accept(s, listenerFDs[l], nil, nil, flags)
+        }
         io_uring_sqe_set_data64(s, UserData(op: .accept, generation: 0, index: UInt32(l)).raw)
         acceptArmed[l] = true
     }
@@ -404,11 +419,23 @@ public final class Worker {
         }
     }
 
-    /// Descriptors left in this worker's budget (Int.max without one).
+    /// Descriptors left in this worker's budget for sockets (Int.max
+    /// without a budget). A few pipes' worth is always held back: pipes are
+    /// how bytes move, and if sockets could take every descriptor, all
+    /// connections would wait for a pipe that can never be made.
     var descriptorsLeft: Int {
+        guard settings.descriptorBudget > 0 else { return Int.max }
+        let pipesHeld = max(pipes?.openCount ?? 0, pipes == nil ? 0 : Worker.pipesReserved)
+        return settings.descriptorBudget - descriptors - 2 * pipesHeld
+    }
+
+    /// Descriptors left for a new pipe, which may use the held-back share.
+    var pipeDescriptorsLeft: Int {
         guard settings.descriptorBudget > 0 else { return Int.max }
         return settings.descriptorBudget - descriptors - 2 * (pipes?.openCount ?? 0)
     }
+
+    static let pipesReserved = 4
 
     func resumeAccepting() {
         // Hysteresis: resume only with twice the reserve free, so a worker at
@@ -419,9 +446,11 @@ public final class Worker {
         for l in listenerFDs.indices { armAccept(l) }
     }
 
-    /// Takes an accepted descriptor into a slot, or holds it until one frees.
+    /// Takes an accepted descriptor into a slot, or holds it until a slot
+    /// and a descriptor for its backend are free: a client admitted without
+    /// room for its backend could only wait while holding a slot.
     func admit(_ fd: Int32, pool: Int) {
-        guard freeHead >= 0 else {
+        guard freeHead >= 0, descriptorsLeft >= 1 else {
             if acceptBacklog.count < settings.acceptBacklogMax {
                 acceptBacklog.append(fd)
                 acceptBacklogPool.append(pool)
@@ -628,7 +657,7 @@ public final class Worker {
                 break loop
             }
             if d.pipe < 0 {
-                guard let p = pipes.acquire(mayCreate: descriptorsLeft >= 2) else {
+                guard let p = pipes.acquire(mayCreate: pipeDescriptorsLeft >= 2) else {
                     d.awaitingPipe = true
                     counters.pipeWaits += 1
                     waiting.append((Int32(i), slots[i].generation, down))
@@ -1066,7 +1095,7 @@ public final class Worker {
         // Descriptors came back: parked connects first, they hold clients.
         retryParkedConnects()
         // A free slot: then serve a connection accepted while full.
-        if !acceptBacklog.isEmpty && !stopping {
+        if !acceptBacklog.isEmpty && !stopping && descriptorsLeft >= 1 {
             let fd = acceptBacklog.removeFirst()
             let pool = acceptBacklogPool.removeFirst()
             admit(fd, pool: pool)
