@@ -51,6 +51,78 @@ public struct DrainDefaults: Sendable, Equatable {
     public init() {}
 }
 
+/// The admin listener for a controller on another host: TCP with mutual
+/// TLS. Files are checked for shape here and loaded at start.
+public struct RemoteAdminConfig: Sendable, Equatable {
+    public var listen: SocketAddress
+    /// PEM: the server's certificate (a chain may follow it) and its key.
+    public var certificate: String
+    public var privateKey: String
+    /// PEM: the CA (or CAs) that client certificates must chain to.
+    public var clientCA: String
+    /// Verified clients that are let in; empty refuses everyone.
+    public var allow: [AllowedClient]
+
+    public init(listen: SocketAddress, certificate: String, privateKey: String, clientCA: String,
+                allow: [AllowedClient]) {
+        self.listen = listen
+        self.certificate = certificate
+        self.privateKey = privateKey
+        self.clientCA = clientCA
+        self.allow = allow
+    }
+}
+
+/// One entry of `admin.remote.allow`: a client certificate named by its
+/// SHA-256 fingerprint, or by its subject's common name. Either only ever
+/// matches a certificate that `client_ca` has already verified.
+public enum AllowedClient: Sendable, Equatable, CustomStringConvertible {
+    /// The digest of the certificate's DER bytes: 64 uppercase hex digits.
+    case sha256(String)
+    /// The subject CN, compared exactly (case included).
+    case commonName(String)
+
+    /// `sha256:AB:CD:...` (colons optional, any case; the form
+    /// `openssl x509 -fingerprint -sha256` prints) or `CN=name`.
+    public init?(_ text: String) {
+        if text.lowercased().hasPrefix("sha256:") {
+            let hex = text.dropFirst(7).filter { $0 != ":" }.uppercased()
+            guard hex.count == 64, hex.allSatisfy({ $0.isHexDigit && $0.isASCII }) else { return nil }
+            self = .sha256(hex)
+        } else if text.uppercased().hasPrefix("CN=") {
+            let name = String(text.dropFirst(3))
+            guard !name.isEmpty else { return nil }
+            self = .commonName(name)
+        } else {
+            return nil
+        }
+    }
+
+    public func matches(sha256 hex: String, commonName: String?) -> Bool {
+        switch self {
+        case .sha256(let want): return want == hex.uppercased()
+        case .commonName(let want): return want == commonName
+        }
+    }
+
+    /// Colon-separated pairs, as `openssl x509 -fingerprint` prints them.
+    public static func fingerprint(_ hex: String) -> String {
+        var out = ""
+        for (i, c) in hex.enumerated() {
+            if i > 0 && i % 2 == 0 { out.append(":") }
+            out.append(c)
+        }
+        return out
+    }
+
+    public var description: String {
+        switch self {
+        case .sha256(let hex): return "sha256:\(AllowedClient.fingerprint(hex))"
+        case .commonName(let name): return "CN=\(name)"
+        }
+    }
+}
+
 public struct Limits: Sendable, Equatable {
     /// Proxied connections across all workers; each one holds two fds.
     public var maxConnections = 10_000
@@ -93,6 +165,8 @@ public struct StickyConfig: Sendable, Equatable {
     /// Besides root and the daemon's own user, who may use the admin socket.
     public var adminAllowUIDs: [Int] = []
     public var adminAllowGIDs: [Int] = []
+    /// The TCP admin listener with mutual TLS; nil runs without one.
+    public var adminRemote: RemoteAdminConfig?
     public var drain = DrainDefaults()
     /// Where runtime state (targets changed over the admin socket, the
     /// generated hash key) is kept across restarts; nil keeps none.
@@ -264,6 +338,19 @@ public struct StickyConfig: Sendable, Equatable {
             // sun_path is 108 bytes including the terminating NUL.
             guard socket.utf8.count < Bounds.unixPathBytes else {
                 throw failure("admin.socket", "admin.socket is \(socket.utf8.count) bytes long; a Unix socket path must be under \(Bounds.unixPathBytes) bytes")
+            }
+        }
+
+        if let remote = adminRemote {
+            let files = [("admin.remote.cert", remote.certificate), ("admin.remote.key", remote.privateKey),
+                         ("admin.remote.client_ca", remote.clientCA)]
+            // The daemon may run from any directory (systemd uses /), so a
+            // relative path would mean something else there.
+            for (path, file) in files where !file.hasPrefix("/") {
+                throw failure(path, "\(path) must be an absolute path, got '\(file)'")
+            }
+            if let index = listeners.firstIndex(where: { $0.address == remote.listen }) {
+                throw failure("admin.remote.listen", "admin.remote.listen \(remote.listen) is also a traffic listener (\(firstUse("listeners[\(index)].address"))); the admin listener needs an address of its own")
             }
         }
 

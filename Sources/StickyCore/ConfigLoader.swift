@@ -188,13 +188,14 @@ private struct NodeReader {
             if let node = timeouts["shutdown"] { config.timeouts.shutdownMs = try duration(node, name: "timeouts.shutdown") }
         }
         if let node = top["admin"] {
-            let admin = try fields(node, path: "admin", what: "admin", prefix: "admin.", known: ["socket", "allow_uids", "allow_gids"])
+            let admin = try fields(node, path: "admin", what: "admin", prefix: "admin.", known: ["socket", "allow_uids", "allow_gids", "remote"])
             if let node = admin["socket"] {
                 let text = try string(node, name: "admin.socket")
                 config.adminSocket = text == "none" ? nil : text
             }
             if let node = admin["allow_uids"] { config.adminAllowUIDs = try ints(node, path: "admin.allow_uids") }
             if let node = admin["allow_gids"] { config.adminAllowGIDs = try ints(node, path: "admin.allow_gids") }
+            if let node = admin["remote"] { config.adminRemote = try remoteAdmin(node, path: "admin.remote") }
         }
         if let node = top["drain"] {
             let drain = try fields(node, path: "drain", what: "drain", prefix: "drain.", known: ["mode", "timeout", "grace"])
@@ -280,6 +281,29 @@ private struct NodeReader {
             a.hashKey = key
         }
         return a
+    }
+
+    /// Shapes only: the files are read when the daemon starts.
+    private mutating func remoteAdmin(_ node: Node, path: String) throws -> RemoteAdminConfig {
+        let keys = try fields(node, path: path, what: "admin.remote", prefix: "admin.remote.",
+                              known: ["listen", "cert", "key", "client_ca", "allow"])
+        let listen = try address(required("listen", in: keys), name: "admin.remote.listen")
+        let cert = try string(required("cert", in: keys), name: "admin.remote.cert")
+        let key = try string(required("key", in: keys), name: "admin.remote.key")
+        let clientCA = try string(required("client_ca", in: keys), name: "admin.remote.client_ca")
+        // Required, even though it may be empty: a listener that refuses
+        // everyone should be what the file says, not what it forgot.
+        let allowNodes = try list(required("allow", in: keys), path: "\(path).allow", name: "admin.remote.allow")
+        var allow: [AllowedClient] = []
+        for (index, node) in allowNodes.enumerated() {
+            let name = "admin.remote.allow[\(index)]"
+            let text = try string(node, name: name)
+            guard let entry = AllowedClient(text) else {
+                throw failure(node, "\(name) must be sha256:<fingerprint> (64 hex digits, colons allowed) or CN=<common name>, got '\(text)'")
+            }
+            allow.append(entry)
+        }
+        return RemoteAdminConfig(listen: listen, certificate: cert, privateKey: key, clientCA: clientCA, allow: allow)
     }
 
     private mutating func ints(_ node: Node, path: String) throws -> [Int] {

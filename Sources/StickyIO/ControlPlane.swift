@@ -246,25 +246,14 @@ public final class ControlPlane: Sendable {
             }
         case .showAffinity(let pool, let client, let limit):
             let r = registry
-            var pi: Int?
-            if pool != nil {
-                switch r.poolIndex(pool) {
-                case .success(let p): pi = p
-                case .failure(let e): return .failure(e)
-                }
+            return ControlPlane.poolFilter(r, pool).map { pi in
+                affinity(r, pool: pi, client: client, limit: limit ?? 100, now: now)
             }
-            return .success(affinity(r, pool: pi, client: client, limit: limit ?? 100, now: now))
         case .clearAffinity(let pool, let scope):
-            let r = registry
-            var pi: Int?
-            if pool != nil {
-                switch r.poolIndex(pool) {
-                case .success(let p): pi = p
-                case .failure(let e): return .failure(e)
-                }
+            return ControlPlane.poolFilter(registry, pool).map { pi in
+                broadcast(.clearAffinity(pool: pi, scope: scope))
+                return .ok("affinity cleared (entries with open connections stay until they close)")
             }
-            broadcast(.clearAffinity(pool: pi, scope: scope))
-            return .success(.ok("affinity cleared (entries with open connections stay until they close)"))
         case .addTarget(let pool, let address, let weight, let name):
             return mutate { $0.add(pool: pool, address: address, weight: weight, name: name) }
                 .map { _ in .ok("added \(address)") }
@@ -297,6 +286,12 @@ public final class ControlPlane: Sendable {
                     return .ok("removed \(address)")
                 }
         }
+    }
+
+    /// A command's optional pool: nil means every pool; a name must exist.
+    static func poolFilter(_ r: TargetRegistry, _ pool: String?) -> Result<Int?, RegistryError> {
+        guard pool != nil else { return .success(nil) }
+        return r.poolIndex(pool).map { Optional($0) }
     }
 
     /// Applies a registry change under the lock, then publishes and

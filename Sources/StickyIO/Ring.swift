@@ -131,6 +131,28 @@ public final class Ring {
         io_uring_cq_advance(ring, UInt32(count))
     }
 
+    /// One completion, copied out of the CQ.
+    public typealias Completion = (userData: UInt64, res: Int32, flags: UInt32)
+
+    /// Reaps up to `max` ready completions into `scratch`, advances the CQ,
+    /// then calls `body` for each: completions are copied out first, so a
+    /// handler that submits (or reaps) can never recurse into the CQ.
+    /// Returns how many were handled. `scratch` must hold `max` entries and
+    /// `cqes` as many pointers.
+    @inlinable
+    public func reap(_ cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>,
+                     _ scratch: UnsafeMutablePointer<Completion>, max: Int,
+                     _ body: (Completion) -> Void) -> Int {
+        let n = peekBatch(cqes, max: UInt32(max))
+        for i in 0..<n {
+            let c = cqes[i]!.pointee
+            scratch[i] = (c.user_data, c.res, c.flags)
+        }
+        advance(n)
+        for i in 0..<n { body(scratch[i]) }
+        return n
+    }
+
     /// Registers a provided-buffer ring (liburing 2.3 has no
     /// io_uring_setup_buf_ring, so map and register by hand).
     public func registerBufferRing(_ br: UnsafeMutablePointer<io_uring_buf_ring>, entries: UInt32, group: UInt16) throws {

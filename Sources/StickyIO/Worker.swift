@@ -257,7 +257,7 @@ public final class Worker {
         armWake()
         armTick()
         let cqes = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: Worker.batchMax)
-        let batch = UnsafeMutablePointer<(UInt64, Int32, UInt32)>.allocate(capacity: Worker.batchMax)
+        let batch = UnsafeMutablePointer<Ring.Completion>.allocate(capacity: Worker.batchMax)
         defer {
             cqes.deallocate()
             batch.deallocate()
@@ -266,17 +266,10 @@ public final class Worker {
             ring.submitAndWait(timeoutMs: nil)
             now = Worker.clock()
             while true {
-                let n = ring.peekBatch(cqes, max: UInt32(Worker.batchMax))
+                let n = ring.reap(cqes, batch, max: Worker.batchMax) { c in
+                    dispatch(UserData(raw: c.userData), c.res, c.flags)
+                }
                 if n == 0 { break }
-                for i in 0..<n {
-                    let c = cqes[i]!.pointee
-                    batch[i] = (c.user_data, c.res, c.flags)
-                }
-                ring.advance(n)
-                for i in 0..<n {
-                    let (ud, res, flags) = batch[i]
-                    dispatch(UserData(raw: ud), res, flags)
-                }
                 if resourcesFreed { serveWaiting() }
             }
             if stopping && counters.active == 0 && acceptBacklog.isEmpty { running = false }

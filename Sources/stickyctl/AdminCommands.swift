@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import StickyCore
+import StickyIO
 
 /// Exit statuses scripts can rely on (docs/ADMIN.md, "stickyctl").
 enum CtlExit {
@@ -314,31 +315,7 @@ func acceptsConnections(_ address: SocketAddress, timeoutMs: Int32 = 1000) -> Bo
     let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { return false }
     defer { close(fd) }
-    var ss = sockaddr_storage()
-    var len: socklen_t = 0
-    switch address.ip {
-    case .v4(let v):
-        withUnsafeMutablePointer(to: &ss) {
-            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                sin.pointee.sin_family = sa_family_t(AF_INET)
-                sin.pointee.sin_port = address.port.bigEndian
-                sin.pointee.sin_addr.s_addr = v.bigEndian
-            }
-        }
-        len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    case .v6(let hi, let lo):
-        withUnsafeMutablePointer(to: &ss) {
-            $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
-                sin6.pointee.sin6_family = sa_family_t(AF_INET6)
-                sin6.pointee.sin6_port = address.port.bigEndian
-                withUnsafeMutableBytes(of: &sin6.pointee.sin6_addr) { raw in
-                    raw.storeBytes(of: hi.bigEndian, toByteOffset: 0, as: UInt64.self)
-                    raw.storeBytes(of: lo.bigEndian, toByteOffset: 8, as: UInt64.self)
-                }
-            }
-        }
-        len = socklen_t(MemoryLayout<sockaddr_in6>.size)
-    }
+    var (ss, len) = Sockets.storage(for: address)
     let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
     if rc == 0 { return true }
     guard errno == EINPROGRESS else { return false }

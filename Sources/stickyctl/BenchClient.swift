@@ -164,7 +164,7 @@ final class BenchClientWorker: @unchecked Sendable {
         }
         let cqes = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: BenchClientWorker.batchMax)
         defer { cqes.deallocate() }
-        let batch = UnsafeMutablePointer<(UInt64, Int32)>.allocate(capacity: BenchClientWorker.batchMax)
+        let batch = UnsafeMutablePointer<Ring.Completion>.allocate(capacity: BenchClientWorker.batchMax)
         defer { batch.deallocate() }
 
         var now = benchNowNs()
@@ -185,14 +185,9 @@ final class BenchClientWorker: @unchecked Sendable {
             // Reap first, then handle: handling queues new work, and the
             // completion queue is never walked while it changes.
             while true {
-                let n = ring.peekBatch(cqes, max: UInt32(BenchClientWorker.batchMax))
-                if n == 0 { break }
-                for i in 0..<n {
-                    let c = cqes[i]!.pointee
-                    batch[i] = (c.user_data, c.res)
+                let n = ring.reap(cqes, batch, max: BenchClientWorker.batchMax) { c in
+                    handle(c.userData, c.res, now, ring)
                 }
-                ring.advance(n)
-                for i in 0..<n { handle(batch[i].0, batch[i].1, now, ring) }
                 if n < BenchClientWorker.batchMax { break }
             }
             if now >= nextTickNs {

@@ -75,7 +75,7 @@ final class BenchServeWorker: @unchecked Sendable {
         }
         let cqes = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: BenchServeWorker.batchMax)
         defer { cqes.deallocate() }
-        let batch = UnsafeMutablePointer<(UInt64, Int32, UInt32)>.allocate(capacity: BenchServeWorker.batchMax)
+        let batch = UnsafeMutablePointer<Ring.Completion>.allocate(capacity: BenchServeWorker.batchMax)
         defer { batch.deallocate() }
         var accepted = [Int](repeating: 0, count: listenFDs.count)
         var failures = 0
@@ -86,15 +86,8 @@ final class BenchServeWorker: @unchecked Sendable {
         while !benchStopRequested.load(ordering: .relaxed) {
             ring.submitAndWait(timeoutMs: 200)
             while true {
-                let n = ring.peekBatch(cqes, max: UInt32(BenchServeWorker.batchMax))
-                if n == 0 { break }
-                for i in 0..<n {
-                    let c = cqes[i]!.pointee
-                    batch[i] = (c.user_data, c.res, c.flags)
-                }
-                ring.advance(n)
-                for i in 0..<n {
-                    let (ud, res, flags) = batch[i]
+                let n = ring.reap(cqes, batch, max: BenchServeWorker.batchMax) { c in
+                    let (ud, res, flags) = c
                     let l = Int(UInt32(truncatingIfNeeded: ud))
                     switch Op(rawValue: ud >> 56) {
                     case .accept:
