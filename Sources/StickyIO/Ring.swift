@@ -62,6 +62,9 @@ public final class Ring {
         }
         ring = r
         deferredTaskRun = deferred
+        // Registering the ring's own fd spares io_uring_enter an fd-table
+        // lookup on every call; older kernels refuse it, which costs nothing.
+        _ = io_uring_register_ring_fd(r)
     }
 
     deinit {
