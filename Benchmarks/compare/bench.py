@@ -16,6 +16,20 @@ Subcommands:
   probe-http PORT [SECS]       GET http://127.0.0.1:PORT/ (bounded), expect "ok"
   cpu [PGID...]                print the CPU seconds (user+system, all threads) used so far
                                by every live process in these process groups (0 if none)
+  parse-stickybench FILE       print "conn_per_s p99_ms violations spread errors clients_multi
+                               all_connections" from `stickyctl bench --json` output
+  idle-backend PORT            hold connections on 127.0.0.1:PORT until SIGTERM: send
+                               "hello\n" on accept, echo what comes, close on EOF
+  idle-measure PORT PGID N [WARMUP] [SRC_NET]
+                               open N idle connections to 127.0.0.1:PORT (each from its own
+                               source IP in SRC_NET, default 127.3.0.0/16; each gets the
+                               greeting and one echoed line, then idles), read the RSS and fd
+                               count of every process in PGID before and after, print JSON.
+                               WARMUP connections (default 200, 16 echoes each) are made and
+                               closed first, so that code pages, pools and buffer rings are
+                               touched before "before" is read
+  group-mem PGID [MIN_PROCS]   wait until PGID has MIN_PROCS processes and its RSS is steady
+                               (bounded), print the VmRSS sum in bytes
   record JSONL K=V...          append one sample (a JSON object) to JSONL
   report JSONL META_JSON [OUT_JSON]
                                print the comparison table; write the results as JSON
@@ -40,10 +54,33 @@ SCENARIOS = {
                   {"haproxy": 0.46, "nginx": 0.44}),
     "rr": ("keep-alive small requests", "req/s", 0.75,
            {"haproxy": 0.54, "nginx": 0.56}),
-    # Issue 3 fills this row (see bench_sticky_connrate in run.sh).
+    # issue 3: stickyctl bench, 10k client IPs, 3 identity backends (bench_sticky_connrate)
     "connrate": ("sticky new conns, 10k IPs", "conn/s", 0.75,
                  {"haproxy": 0.50, "nginx": 0.51}),
+    # idle proxied connection memory (bench_idle_memory): not a ratio; lower is better
+    "idlemem": ("idle conn, user memory", "B/conn", None, {}),
 }
+# per-sample extras shown under a row: key -> how the rounds are combined
+EXTRA_KEYS = {
+    "connrate": (("violations", "sum"), ("spread", "max")),
+    "idlemem": (("marginal", "median"), ("anon", "median"), ("reserved", "median"),
+                ("with_reserved", "median"), ("fds_per_conn", "median"),
+                ("rss_after_mib", "median")),
+}
+EXTRA_LABELS = {
+    "violations": ("  violations [clients, all rounds]", "{:.0f}"),
+    "spread": ("  spread max/mean [worst round]", "{:.3f}"),
+    "marginal": ("  marginal, N/2..N [B/conn]", "{:,.0f}"),
+    "anon": ("  anonymous memory only [B/conn]", "{:,.0f}"),
+    "reserved": ("  reserved per conn slot [B]", "{:,.0f}"),
+    "with_reserved": ("  growth + reserved slot [B/conn]", "{:,.0f}"),
+    "fds_per_conn": ("  proxy fds per idle conn", "{:.2f}"),
+    "rss_after_mib": ("  proxy RSS with N open [MiB]", "{:.1f}"),
+}
+# absolute targets (DESIGN.md "Held to these figures"), for rows that are not ratios
+ABS_TARGETS = {"idlemem": {"stickyd_max_bytes_per_conn": 2048}}
+# rows without a direct column (nothing to divide by)
+NO_DIRECT = {"idlemem"}
 
 
 def die(msg):
@@ -192,6 +229,212 @@ def cmd_probe_http(args):
         die(f"GET 127.0.0.1:{port}: status {r.status}, body {body[:80]!r}")
 
 
+def cmd_parse_stickybench(args):
+    with open(args[0]) as f:
+        text = f.read()
+    try:
+        d = json.loads(text)
+    except ValueError:
+        die(f"{args[0]}: not stickyctl bench JSON: {text[-300:]!r}")
+    if not d.get("connections"):
+        die(f"{args[0]}: no successful connection (errors {d.get('errors')})")
+    print(f"{d['conn_per_s']:.1f} {d['latency_us']['p99'] / 1000:.3f} {d['violations']}"
+          f" {d['spread_max_over_mean']:.4f} {d['errors']['total']} {d['clients_multi']}"
+          f" {d['attempts'] + d['warmup']['connections'] + d['warmup']['errors']}")
+
+
+def raise_nofile():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cmd_idle_backend(args):
+    """A backend that holds connections: greeting on accept, echo, close on EOF."""
+    import asyncio
+    import signal
+    port = int(args[0])
+    raise_nofile()
+
+    async def handle(reader, writer):
+        try:
+            writer.write(b"hello\n")
+            await writer.drain()
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096,
+                                            reuse_address=True)
+        print(f"holding on 127.0.0.1:{port}", flush=True)
+        async with server:
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+def group_pids(pgid):
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(st[2]) == pgid and st[0] != "Z":
+            pids.append(int(d))
+    return sorted(pids)
+
+
+def group_mem(pgid):
+    """Sum of VmRSS and RssAnon (bytes) and open fds over the live processes of PGID."""
+    rss = anon = fds = 0
+    pids = group_pids(pgid)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("RssAnon:"):
+                        anon += int(line.split()[1]) * 1024
+            fds += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return {"rss": rss, "anon": anon, "fds": fds, "pids": len(pids)}
+
+
+def settled_mem(pgid, min_procs=1):
+    """group_mem once the group has min_procs processes and two readings agree."""
+    deadline = time.monotonic() + 5
+    while len(group_pids(pgid)) < min_procs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    m = group_mem(pgid)
+    for _ in range(10):
+        time.sleep(0.2)
+        m2 = group_mem(pgid)
+        if m2["rss"] == m["rss"] and m2["fds"] == m["fds"]:
+            break
+        m = m2
+    return m
+
+
+def cmd_group_mem(args):
+    pgid = int(args[0])
+    min_procs = int(args[1]) if len(args) > 1 else 1
+    if not group_pids(pgid):
+        die(f"group-mem: no process in group {pgid}")
+    print(settled_mem(pgid, min_procs)["rss"])
+
+
+def cmd_idle_measure(args):
+    import ipaddress
+    port, pgid, n = int(args[0]), int(args[1]), int(args[2])
+    warmup = int(args[3]) if len(args) > 3 else 200
+    net = ipaddress.ip_network(args[4] if len(args) > 4 else "127.3.0.0/16")
+    nofile = raise_nofile()
+    if n + 64 > nofile:
+        die(f"idle-measure: {n} connections need more than the open-file limit {nofile}")
+    if n + warmup > net.num_addresses - 2:
+        die(f"idle-measure: {net} has too few addresses for {n + warmup} clients")
+    if not group_pids(pgid):
+        die(f"idle-measure: no process in group {pgid}")
+    base = int(net.network_address) + 1
+    deadline = time.monotonic() + 120   # bound on the whole opening phase
+
+    def open_one(i, echoes=1):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.settimeout(5)
+            s.bind((str(ipaddress.ip_address(base + i)), 0))
+            s.connect(("127.0.0.1", port))
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(64)
+                if not chunk:
+                    raise OSError("EOF before greeting")
+                buf += chunk
+            if buf != b"hello\n":
+                raise OSError(f"unexpected greeting {buf[:40]!r}")
+            for _ in range(echoes):
+                s.sendall(b"ping\n")
+                buf = b""
+                while not buf.endswith(b"\n"):
+                    chunk = s.recv(64)
+                    if not chunk:
+                        raise OSError("EOF before echo")
+                    buf += chunk
+            return s
+        except OSError:
+            s.close()
+            raise
+
+    def open_many(first, count, echoes=1):
+        socks = []
+        try:
+            for i in range(first, first + count):
+                if time.monotonic() > deadline:
+                    raise OSError("opening took longer than 120 s")
+                socks.append(open_one(i, echoes))
+        except OSError as e:
+            for s in socks:
+                s.close()
+            die(f"idle-measure: connection {len(socks) + 1} of {count} to port {port}: {e}")
+        return socks
+
+    def settle():
+        return settled_mem(pgid)
+
+    # warmup: load code pages, thread stacks, lazily built tables, and cycle buffer
+    # rings (a copy engine's provided buffers are used in ring order, so every
+    # buffer's first page gets touched once, whatever the number of connections)
+    for s in open_many(n, warmup, echoes=16):
+        s.close()
+    time.sleep(0.3)
+    before = settle()
+    t0 = time.monotonic()
+    socks = open_many(0, n // 2)
+    half = settle()
+    socks += open_many(n // 2, n - n // 2)
+    open_s = time.monotonic() - t0
+    after = settle()
+    for s in socks:
+        s.close()
+    time.sleep(0.3)
+    closed = group_mem(pgid)
+    out = {
+        "connections": n, "warmup": warmup, "open_s": round(open_s, 3),
+        "processes": after["pids"],
+        "rss_before": before["rss"], "rss_half": half["rss"], "rss_after": after["rss"],
+        "rss_after_close": closed["rss"],
+        "bytes_per_conn": round((after["rss"] - before["rss"]) / n, 1),
+        "bytes_per_conn_marginal": round((after["rss"] - half["rss"]) / (n - n // 2), 1),
+        "anon_bytes_per_conn": round((after["anon"] - before["anon"]) / n, 1),
+        "fds_per_conn": round((after["fds"] - before["fds"]) / n, 3),
+    }
+    print(json.dumps(out))
+
+
 def cmd_cpu(args):
     pgids = {int(a) for a in args}
     total = 0
@@ -231,6 +474,8 @@ def fmt(v, unit):
         return "n/a"
     if unit == "Gbit/s" or unit == "ms":
         return f"{v:.2f}"
+    if unit == "B/conn":
+        return f"{v:,.0f} B"
     return f"{v:,.0f}"
 
 
@@ -265,6 +510,9 @@ def cmd_report(args):
             if s in meta.get("placeholders", {}):
                 entry["status"] = "not implemented: " + meta["placeholders"][s]
                 entry["value"] = None
+            elif s in NO_DIRECT and c == "direct":
+                entry["status"] = "not applicable"
+                entry["value"] = None
             elif good:
                 entry["value"] = round(statistics.median(entry["samples"]), 3)
                 entry["status"] = "ok"
@@ -275,18 +523,28 @@ def cmd_report(args):
                 if cpu:
                     # proxy CPU: percent of one core over the measurement, and per unit
                     entry["cpu_s_samples"] = [r["cpu_s"] for r in cpu]
+                    # cpu_window_s / cpu_conns: the CPU was read over a longer window
+                    # than the measurement (connrate: the warmup is included)
                     entry["cpu_pct"] = round(statistics.median(
-                        100 * r["cpu_s"] / r["duration_s"] for r in cpu), 1)
+                        100 * r["cpu_s"] / r.get("cpu_window_s", r["duration_s"])
+                        for r in cpu), 1)
                     if unit == "Gbit/s":
                         entry["cpu_ms_per_GB"] = round(statistics.median(
                             1000 * r["cpu_s"] / max(1e-9, r["value"] * r["duration_s"] / 8)
                             for r in cpu), 2)
                     else:
                         entry["cpu_us_per_req"] = round(statistics.median(
-                            1e6 * r["cpu_s"] / max(1e-9, r["value"] * r["duration_s"])
+                            1e6 * r["cpu_s"] / max(1e-9, r.get("cpu_conns")
+                                                   or r["value"] * r["duration_s"])
                             for r in cpu), 2)
                 if any(r.get("errors") for r in good):
                     entry["errors"] = sum(r.get("errors", 0) for r in good)
+                for key, how in EXTRA_KEYS.get(s, ()):
+                    xs = [r[key] for r in good if key in r]
+                    if xs:
+                        entry[key + "_samples"] = xs
+                        entry[key] = round({"sum": sum, "max": max,
+                                            "median": statistics.median}[how](xs), 4)
             else:
                 entry["value"] = None
                 entry["status"] = status.get(c) or (
@@ -303,6 +561,10 @@ def cmd_report(args):
             cols[c]["ratio_paired"] = round(statistics.median(pr), 4) if pr else None
         results[s] = {"label": label, "unit": unit, "stickyd_target_ratio": target,
                       "design_reference_ratios": ref, "columns": cols}
+        if s in ABS_TARGETS:
+            results[s].update(ABS_TARGETS[s])
+        if s in NO_DIRECT:
+            results[s]["statistic"] = "median over rounds (no ratio: there is no direct path)"
 
     # ---- text table
     w0 = 38
@@ -317,8 +579,8 @@ def cmd_report(args):
         for c in COLUMNS:
             e = r["columns"][c]
             if e["value"] is None:
-                cells.append("n/a" if not e["status"].startswith("not impl") else "-")
-            elif c == "direct":
+                cells.append("n/a" if not e["status"].startswith("not ") else "-")
+            elif c == "direct" or e["ratio"] is None:
                 cells.append(fmt(e["value"], unit))
             else:
                 cells.append(f"{fmt(e['value'], unit)} ({e['ratio']:.2f})")
@@ -332,13 +594,21 @@ def cmd_report(args):
             lines.append(f"{'  p99 latency [ms]':<{w0}}" + "".join(f"{x:>{w}}" for x in cells))
         for key, name in (("cpu_pct", "  proxy CPU [% of one core]"),
                           ("cpu_ms_per_GB", "  proxy CPU per GB [ms]"),
-                          ("cpu_us_per_req", "  proxy CPU per request [us]")):
+                          ("cpu_us_per_req", "  proxy CPU per request/conn [us]")):
             if any(key in r["columns"][c] for c in COLUMNS):
                 cells = []
                 for c in COLUMNS:
                     x = r["columns"][c].get(key)
                     cells.append("" if c == "direct" else
                                  "n/a" if x is None else f"{x:.1f}")
+                lines.append(f"{name:<{w0}}" + "".join(f"{x:>{w}}" for x in cells))
+        for key, how in EXTRA_KEYS.get(s, ()):
+            name, kfmt = EXTRA_LABELS[key]
+            if any(key in r["columns"][c] for c in COLUMNS):
+                cells = []
+                for c in COLUMNS:
+                    x = r["columns"][c].get(key)
+                    cells.append("" if x is None else kfmt.format(x))
                 lines.append(f"{name:<{w0}}" + "".join(f"{x:>{w}}" for x in cells))
         cells = []
         for c in COLUMNS:
@@ -362,15 +632,26 @@ def cmd_report(args):
                  "measurement (loopback softirq work may land on any process).")
     lines.append("DESIGN.md targets for stickyd: bulk >= 0.70, keep-alive >= 0.75, "
                  "sticky conn/s >= 0.75 (HAProxy was 0.46 / 0.54 / 0.50).")
+    if "connrate" in results:
+        lines.append("Sticky conn/s: stickyctl bench, every client pinned by a warmup first; "
+                     "violations = clients seen on 2 targets (summed over rounds), "
+                     "spread = max/mean connections per backend (worst round).")
+    if "idlemem" in results:
+        lines.append("Idle memory: growth of the proxy's RSS (all its processes) per idle "
+                     "proxied connection, fresh proxy each round; DESIGN.md target for "
+                     "stickyd <= 2048 B.")
     for c in COLUMNS:
         st = status.get(c)
         if st:
             lines.append(f"{c}: {st}")
+    for s_, note in meta.get("placeholders", {}).items():
+        lines.append(f"{s_}: not measured: {note}")
     for s, r in results.items():
         for c in COLUMNS:
             e = r["columns"][c]
             if e.get("errors"):
-                lines.append(f"warning: {s}/{c}: {e['errors']} wrk errors (non-2xx/socket)")
+                what = "wrk errors (non-2xx/socket)" if s == "rr" else "failed connections"
+                lines.append(f"warning: {s}/{c}: {e['errors']} {what}")
             if e["status"].startswith("failed"):
                 lines.append(f"warning: {s}/{c}: {e['status']}")
     print("\n".join(lines))
@@ -388,6 +669,8 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"ports": cmd_ports, "render": cmd_render, "wait-listen": cmd_wait_listen,
           "parse-iperf": cmd_parse_iperf, "parse-wrk": cmd_parse_wrk,
+          "parse-stickybench": cmd_parse_stickybench, "idle-backend": cmd_idle_backend,
+          "idle-measure": cmd_idle_measure, "group-mem": cmd_group_mem,
           "record": cmd_record, "cpu": cmd_cpu, "probe-http": cmd_probe_http, "report": cmd_report}.get(cmd)
     if fn is None:
         die(f"unknown subcommand {cmd}\n{__doc__}")
