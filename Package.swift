@@ -23,6 +23,12 @@ let package = Package(
         ),
         // C shim: only what Swift cannot import from liburing.h (macros, BPF).
         .target(name: "CURingShim", dependencies: ["CURing"]),
+        // OpenSSL (Debian's libssl-dev) for the remote admin listener's
+        // mutual TLS, behind a few C functions: many of its calls are macros.
+        .target(
+            name: "CTLSShim",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
         // Pure Swift: no sockets, no clocks of its own. Testable with a manual clock.
         .target(
             name: "StickyCore",
@@ -32,7 +38,7 @@ let package = Package(
         .target(
             name: "StickyIO",
             dependencies: [
-                "CURing", "CURingShim", "StickyCore",
+                "CURing", "CURingShim", "CTLSShim", "StickyCore",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

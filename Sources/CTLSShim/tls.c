@@ -61,7 +61,10 @@ struct ssl_ctx_st *sticky_tls_server_context(const char *cert, const char *key, 
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-        *which = STICKY_TLS_BAD_KEY;
+        // It compares the key with the certificate itself.
+        unsigned long e = ERR_peek_last_error();
+        int mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
+        *which = mismatch ? STICKY_TLS_KEY_MISMATCH : STICKY_TLS_BAD_KEY;
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {

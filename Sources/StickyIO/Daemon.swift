@@ -110,6 +110,9 @@ public final class Daemon {
 
         let fdLimit = Daemon.raiseDescriptorLimit()
         let workers = workerCount
+        // First, so that a bad certificate or key stops the start before
+        // anything else is bound or written.
+        let remote = try config.adminRemote.map { try RemoteAdminServer(config: $0, logger: logger) }
         let control = try makeControlPlane()
         let pools = control.poolSetups(workers: workers)
         let listeners = try bindListeners(workers: workers)
@@ -182,7 +185,11 @@ public final class Daemon {
             for c in channels { c.post(.stop) }
             throw SystemError("worker start (timed out)", errno: ETIMEDOUT)
         }
-        admin?.start { line, peer in control.handle(line, peer) }
+        // Both admin listeners answer through one lock: two sessions that
+        // change targets at once could publish them to the workers out of order.
+        let adminLock = NSLock()
+        admin?.start { line, peer in adminLock.withLock { control.handle(line, peer) } }
+        remote?.start { line, peer in adminLock.withLock { control.handle(line, peer) } }
         control.persist()
 
         logger.info("ready", metadata: [
@@ -212,6 +219,7 @@ public final class Daemon {
             break
         }
         admin?.stop()
+        remote?.stop()
         for c in channels { c.post(.stop) }
         // Join: poll the finished flags; a worker stops by its deadline.
         while finished.withLock({ $0.contains { $0 == nil } }) { usleep(10_000) }

@@ -520,6 +520,90 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.adminSocket?.utf8.count, 107)
     }
 
+    // MARK: admin.remote
+
+    /// `minimal()` plus an admin.remote section, whose keys start at line 9.
+    private func remote(_ keys: String) -> String {
+        minimal("admin:\n  remote:\n" + keys.split(separator: "\n").map { "    \($0)\n" }.joined())
+    }
+
+    private static let remoteFiles = """
+        cert: /etc/stickyd/admin.crt
+        key: /etc/stickyd/admin.key
+        client_ca: /etc/stickyd/clients-ca.crt
+        """
+
+    func testRemoteAdminIsOffByDefault() throws {
+        XCTAssertNil(try ConfigLoader.parse(minimal(), file: "test.yaml").adminRemote)
+    }
+
+    func testRemoteAdminParses() throws {
+        let fingerprint = (0..<32).map { String(format: "%02x", $0 * 7 % 256) }.joined(separator: ":")
+        let config = try ConfigLoader.parse(remote("""
+            listen: "[::1]:9443"
+            \(Self.remoteFiles)
+            allow: [ "sha256:\(fingerprint)", "CN=rollout-controller", "SHA256:\(fingerprint.uppercased().replacingOccurrences(of: ":", with: ""))" ]
+            """), file: "test.yaml")
+        let r = try XCTUnwrap(config.adminRemote)
+        XCTAssertEqual(r.listen, SocketAddress("[::1]:9443"))
+        XCTAssertEqual(r.certificate, "/etc/stickyd/admin.crt")
+        XCTAssertEqual(r.privateKey, "/etc/stickyd/admin.key")
+        XCTAssertEqual(r.clientCA, "/etc/stickyd/clients-ca.crt")
+        let hex = fingerprint.uppercased().replacingOccurrences(of: ":", with: "")
+        // Colons and case do not matter; the form is normalised.
+        XCTAssertEqual(r.allow, [.sha256(hex), .commonName("rollout-controller"), .sha256(hex)])
+        XCTAssertEqual(r.allow[0].description, "sha256:\(fingerprint.uppercased())")
+        XCTAssertEqual(r.allow[1].description, "CN=rollout-controller")
+        // The Unix socket's settings are untouched.
+        XCTAssertEqual(config.adminSocket, StickyConfig.adminSocketDefault)
+    }
+
+    func testRemoteAdminEmptyAllowListIsAccepted() throws {
+        let config = try ConfigLoader.parse(remote("listen: 127.0.0.1:9443\n\(Self.remoteFiles)\nallow: []"), file: "test.yaml")
+        XCTAssertEqual(config.adminRemote?.allow, [])
+    }
+
+    func testAllowedClientMatching() {
+        let hex = String(repeating: "AB", count: 32)
+        XCTAssertTrue(AllowedClient.sha256(hex).matches(sha256: hex.lowercased(), commonName: nil))
+        XCTAssertFalse(AllowedClient.sha256(hex).matches(sha256: String(repeating: "AC", count: 32), commonName: "x"))
+        XCTAssertTrue(AllowedClient.commonName("ctl").matches(sha256: hex, commonName: "ctl"))
+        // Exact: no case folding, no prefixes.
+        XCTAssertFalse(AllowedClient.commonName("ctl").matches(sha256: hex, commonName: "CTL"))
+        XCTAssertFalse(AllowedClient.commonName("ctl").matches(sha256: hex, commonName: "ctl2"))
+        XCTAssertFalse(AllowedClient.commonName("ctl").matches(sha256: hex, commonName: nil))
+        for bad in ["", "ctl", "CN=", "sha256:", "sha256:AB", "sha256:\(String(repeating: "G", count: 64))",
+                    "sha1:\(String(repeating: "A", count: 40))", "md5:\(hex)", "sha256:\(hex)AB"] {
+            XCTAssertNil(AllowedClient(bad), bad)
+        }
+    }
+
+    func testRemoteAdminErrorsNameTheirLine() {
+        // Lines: 7 admin, 8 remote, 9 onwards the keys in order.
+        let files = Self.remoteFiles
+        let cases: [(String, Int, String)] = [
+            ("listen: 127.0.0.1\n\(files)\nallow: []", 9, "admin.remote.listen '127.0.0.1' is not an address"),
+            ("listen: 127.0.0.1:0\n\(files)\nallow: []", 9, "admin.remote.listen '127.0.0.1:0' is not an address"),
+            ("listen: 127.0.0.1:7001\n\(files)\nallow: []", 9, "admin.remote.listen 127.0.0.1:7001 is also a traffic listener (line 2)"),
+            ("listen: 127.0.0.1:9443\ncert: admin.crt\nkey: /k\nclient_ca: /c\nallow: []", 10, "admin.remote.cert must be an absolute path, got 'admin.crt'"),
+            ("listen: 127.0.0.1:9443\ncert: /c\nkey: k\nclient_ca: /c\nallow: []", 11, "admin.remote.key must be an absolute path"),
+            ("listen: 127.0.0.1:9443\ncert: /c\nkey: /k\nclient_ca: ca.pem\nallow: []", 12, "admin.remote.client_ca must be an absolute path"),
+            ("listen: 127.0.0.1:9443\n\(files)\nallow: [ CN=ok, rollout ]", 13, "admin.remote.allow[1] must be sha256:<fingerprint> (64 hex digits, colons allowed) or CN=<common name>, got 'rollout'"),
+            ("listen: 127.0.0.1:9443\n\(files)\nallow: [ \"sha256:AB:CD\" ]", 13, "got 'sha256:AB:CD'"),
+            ("listen: 127.0.0.1:9443\n\(files)\nallow: CN=ok", 13, "admin.remote.allow must be a list"),
+            ("listen: 127.0.0.1:9443\n\(files)", 9, "admin.remote is missing required key 'admin.remote.allow'"),
+            ("listen: 127.0.0.1:9443\ncert: /c\nkey: /k\nallow: []", 9, "admin.remote is missing required key 'admin.remote.client_ca'"),
+            ("\(files)\nallow: []", 9, "admin.remote is missing required key 'admin.remote.listen'"),
+            ("listen: 127.0.0.1:9443\n\(files)\nallow: []\nciphers: HIGH", 14, "unknown key 'ciphers' in admin.remote"),
+            ("listen: 127.0.0.1:9443\ncert:\n\(files.split(separator: "\n").dropFirst().joined(separator: "\n"))\nallow: []", 10, "admin.remote.cert must be a string, got nothing"),
+        ]
+        for (keys, line, message) in cases {
+            assertError(remote(keys), line: line, message)
+        }
+        assertError(minimal("admin:\n  remote: 127.0.0.1:9443\n"), line: 8, "admin.remote must be a mapping (keys: listen, cert, key, client_ca, allow)")
+        assertError(minimal("admin:\n  remotes: {}\n"), line: 8, "unknown key 'remotes' in admin (did you mean 'remote'?)")
+    }
+
     // MARK: Files
 
     func testLoadMissingFile() {
