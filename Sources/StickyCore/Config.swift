@@ -150,7 +150,9 @@ public struct Timeouts: Sendable, Equatable {
 }
 
 public struct StickyConfig: Sendable, Equatable {
-    public var engine: ForwardingEngine = .splice
+    /// copy by default: on the project's benchmark it matched or beat splice
+    /// on bulk and won on small requests and new connections (docs/BENCH.md).
+    public var engine: ForwardingEngine = .copy
     /// Worker threads, each with its own ring and listener sockets; 0 = one per CPU.
     public var workers = 0
     public var listeners: [ListenerConfig]

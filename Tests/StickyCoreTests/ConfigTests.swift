@@ -55,7 +55,7 @@ final class ConfigTests: XCTestCase {
 
     func testShippedConfigParses() throws {
         let config = try ConfigLoader.load(path: Self.defaultConfigPath)
-        XCTAssertEqual(config.engine, .splice)
+        XCTAssertEqual(config.engine, .copy)
         XCTAssertEqual(config.workers, 0)
         XCTAssertEqual(config.listeners, [
             ListenerConfig(address: SocketAddress("127.0.0.1:50051")!, pool: "greeter", backlog: 4096),
@@ -89,7 +89,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.listeners[0].pool, "web", "the only pool is implied")
         XCTAssertEqual(config.listeners[0].backlog, ListenerConfig.defaultBacklog)
         XCTAssertEqual(config.pools[0].targets[0], TargetSpec(address: SocketAddress("127.0.0.1:8081")!, weight: 1, name: nil))
-        XCTAssertEqual(config.engine, .splice)
+        XCTAssertEqual(config.engine, .copy)
         XCTAssertEqual(config.limits, Limits())
         XCTAssertEqual(config.timeouts, Timeouts())
         XCTAssertEqual(config.adminSocket, StickyConfig.adminSocketDefault)
@@ -101,7 +101,7 @@ final class ConfigTests: XCTestCase {
 
     func testEveryValueIsRead() throws {
         let config = try ConfigLoader.parse(minimal("""
-            engine: copy
+            engine: splice
             workers: 4
             limits: { max_connections: 500, pipe_pool: 8, pipe_size: 1MiB, buffer_count: 32, buffer_size: 2048 }
             timeouts: { connect: 250ms, idle: 2h, shutdown: 1d }
@@ -109,7 +109,7 @@ final class ConfigTests: XCTestCase {
             admin: { socket: /tmp/a.sock }
             log: { level: debug }
             """), file: "test.yaml")
-        XCTAssertEqual(config.engine, .copy)
+        XCTAssertEqual(config.engine, .splice)
         XCTAssertEqual(config.workers, 4)
         XCTAssertEqual(config.limits.maxConnections, 500)
         XCTAssertEqual(config.limits.pipePool, 8)
