@@ -146,11 +146,17 @@ public final class AdminServer: @unchecked Sendable {
     final class Client {
         let fd: Int32
         let credentials: PeerCredentials
-        var input: [UInt8] = []
+        var framer = AdminLineFramer()
         var output: [UInt8] = []
-        var discardingLongLine = false
         var closeAfterFlush = false
         var lastActive: Int64
+        /// Queues an answer: its text, then the empty line that ends it.
+        func answer(_ text: String) {
+            output.append(contentsOf: text.utf8)
+            if !text.hasSuffix("\n") { output.append(UInt8(ascii: "\n")) }
+            output.append(UInt8(ascii: "\n"))
+        }
+
         init(fd: Int32, credentials: PeerCredentials, now: Int64) {
             self.fd = fd
             self.credentials = credentials
@@ -280,33 +286,19 @@ public final class AdminServer: @unchecked Sendable {
             }
             if n < 0 { return errno == EAGAIN || errno == EINTR }
             c.lastActive = now
-            for b in buf[0..<n] {
-                if b == UInt8(ascii: "\n") {
-                    if c.discardingLongLine {
-                        c.discardingLongLine = false
-                        continue
-                    }
-                    let line = String(decoding: c.input, as: UTF8.self)
-                    c.input.removeAll(keepingCapacity: true)
-                    if line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) { continue }
+            let going = c.framer.feed(buf[0..<n]) { event in
+                switch event {
+                case .line(let line):
                     let reply = handler(line[...], c.credentials)
-                    c.output.append(contentsOf: reply.text.utf8)
-                    if !reply.text.hasSuffix("\n") { c.output.append(UInt8(ascii: "\n")) }
-                    c.output.append(UInt8(ascii: "\n"))
-                    if reply.close {
-                        c.closeAfterFlush = true
-                        return flush(c)
-                    }
-                } else if c.discardingLongLine {
-                    continue
-                } else if c.input.count >= AdminGrammar.lineBytesMax {
-                    c.input.removeAll(keepingCapacity: true)
-                    c.discardingLongLine = true
-                    c.output.append(contentsOf: "error: line longer than \(AdminGrammar.lineBytesMax) bytes; discarded\n\n".utf8)
-                } else {
-                    c.input.append(b)
+                    c.answer(reply.text)
+                    if reply.close { c.closeAfterFlush = true }
+                    return !reply.close
+                case .tooLong:
+                    c.answer(AdminLineFramer.tooLongMessage)
+                    return true
                 }
             }
+            if !going { return flush(c) }
         }
     }
 }

@@ -162,11 +162,10 @@ public final class RemoteAdminServer: @unchecked Sendable {
         var writeWaitsFor: Int32?
         /// The length of a blocked write, which OpenSSL wants repeated.
         var retryLength: Int?
-        var input: [UInt8] = []
+        var framer = AdminLineFramer()
         /// Unsent output is `output[sent...]`; the front is dropped in bulk.
         var output: [UInt8] = []
         var sent = 0
-        var discardingLongLine = false
         var closeAfterFlush = false
         var lastActive: Int64
         /// "CN=… sha256:…" once the handshake is done, for logs.
@@ -402,33 +401,21 @@ public final class RemoteAdminServer: @unchecked Sendable {
             if n < 0 { return false }
             c.readWaitsFor = Int32(STICKY_TLS_WANT_READ)
             c.lastActive = now
-            for b in buf[0..<n] {
-                if b == UInt8(ascii: "\n") {
-                    if c.discardingLongLine {
-                        c.discardingLongLine = false
-                        continue
-                    }
-                    let line = String(decoding: c.input, as: UTF8.self)
-                    c.input.removeAll(keepingCapacity: true)
-                    if line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) { continue }
+            let going = c.framer.feed(buf[0..<n]) { event in
+                switch event {
+                case .line(let line):
                     // uid 0: a client on the allow list may run every
                     // command, as root may on the Unix socket.
                     let reply = handler(line[...], PeerCredentials(pid: 0, uid: 0, gid: 0))
                     c.reply(reply.text)
-                    if reply.close {
-                        c.closeAfterFlush = true
-                        return true
-                    }
-                } else if c.discardingLongLine {
-                    continue
-                } else if c.input.count >= AdminGrammar.lineBytesMax {
-                    c.input.removeAll(keepingCapacity: true)
-                    c.discardingLongLine = true
-                    c.reply("error: line longer than \(AdminGrammar.lineBytesMax) bytes; discarded")
-                } else {
-                    c.input.append(b)
+                    if reply.close { c.closeAfterFlush = true }
+                    return !reply.close
+                case .tooLong:
+                    c.reply(AdminLineFramer.tooLongMessage)
+                    return true
                 }
             }
+            if !going { return true }
         }
     }
 
