@@ -223,7 +223,9 @@ func waitDrained(_ s: AdminSession, address: String, pool: String?, waitTimeout:
             let deadline = left.map { String(format: "deadline in %.0fs", $0) } ?? "no deadline"
             print("draining \(address): \(conns) connection(s) left, \(deadline)", to: &err)
         }
-        usleep(200_000)
+        // Every poll makes each worker count its pins per target (a table
+        // walk), so ask twice a second, not more.
+        usleep(500_000)
     }
 }
 
