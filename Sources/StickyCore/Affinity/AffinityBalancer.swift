@@ -132,6 +132,9 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     /// Pool-wide loads for the bounded-load check when several workers
     /// share a pool; nil when this balancer sees every connection itself.
     public var sharedLoads: SharedLoads?
+    /// `choose` took the shared count for the target it returned; the
+    /// `addLoad` that follows every successful choose consumes this.
+    @usableFromInline var sharedReserved = false
 
     // MARK: setup (control plane)
 
@@ -475,7 +478,15 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         for _ in 0..<AffinityBalancer.spillWalkMax {
             let t = Int(slotOfMaglevIndex[Int(maglev.slots[pos])])
             if candidates & 1 << UInt64(t) != 0 {
-                if let per = perWeight, Double(sharedLoads?[t] ?? loads[t]) >= (per * Double(weights[t])).rounded(.up) {
+                if let per = perWeight, let shared = sharedLoads {
+                    // Pool-wide: take the place atomically, or walk on.
+                    if shared.reserve(t, under: Int((per * Double(weights[t])).rounded(.up))) {
+                        sharedReserved = true
+                        if passedOver { counts.spills &+= 1 }
+                        return t
+                    }
+                    passedOver = true
+                } else if let per = perWeight, Double(loads[t]) >= (per * Double(weights[t])).rounded(.up) {
                     passedOver = true
                 } else {
                     if passedOver { counts.spills &+= 1 }
@@ -501,7 +512,13 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     @inlinable @inline(__always)
     mutating func addLoad(_ target: Int, _ delta: Int) {
         loads[target] += delta
-        sharedLoads?.add(target, delta)
+        // A placement whose shared count `choose` already took (reserve)
+        // must not count it twice.
+        if sharedReserved && delta > 0 {
+            sharedReserved = false
+        } else {
+            sharedLoads?.add(target, delta)
+        }
         if takesNew & 1 << UInt64(target) != 0 { newLoad += delta }
     }
 

@@ -27,6 +27,21 @@ public final class SharedLoads: @unchecked Sendable {
         counts[slot].wrappingAdd(delta, ordering: .relaxed)
     }
 
+    /// Takes one connection on `slot` if that keeps it at or under
+    /// `bound`: the check and the increment are one atomic step, so two
+    /// workers placing at the same moment cannot both take the last place.
+    @inlinable
+    public func reserve(_ slot: Int, under bound: Int) -> Bool {
+        var current = counts[slot].load(ordering: .relaxed)
+        while current < bound {
+            let (exchanged, seen) = counts[slot].weakCompareExchange(
+                expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = seen
+        }
+        return false
+    }
+
     @inlinable @inline(__always)
     public subscript(slot: Int) -> Int {
         counts[slot].load(ordering: .relaxed)
