@@ -201,13 +201,31 @@ public final class Daemon {
             "descriptor_budget_per_worker": "\(descriptorBudget)",
         ])
 
+        SystemdNotify.send("READY=1\nSTATUS=serving \(config.listeners.count) listener(s) with \(workers) worker(s)\nMAINPID=\(getpid())")
+
         // The main thread waits for signals, waking every 100 ms to run the
-        // control plane's timers (drain deadlines).
+        // control plane's timers (drain deadlines) and the watchdog.
         var tick = timespec(tv_sec: 0, tv_nsec: 100_000_000)
+        let watchdogMs = SystemdNotify.watchdogPeriodMs
+        var nextWatchdog = ControlPlane.monotonicMs() + (watchdogMs ?? 0)
+        var lastBeats = channels.map { $0.heartbeat.load(ordering: .relaxed) }
         while true {
             let caught = sigtimedwait(&signals, nil, &tick)
             if caught < 0 {
                 control.tick()
+                if let period = watchdogMs, ControlPlane.monotonicMs() >= nextWatchdog {
+                    // Pet the watchdog only while every worker's loop is
+                    // turning (each ticks at least once a second): a stuck
+                    // ring must get the restart systemd would give it.
+                    let beats = channels.map { $0.heartbeat.load(ordering: .relaxed) }
+                    if zip(beats, lastBeats).allSatisfy({ $0 != $1 }) {
+                        SystemdNotify.send("WATCHDOG=1")
+                        lastBeats = beats
+                    } else {
+                        logger.warning("watchdog not renewed: a worker's loop has not ticked since the last period")
+                    }
+                    nextWatchdog = ControlPlane.monotonicMs() + period
+                }
                 continue
             }
             if caught == SIGHUP {
@@ -218,6 +236,7 @@ public final class Daemon {
                           metadata: ["signal": "\(caught)", "deadline_ms": "\(config.timeouts.shutdownMs)"])
             break
         }
+        SystemdNotify.send("STOPPING=1")
         admin?.stop()
         remote?.stop()
         for c in channels { c.post(.stop) }

@@ -860,6 +860,7 @@ public final class Worker {
 
     func onTick() {
         armTick()
+        channel.heartbeat.wrappingAdd(1, ordering: .relaxed)
         for p in policies.indices { policies[p].expire(now: now, slots: expiryBudget[p]) }
         if !cutList.isEmpty {
             var keep: [(slot: Int32, generation: UInt32, deadline: Millis)] = []

@@ -86,6 +86,9 @@ public struct WorkerReport: Sendable {
 public final class WorkerChannel: Sendable {
     let inbox = Mutex<[WorkerCommand]>([])
     let latest = Mutex<WorkerReport>(WorkerReport())
+    /// Bumped on every tick of the worker's loop (at least once a second):
+    /// proof of life for the systemd watchdog.
+    public let heartbeat = Atomic<UInt64>(0)
     public let wakeFD: Int32
 
     public init() throws {
