@@ -143,7 +143,38 @@ public final class ControlPlane: Sendable {
                           metadata: ["target": "\(address)", "grace_ms": "\(config.drain.graceMs)"])
             broadcast(.closeTarget(pool: p, address: address, graceMs: config.drain.graceMs))
         }
-        if !expired.isEmpty { persist() }
+        // Targets a reload dropped leave once their cut connections are gone.
+        let (removed, r) = state.withLock { s in
+            (s.registry.removeExpiredReloadDrains(now: now, graceMs: config.drain.graceMs), s.registry)
+        }
+        for p in removed { publish(.targets(pool: p), r) }
+        if !expired.isEmpty || !removed.isEmpty { persist() }
+    }
+
+    // MARK: - Reload
+
+    /// Applies a reloaded config: target membership and weights (see
+    /// `TargetRegistry.reload`) and timeouts. What needs a restart
+    /// (listeners, pools, engine, workers, limits) is reported, not applied.
+    public func reload(_ new: StickyConfig) -> Result<String, RegistryError> {
+        let now = ControlPlane.monotonicMs()
+        let outcome = state.withLock { s -> (Result<ReloadPlan, RegistryError>, TargetRegistry) in
+            (s.registry.reload(new, now: now), s.registry)
+        }
+        guard case .success(let plan) = outcome.0 else { return outcome.0.map { _ in "" } }
+        for change in plan.changes { publish(change, outcome.1) }
+        broadcast(.setTimeouts(connectMs: new.timeouts.connectMs, idleMs: new.timeouts.idleMs,
+                               shutdownMs: new.timeouts.shutdownMs))
+        persist()
+        var ignored: [String] = []
+        if new.listeners != config.listeners { ignored.append("listeners") }
+        if new.engine != config.engine { ignored.append("engine") }
+        if new.workers != config.workers { ignored.append("workers") }
+        if new.limits != config.limits { ignored.append("limits") }
+        if new.pools.map(\.affinity) != config.pools.map(\.affinity) { ignored.append("affinity") }
+        var summary = "added \(plan.added.count), draining \(plan.draining.count), reweighted \(plan.reweighted.count); timeouts applied"
+        if !ignored.isEmpty { summary += "; needs a restart to change: \(ignored.joined(separator: ", "))" }
+        return .success(summary)
     }
 
     // MARK: - Persistence

@@ -12,9 +12,14 @@ public final class Daemon {
     /// Test hook: the ring size; tiny rings exercise the full-queue paths.
     public var ringEntries: UInt32 = 1024
 
-    public init(config: StickyConfig, logger: Logger) {
+    /// Reads the config again for SIGHUP; nil when there is no file
+    /// (quick mode), and then SIGHUP only says so.
+    let reloader: (@Sendable () throws -> StickyConfig)?
+
+    public init(config: StickyConfig, logger: Logger, reloader: (@Sendable () throws -> StickyConfig)? = nil) {
         self.config = config
         self.logger = logger
+        self.reloader = reloader
     }
 
     public static var processorCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
@@ -229,7 +234,7 @@ public final class Daemon {
                 continue
             }
             if caught == SIGHUP {
-                logger.notice("SIGHUP: reload is not supported yet; configuration unchanged")
+                reload(control, adminLock)
                 continue
             }
             logger.notice("stopping: no new connections; open ones may finish",
@@ -252,6 +257,31 @@ public final class Daemon {
         ])
         _ = threads
         return 0
+    }
+
+    /// SIGHUP: read the config again and apply what can change at runtime.
+    /// A config that does not load, or that the registry refuses, is logged
+    /// and the running one stays.
+    func reload(_ control: ControlPlane, _ lock: NSLock) {
+        guard let reloader else {
+            logger.notice("SIGHUP: no config file (quick mode); nothing to reload")
+            return
+        }
+        SystemdNotify.send("RELOADING=1")
+        defer { SystemdNotify.send("READY=1") }
+        let new: StickyConfig
+        do {
+            new = try reloader()
+        } catch {
+            logger.error("reload refused; the running configuration stays", metadata: ["error": "\(error)"])
+            return
+        }
+        switch lock.withLock({ control.reload(new) }) {
+        case .success(let summary):
+            logger.notice("reloaded", metadata: ["changes": "\(summary)"])
+        case .failure(let e):
+            logger.error("reload refused; the running configuration stays", metadata: ["error": "\(e)"])
+        }
     }
 
     /// The state file's bytes; nil only when there is none (ENOENT). Any

@@ -76,7 +76,7 @@ public struct WorkerCounters: Sendable {
 public final class Worker {
     public typealias Policy = AffinityBalancer
 
-    let settings: WorkerSettings
+    var settings: WorkerSettings
     let ring: Ring
     let logger: Logger
     let slots: UnsafeMutablePointer<Slot>
@@ -916,6 +916,13 @@ public final class Worker {
                 for p in policies.indices where pool == nil || pool == p {
                     policies[p].clearAffinity(scope, now: now)
                 }
+            case .setTimeouts(let connectMs, let idleMs, let shutdownMs):
+                // The connect timespec is read at submission, so later
+                // connects use the new value; the idle sweep reads settings.
+                settings.connectTimeoutMs = connectMs
+                settings.idleTimeoutMs = idleMs
+                settings.shutdownTimeoutMs = shutdownMs
+                connectTimeout.pointee = __kernel_timespec(tv_sec: connectMs / 1000, tv_nsec: (connectMs % 1000) * 1_000_000)
             case .report(let query, let entries):
                 publishReport(query, entries: entries)
             }

@@ -39,6 +39,8 @@ public enum WorkerCommand: Sendable {
     /// connections now, and reset what is still open `graceMs` later.
     case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis)
     case clearAffinity(pool: Int?, scope: AffinityScope)
+    /// A reload changed the timeouts.
+    case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis)
     /// Publish a fresh report: with affinity pins if a query asks for them,
     /// and with per-target entry counts (a walk of the table) if `entries`.
     case report(PinQuery?, entries: Bool)

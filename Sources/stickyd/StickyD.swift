@@ -127,7 +127,12 @@ struct Serve: ParsableCommand {
             return h
         }
         let logger = Logger(label: "stickyd")
-        let daemon = Daemon(config: cfg, logger: logger)
+        let serve = self
+        var reloader: (@Sendable () throws -> StickyConfig)?
+        if config != nil {
+            reloader = { @Sendable in try serve.loadConfig() }
+        }
+        let daemon = Daemon(config: cfg, logger: logger, reloader: reloader)
         daemon.ringEntries = ringEntries
         do {
             let status = try daemon.run()
@@ -140,6 +145,10 @@ struct Serve: ParsableCommand {
 }
 
 extension ForwardingEngine: ExpressibleByArgument {}
+
+// Parsed once and never mutated: SIGHUP re-reads the config file with the
+// same command-line overrides from the main thread.
+extension Serve: @unchecked Sendable {}
 
 struct CheckConfig: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -14,6 +14,9 @@ public struct DrainInfo: Sendable, Equatable {
     public var deadlineMs: Millis
     /// The deadline passed and the remaining connections were told to close.
     public var expired = false
+    /// Started by a reload that dropped the target from the config: the
+    /// target leaves the pool once the deadline (and grace) have passed.
+    public var removeAtDeadline = false
     public init(mode: DrainMode, startedMs: Millis, deadlineMs: Millis) {
         self.mode = mode
         self.startedMs = startedMs
@@ -193,5 +196,94 @@ public struct TargetRegistry: Sendable, Equatable {
             }
         }
         return out
+    }
+}
+
+/// What a reload changed, for the log line and for the caller to publish.
+public struct ReloadPlan: Equatable, Sendable {
+    public var added: [(pool: Int, address: SocketAddress)] = []
+    public var draining: [(pool: Int, address: SocketAddress)] = []
+    public var reweighted: [(pool: Int, address: SocketAddress, weight: Int)] = []
+    public var changes: [RegistryChange] = []
+    public init() {}
+
+    public static func == (a: ReloadPlan, b: ReloadPlan) -> Bool {
+        a.added.map { "\($0.pool) \($0.address)" } == b.added.map { "\($0.pool) \($0.address)" }
+            && a.draining.map { "\($0.pool) \($0.address)" } == b.draining.map { "\($0.pool) \($0.address)" }
+            && a.reweighted.map { "\($0.pool) \($0.address) \($0.weight)" } == b.reweighted.map { "\($0.pool) \($0.address) \($0.weight)" }
+            && a.changes == b.changes
+    }
+}
+
+extension TargetRegistry {
+    /// Lays a reloaded config's targets over the running registry. Only
+    /// what the config owns changes: targets it adds are added, config
+    /// targets it no longer lists are drained with the default mode (and
+    /// removed once their drain deadline has passed), and config weights
+    /// that changed are applied. Targets added at runtime are left alone,
+    /// and so are config targets an operator removed at runtime.
+    ///
+    /// Pools must be the same set, by name: adding or removing a pool
+    /// needs a restart (workers size their tables per pool at start).
+    public mutating func reload(_ config: StickyConfig, now: Millis) -> Result<ReloadPlan, RegistryError> {
+        let names = pools.map(\.name)
+        guard config.pools.map(\.name) == names else {
+            return .failure(RegistryError("pools changed (running: \(names.joined(separator: ", ")); file: \(config.pools.map(\.name).joined(separator: ", "))); adding or removing a pool needs a restart"))
+        }
+        var plan = ReloadPlan()
+        var next = self
+        for (p, pool) in config.pools.enumerated() {
+            let wanted = Dictionary(uniqueKeysWithValues: pool.targets.map { ($0.address, $0) })
+            var membership = false
+            for spec in pool.targets {
+                if let t = next.pools[p].targets.firstIndex(where: { $0.spec.address == spec.address }) {
+                    let record = next.pools[p].targets[t]
+                    guard record.origin == .config else { continue }
+                    if record.spec.weight != spec.weight {
+                        next.pools[p].targets[t].spec.weight = spec.weight
+                        plan.reweighted.append((p, spec.address, spec.weight))
+                        membership = true
+                    }
+                    next.pools[p].targets[t].spec.name = spec.name
+                } else if !next.pools[p].removedConfigTargets.contains(spec.address) {
+                    guard next.pools[p].targets.count < TargetMask.capacity else {
+                        return .failure(RegistryError("pool '\(pool.name)' would exceed \(TargetMask.capacity) targets"))
+                    }
+                    next.pools[p].targets.append(TargetRecord(spec: spec, origin: .config))
+                    plan.added.append((p, spec.address))
+                    membership = true
+                }
+            }
+            next.pools[p].removedConfigTargets.removeAll { wanted[$0] == nil }
+            for t in next.pools[p].targets.indices {
+                let record = next.pools[p].targets[t]
+                guard record.origin == .config, wanted[record.spec.address] == nil else { continue }
+                if case .draining = record.state, record.drain?.removeAtDeadline == true { continue }
+                var info = DrainInfo(mode: drainModeDefault, startedMs: now, deadlineMs: now + drainTimeoutMsDefault)
+                info.removeAtDeadline = true
+                next.pools[p].targets[t].drain = info
+                next.pools[p].targets[t].state = .draining(drainModeDefault)
+                plan.draining.append((p, record.spec.address))
+                plan.changes.append(.state(pool: p, address: record.spec.address, state: .draining(drainModeDefault)))
+            }
+            if membership { plan.changes.append(.targets(pool: p)) }
+        }
+        self = next
+        return .success(plan)
+    }
+
+    /// Targets whose reload-started drain has run past its deadline plus
+    /// `graceMs`: removed now (their connections were cut at the deadline).
+    public mutating func removeExpiredReloadDrains(now: Millis, graceMs: Millis) -> [Int] {
+        var touched: [Int] = []
+        for p in pools.indices {
+            let before = pools[p].targets.count
+            pools[p].targets.removeAll { t in
+                guard let d = t.drain, d.removeAtDeadline, d.expired else { return false }
+                return now >= d.deadlineMs + graceMs
+            }
+            if pools[p].targets.count != before { touched.append(p) }
+        }
+        return touched
     }
 }

@@ -1,0 +1,82 @@
+"""SIGHUP reload: targets diffed (added, drained then removed, reweighted),
+timeouts applied, and a bad file leaves the running config in place."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+
+from conftest import REPO, Stickyd
+from support import LOOPBACK, echo_handler, fmt_addr, free_port, wait_until
+
+
+def admin(path, line: str) -> str:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode()
+
+
+def targets(path) -> dict:
+    return {t["address"]: t for t in json.loads(admin(path, "json show targets"))["targets"]}
+
+
+def config(port: int, targets_: list[tuple[str, int]], idle: str = "300s") -> str:
+    lines = [f"listeners: [ {{ address: {fmt_addr(LOOPBACK, port)}, pool: web }} ]",
+             "pools:", "  - name: web", "    targets:"]
+    lines += [f"      - {{ address: {a}, weight: {w} }}" for a, w in targets_]
+    lines += ["drain: { timeout: 2s, grace: 1s }", f"timeouts: {{ idle: {idle} }}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_sighup_applies_target_changes_and_survives_a_bad_file(stickyd_path, backend, tmp_path, request):
+    a, b, c = (backend(echo_handler) for _ in range(3))
+    port = free_port()
+    cfg = tmp_path / "stickyd.yaml"
+    cfg.write_text(config(port, [(a.addr, 1), (b.addr, 1)]))
+    sock = tmp_path / "admin.sock"
+    argv = [str(stickyd_path), "--config", str(cfg), "--admin-socket", str(sock),
+            "--state-dir", str(tmp_path / "state")]
+    d = Stickyd(argv, "stickyd(reload)", tmp_path / "stickyd.log", cwd=str(REPO))
+    d.listen = [(LOOPBACK, port)]
+    request.addfinalizer(d.stop)
+    d.wait_for_output("ready", timeout=20)
+    assert set(targets(sock)) == {a.addr, b.addr}
+
+    # Drop b, add c, reweight a, shorten the idle timeout.
+    cfg.write_text(config(port, [(a.addr, 2), (c.addr, 1)], idle="60s"))
+    d.send_signal(signal.SIGHUP)
+    d.wait_for_output("reloaded", timeout=10)
+    t = targets(sock)
+    assert t[c.addr]["state"] == "ready"
+    assert t[a.addr]["weight"] == 2
+    assert t[b.addr]["state"] == "draining", t[b.addr]
+
+    # b leaves the pool after its drain deadline (2 s) and grace (1 s).
+    wait_until(lambda: b.addr not in targets(sock), timeout=10, what="dropped target removed after its drain")
+
+    # A broken file is refused; the running config stays and traffic flows.
+    cfg.write_text("listeners: [ oops\n")
+    d.send_signal(signal.SIGHUP)
+    d.wait_for_output("reload refused", timeout=10)
+    assert set(targets(sock)) == {a.addr, c.addr}
+    with socket.create_connection((LOOPBACK, port), timeout=5) as s:
+        s.sendall(b"still here\n")
+        assert s.recv(11) == b"still here\n"
+
+    # Adding a pool needs a restart: refused as a whole, nothing applied.
+    cfg.write_text(config(port, [(a.addr, 3), (c.addr, 1)]).replace(
+        "drain:", f"  - name: other\n    targets: [ {{ address: {b.addr} }} ]\ndrain:"))
+    d.send_signal(signal.SIGHUP)
+    wait_until(lambda: d.output().count("reload refused") >= 2, timeout=10, what="second refusal")
+    assert "adding or removing a pool needs a restart" in d.output()
+    assert targets(sock)[a.addr]["weight"] == 2
+    assert d.alive()
