@@ -303,9 +303,10 @@ public final class ControlPlane: Sendable {
         case .maint(let pool, let address):
             return mutate { $0.setState(pool: pool, address: address, .maint) }.map { _ in .ok("\(address) is in maintenance") }
         case .remove(let pool, let address, let force):
-            let r = registry
-            guard case .success(let (p, _)) = r.locate(pool, address) else {
-                return r.locate(pool, address).map { _ in .ok("") }
+            let p: Int
+            switch registry.locate(pool, address) {
+            case .success(let found): p = found.0
+            case .failure(let e): return .failure(e)
             }
             let open = ControlPlane.loads(collect())[p]?[address]?.connections ?? 0
             return mutate { $0.remove(pool: pool, address: address, force: force, openConnections: open) }

@@ -10,21 +10,8 @@ import socket
 import subprocess
 
 from conftest import REPO
+from admin_support import admin, parse_fields
 from support import LOOPBACK, ManagedProcess, fmt_addr, free_port, wait_until
-
-
-def admin(path: str, line: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(line.encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode()
 
 
 def test_ten_thousand_clients_stay_put_and_spread_evenly(run_stickyd, stickyd_path, tmp_path, request):
@@ -64,8 +51,7 @@ def test_ten_thousand_clients_stay_put_and_spread_evenly(run_stickyd, stickyd_pa
     assert max(counts.values()) <= 1.05 * mean, f"spread {counts}: max/mean {max(counts.values()) / mean:.3f}"
 
     # The daemon agrees: every client was placed once and hit its pin after.
-    stats = dict(line.split(": ", 1) for line in admin(str(tmp_path / "admin-1.sock"), "show stats").splitlines()
-                 if ": " in line)
+    stats = parse_fields(admin(str(tmp_path / "admin-1.sock"), "show stats"))
     assert int(stats["affinity_misses"]) == clients, stats
     assert int(stats["affinity_hits"]) == clients * (per_client - 1), stats
     assert int(stats["affinity_moves_target_down"]) + int(stats["affinity_moves_connect_failed"]) == 0, stats

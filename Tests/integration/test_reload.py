@@ -8,21 +8,8 @@ import signal
 import socket
 
 from conftest import REPO, Stickyd
+from admin_support import admin
 from support import LOOPBACK, echo_handler, fmt_addr, free_port, wait_until
-
-
-def admin(path, line: str) -> str:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        s.sendall(line.encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode()
 
 
 def targets(path) -> dict:

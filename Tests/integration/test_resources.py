@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from admin_support import admin, parse_fields
 from conftest import Stickyd, REPO
 from support import (LOOPBACK, connect, echo_handler, echo_roundtrip, fmt_addr, free_port,
                      random_bytes, recv_exactly, sha256, wait_until)
@@ -103,16 +104,6 @@ def test_descriptor_exhaustion_pauses_accepting_without_spinning(stickyd_path, b
             return False
     wait_until(served_again, timeout=10, interval=0.2, what="serving again after descriptors were freed")
 
-    with socket.socket(socket.AF_UNIX) as a:
-        a.settimeout(5)
-        a.connect(str(tmp_path / "admin.sock"))
-        a.sendall(b"show stats\n")
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = a.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    stats = dict(line.split(": ", 1) for line in data.decode().split("\n") if ": " in line)
+    stats = parse_fields(admin(str(tmp_path / "admin.sock"), "show stats"))
     assert int(stats["descriptor_exhaustion"]) > 0, stats
     assert d.alive()
