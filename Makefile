@@ -15,9 +15,10 @@ CONFIG  ?= config/stickyd.yaml
 PYTEST_ARGS ?= -q
 
 # Debian packages: build deps (liburing, OpenSSL), and the tools that the
-# tests (socat) and benchmarks (iperf3, wrk, haproxy, nginx stream) use.
+# tests (socat; openssl makes the mTLS certificates; prlimit from util-linux
+# caps descriptors) and benchmarks (iperf3, wrk, haproxy, nginx stream) use.
 APT_PACKAGES := liburing-dev libssl-dev pkg-config iperf3 wrk haproxy nginx \
-                libnginx-mod-stream socat
+                libnginx-mod-stream socat openssl util-linux
 # Python packages as import-name:pip-name.
 PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \
                 grpc_health.v1.health:grpcio-health-checking pytest:pytest
