@@ -9,20 +9,9 @@ struct BenchReport {
     var threads: Int
     var expectTargets: Int
 
-    var histogram = LatencyHistogram()
-    var errors = ErrorCounts()
-    var successes: UInt64 = 0
-    var warmupSuccesses: UInt64 = 0
-    var warmupErrors: UInt64 = 0
-    var targetCounts: [String: UInt64] = [:]
-    var clientsSeen = 0
-    var clientsMulti = 0
-    var violations = 0
-    var moves: UInt64 = 0
-    var examples: [ViolationExample] = []
-    var durationNs: UInt64 = 0
-    var interrupted = false
-    var closeFailures: UInt64 = 0
+    /// Every worker's figures, merged.
+    var totals = BenchWorkerResult()
+    var durationNs: UInt64 { totals.measureEndNs > totals.measureStartNs ? totals.measureEndNs - totals.measureStartNs : 0 }
 
     init(targetAddresses: [SocketAddress], clientsConfigured: Int, concurrency: Int, threads: Int,
          expectTargets: Int, results: [BenchWorkerResult]) {
@@ -31,53 +20,33 @@ struct BenchReport {
         self.concurrency = concurrency
         self.threads = threads
         self.expectTargets = expectTargets
-        var start = UInt64.max
-        var end: UInt64 = 0
-        for r in results {
-            histogram.merge(r.histogram)
-            errors.merge(r.errors)
-            successes += r.successes
-            warmupSuccesses += r.warmupSuccesses
-            warmupErrors += r.warmupErrors
-            for (name, n) in r.targetCounts { targetCounts[name, default: 0] += n }
-            clientsSeen += r.clientsSeen
-            clientsMulti += r.clientsMulti
-            violations += r.violations
-            moves += r.moves
-            if examples.count < 5 { examples.append(contentsOf: r.examples.prefix(5 - examples.count)) }
-            interrupted = interrupted || r.interrupted
-            closeFailures += r.closeFailures
-            // Workers start together and end together; the window spans all of them.
-            if r.measureEndNs > r.measureStartNs {
-                start = min(start, r.measureStartNs)
-                end = max(end, r.measureEndNs)
-            }
-        }
-        durationNs = end > start ? end - start : 0
+        totals.measureStartNs = UInt64.max
+        for r in results { totals.merge(r) }
+        if totals.measureEndNs <= totals.measureStartNs { totals.measureStartNs = 0; totals.measureEndNs = 0 }
     }
 
-    var attempts: UInt64 { successes + errors.total }
+    var attempts: UInt64 { totals.successes + totals.errors.total }
     var durationS: Double { Double(durationNs) / 1e9 }
-    var connPerS: Double { durationNs == 0 ? 0 : Double(successes) / durationS }
+    var connPerS: Double { durationNs == 0 ? 0 : Double(totals.successes) / durationS }
 
     /// Names in a stable order: by name.
-    var sortedTargets: [(String, UInt64)] { targetCounts.sorted { $0.key < $1.key } }
+    var sortedTargets: [(String, UInt64)] { totals.targetCounts.sorted { $0.key < $1.key } }
 
     /// The busiest target's connections over the mean per target. The mean
     /// is over the names seen, or over --expect-targets when that is larger,
     /// so a target that got nothing still counts.
     var spreadMaxOverMean: Double {
-        let n = max(targetCounts.count, expectTargets)
-        guard n > 0, let top = targetCounts.values.max() else { return 0 }
-        let mean = Double(targetCounts.values.reduce(0, +)) / Double(n)
+        let n = max(totals.targetCounts.count, expectTargets)
+        guard n > 0, let top = totals.targetCounts.values.max() else { return 0 }
+        let mean = Double(totals.targetCounts.values.reduce(0, +)) / Double(n)
         return mean == 0 ? 0 : Double(top) / mean
     }
 
-    func latencyUs(_ q: Double) -> Double { Double(histogram.quantile(q)) / 1000 }
+    func latencyUs(_ q: Double) -> Double { Double(totals.histogram.quantile(q)) / 1000 }
 
     /// Whether --strict should fail the run.
     var failedStrict: Bool {
-        violations > 0 || errors.total > 0 || warmupErrors > 0 || successes == 0
+        totals.violations > 0 || totals.errors.total > 0 || totals.warmupErrors > 0 || totals.successes == 0
     }
 
     // MARK: text
@@ -85,17 +54,17 @@ struct BenchReport {
     func text() -> String {
         var out = ""
         let addrs = targetAddresses.map { "\($0)" }.joined(separator: ", ")
-        out += "stickyctl bench: \(addrs), \(clientsConfigured) clients, concurrency \(concurrency), \(threads) thread\(threads == 1 ? "" : "s")\(interrupted ? " (interrupted)" : "")\n"
-        out += pad("connections") + "\(successes) in \(benchFixed(durationS, 3)) s: \(benchFixed(connPerS, 0)) conn/s\n"
-        if histogram.total > 0 {
-            out += pad("latency") + "p50 \(duration(histogram.quantile(0.5)))   p99 \(duration(histogram.quantile(0.99)))   p999 \(duration(histogram.quantile(0.999)))   max \(duration(histogram.maxNs))   mean \(duration(UInt64(histogram.meanNs)))\n"
+        out += "stickyctl bench: \(addrs), \(clientsConfigured) clients, concurrency \(concurrency), \(threads) thread\(threads == 1 ? "" : "s")\(totals.interrupted ? " (interrupted)" : "")\n"
+        out += pad("connections") + "\(totals.successes) in \(benchFixed(durationS, 3)) s: \(benchFixed(connPerS, 0)) conn/s\n"
+        if totals.histogram.total > 0 {
+            out += pad("latency") + "p50 \(duration(totals.histogram.quantile(0.5)))   p99 \(duration(totals.histogram.quantile(0.99)))   p999 \(duration(totals.histogram.quantile(0.999)))   max \(duration(totals.histogram.maxNs))   mean \(duration(UInt64(totals.histogram.meanNs)))\n"
         }
-        var e = pad("errors") + "\(errors.total)"
-        if errors.total > 0 {
-            let kinds = BenchErrorKind.allCases.filter { errors[$0] > 0 }.map { k -> String in
-                var s = "\(k.label) \(errors[k])"
+        var e = pad("errors") + "\(totals.errors.total)"
+        if totals.errors.total > 0 {
+            let kinds = BenchErrorKind.allCases.filter { totals.errors[$0] > 0 }.map { k -> String in
+                var s = "\(k.label) \(totals.errors[k])"
                 if k == .other {
-                    let errnos = errors.otherErrnos.enumerated().filter { $0.element > 0 }
+                    let errnos = totals.errors.otherErrnos.enumerated().filter { $0.element > 0 }
                         .map { "\(benchErrnoName(Int32($0.offset))) \($0.element)" }
                     s += " [" + errnos.joined(separator: ", ") + "]"
                 }
@@ -104,27 +73,27 @@ struct BenchReport {
             e += " (" + kinds.joined(separator: ", ") + ")"
         }
         out += e + "\n"
-        if warmupSuccesses + warmupErrors > 0 {
-            out += pad("warmup") + "\(warmupSuccesses) connections, \(warmupErrors) errors (not in the figures above)\n"
+        if totals.warmupSuccesses + totals.warmupErrors > 0 {
+            out += pad("warmup") + "\(totals.warmupSuccesses) connections, \(totals.warmupErrors) totals.errors (not in the figures above)\n"
         }
-        out += pad("clients") + "\(clientsSeen) seen, \(clientsMulti) with 2 or more connections\n"
-        out += pad("violations") + "\(violations) clients seen on more than one target (\(moves) moves)\n"
-        for x in examples {
+        out += pad("clients") + "\(totals.clientsSeen) seen, \(totals.clientsMulti) with 2 or more connections\n"
+        out += pad("violations") + "\(totals.violations) clients seen on more than one target (\(totals.moves) moves)\n"
+        for x in totals.examples {
             out += pad("") + "e.g. \(x.client): \(x.first) then \(x.then)\n"
         }
-        if clientsMulti == 0 && successes > 0 {
+        if totals.clientsMulti == 0 && totals.successes > 0 {
             out += pad("") + "(no client connected twice: stickiness was not tested; raise --connections or lower --clients)\n"
         }
-        let shown = max(targetCounts.count, expectTargets)
-        out += pad("targets") + "\(targetCounts.count) seen\(expectTargets > targetCounts.count ? " of \(shown) expected" : ""), spread max/mean \(benchFixed(spreadMaxOverMean, 3))\n"
-        let total = Double(targetCounts.values.reduce(0, +))
-        let width = min(NameTable.nameBytesMax, targetCounts.keys.map { $0.count }.max() ?? 0)
+        let shown = max(totals.targetCounts.count, expectTargets)
+        out += pad("targets") + "\(totals.targetCounts.count) seen\(expectTargets > totals.targetCounts.count ? " of \(shown) expected" : ""), spread max/mean \(benchFixed(spreadMaxOverMean, 3))\n"
+        let total = Double(totals.targetCounts.values.reduce(0, +))
+        let width = min(NameTable.nameBytesMax, totals.targetCounts.keys.map { $0.count }.max() ?? 0)
         for (name, n) in sortedTargets {
             let share = total == 0 ? 0 : Double(n) * 100 / total
             out += "  " + name.padding(to: width) + "  " + "\(n)".leftPadding(to: 10) + "  " + benchFixed(share, 1).leftPadding(to: 5) + " %\n"
         }
-        if closeFailures > 0 {
-            out += pad("note") + "\(closeFailures) close operations failed\n"
+        if totals.closeFailures > 0 {
+            out += pad("note") + "\(totals.closeFailures) close operations failed\n"
         }
         return out
     }
@@ -143,24 +112,24 @@ struct BenchReport {
     /// interface (docs/BENCH.md lists them).
     func json() -> String {
         var o = "{\n"
-        o += "  \"connections\": \(successes),\n"
+        o += "  \"connections\": \(totals.successes),\n"
         o += "  \"attempts\": \(attempts),\n"
         o += "  \"duration_s\": \(benchFixed(durationS, 3)),\n"
         o += "  \"conn_per_s\": \(benchFixed(connPerS, 1)),\n"
-        o += "  \"latency_us\": {\"p50\": \(benchFixed(latencyUs(0.5), 1)), \"p99\": \(benchFixed(latencyUs(0.99), 1)), \"p999\": \(benchFixed(latencyUs(0.999), 1)), \"max\": \(benchFixed(Double(histogram.maxNs) / 1000, 1)), \"mean\": \(benchFixed(histogram.meanNs / 1000, 1))},\n"
-        let kinds = BenchErrorKind.allCases.map { "\"\($0.key)\": \(errors[$0])" }.joined(separator: ", ")
-        o += "  \"errors\": {\"total\": \(errors.total), \(kinds)},\n"
-        o += "  \"clients\": \(clientsSeen),\n"
-        o += "  \"clients_multi\": \(clientsMulti),\n"
-        o += "  \"violations\": \(violations),\n"
-        o += "  \"moves\": \(moves),\n"
+        o += "  \"latency_us\": {\"p50\": \(benchFixed(latencyUs(0.5), 1)), \"p99\": \(benchFixed(latencyUs(0.99), 1)), \"p999\": \(benchFixed(latencyUs(0.999), 1)), \"max\": \(benchFixed(Double(totals.histogram.maxNs) / 1000, 1)), \"mean\": \(benchFixed(totals.histogram.meanNs / 1000, 1))},\n"
+        let kinds = BenchErrorKind.allCases.map { "\"\($0.key)\": \(totals.errors[$0])" }.joined(separator: ", ")
+        o += "  \"errors\": {\"total\": \(totals.errors.total), \(kinds)},\n"
+        o += "  \"clients\": \(totals.clientsSeen),\n"
+        o += "  \"clients_multi\": \(totals.clientsMulti),\n"
+        o += "  \"violations\": \(totals.violations),\n"
+        o += "  \"moves\": \(totals.moves),\n"
         let t = sortedTargets.map { "\(benchJSONString($0.0)): \($0.1)" }.joined(separator: ", ")
         o += "  \"targets\": {\(t)},\n"
         o += "  \"spread_max_over_mean\": \(benchFixed(spreadMaxOverMean, 4)),\n"
-        o += "  \"warmup\": {\"connections\": \(warmupSuccesses), \"errors\": \(warmupErrors)},\n"
+        o += "  \"warmup\": {\"connections\": \(totals.warmupSuccesses), \"errors\": \(totals.warmupErrors)},\n"
         o += "  \"concurrency\": \(concurrency),\n"
         o += "  \"threads\": \(threads),\n"
-        o += "  \"interrupted\": \(interrupted),\n"
+        o += "  \"interrupted\": \(totals.interrupted),\n"
         o += "  \"target_addresses\": [\(targetAddresses.map { benchJSONString("\($0)") }.joined(separator: ", "))]\n"
         o += "}\n"
         return o

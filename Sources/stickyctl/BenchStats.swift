@@ -233,4 +233,26 @@ struct BenchWorkerResult {
     var interrupted = false
     /// CLOSE operations that failed (the fd is gone either way).
     var closeFailures: UInt64 = 0
+
+    /// Adds another worker's figures; the measured window spans them all
+    /// (workers start together and end together).
+    mutating func merge(_ r: BenchWorkerResult) {
+        histogram.merge(r.histogram)
+        errors.merge(r.errors)
+        successes += r.successes
+        warmupSuccesses += r.warmupSuccesses
+        warmupErrors += r.warmupErrors
+        for (name, n) in r.targetCounts { targetCounts[name, default: 0] += n }
+        clientsSeen += r.clientsSeen
+        clientsMulti += r.clientsMulti
+        violations += r.violations
+        moves += r.moves
+        if examples.count < 5 { examples.append(contentsOf: r.examples.prefix(5 - examples.count)) }
+        interrupted = interrupted || r.interrupted
+        closeFailures += r.closeFailures
+        if r.measureEndNs > r.measureStartNs {
+            measureStartNs = min(measureStartNs, r.measureStartNs)
+            measureEndNs = max(measureEndNs, r.measureEndNs)
+        }
+    }
 }
