@@ -445,28 +445,18 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     @usableFromInline mutating func choose(hash: UInt64, excluding: TargetMask) -> Int? {
         let candidates = takesNew & ~excluding.bits
         guard candidates != 0, maglev.size > 0 else { return nil }
-        // Load and weight over the candidates: the kept totals, unless a
-        // connect failure excluded some (rare, so a loop is fine there).
+        // Load and weight over the candidates: the kept totals, unless the
+        // pool-wide view applies (shared counts) or a connect failure
+        // excluded some; then a loop over at most 64 bits.
         var load = newLoad
         var weight = newWeight
-        if let shared = sharedLoads {
-            // Pool-wide view: sum the candidates' shared counts.
+        if sharedLoads != nil || candidates != takesNew {
             load = 0
             weight = 0
             var m = candidates
             while m != 0 {
                 let s = m.trailingZeroBitCount
-                load += shared[s]
-                weight += weights[s]
-                m &= m &- 1
-            }
-        } else if candidates != takesNew {
-            load = 0
-            weight = 0
-            var m = candidates
-            while m != 0 {
-                let s = m.trailingZeroBitCount
-                load += loads[s]
+                load += sharedLoads?[s] ?? loads[s]
                 weight += weights[s]
                 m &= m &- 1
             }
