@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from support import (LOOPBACK, connect, echo_roundtrip, fmt_addr, free_port, wait_closed)
+from support import (LOOPBACK, connect, echo_roundtrip, fmt_addr, free_port, wait_closed, wait_until)
 
 
 def test_refused_backend_closes_client_promptly(run_stickyd, engine):
@@ -42,12 +42,17 @@ def test_silent_backend_hits_connect_timeout(run_stickyd):
             f.setblocking(False)
             f.connect_ex((LOOPBACK, port))
             fillers.append(f)
-        time.sleep(0.2)
-        probe = socket.socket()
-        probe.settimeout(0.5)
-        with pytest.raises(OSError):  # precondition: the target really is silent
-            probe.connect((LOOPBACK, port))
-        probe.close()
+        # Precondition: the fillers have taken the queue and the target
+        # really is silent (a probe's SYN goes unanswered), polled with a bound.
+        def silent() -> bool:
+            with socket.socket() as probe:
+                probe.settimeout(0.3)
+                try:
+                    probe.connect((LOOPBACK, port))
+                except OSError:
+                    return True
+                return False
+        wait_until(silent, timeout=5, what="blackhole target silent")
 
         d = run_stickyd([fmt_addr(LOOPBACK, port)], args=["--connect-timeout", "500ms"])
         s = connect(d.addr)
