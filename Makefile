@@ -18,7 +18,7 @@ PYTEST_ARGS ?= -q
 # tests (socat; openssl makes the mTLS certificates; prlimit from util-linux
 # caps descriptors) and benchmarks (iperf3, wrk, haproxy, nginx stream) use.
 APT_PACKAGES := liburing-dev libssl-dev pkg-config iperf3 wrk haproxy nginx \
-                libnginx-mod-stream socat openssl util-linux
+                libnginx-mod-stream socat openssl util-linux systemd
 # Python packages as import-name:pip-name.
 PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \
                 grpc_health.v1.health:grpcio-health-checking pytest:pytest
