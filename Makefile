@@ -28,7 +28,7 @@ PROTO_PY := $(GREETER)/helloworld_pb2.py $(GREETER)/helloworld_pb2_grpc.py
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps proto build build-debug run test unit integration bench clean
+.PHONY: help deps proto build build-debug run test unit integration bench install clean
 
 help: ## Show this list
 	@echo "stickyd: a Layer-4 sticky TCP load balancer"
@@ -99,6 +99,21 @@ integration: proto ## Run the integration tests (pytest); STICKYD_BIN defaults t
 
 bench: deps build ## Compare stickyd with direct, HAProxy and nginx (Benchmarks/compare/run.sh)
 	bash Benchmarks/compare/run.sh
+
+PREFIX  ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+
+install: build ## Install binaries, the unit and (if absent) /etc/stickyd/stickyd.yaml; DESTDIR, PREFIX
+	install -D -m 0755 .build/release/stickyd $(DESTDIR)$(PREFIX)/bin/stickyd
+	install -D -m 0755 .build/release/stickyctl $(DESTDIR)$(PREFIX)/bin/stickyctl
+	sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' systemd/stickyd.service > stickyd.service.tmp
+	install -D -m 0644 stickyd.service.tmp $(DESTDIR)$(UNITDIR)/stickyd.service
+	rm -f stickyd.service.tmp
+	@# Never overwrite an operator's config.
+	if [ ! -e $(DESTDIR)/etc/stickyd/stickyd.yaml ]; then \
+	  install -D -m 0644 $(CONFIG) $(DESTDIR)/etc/stickyd/stickyd.yaml; \
+	else echo "install: keeping the existing /etc/stickyd/stickyd.yaml"; fi
+	@echo "install: now 'systemctl daemon-reload && systemctl enable --now stickyd' (see docs/OPERATIONS.md)"
 
 clean: ## Remove build products and generated code
 	rm -rf .build .pytest_cache $(PROTO_PY) $(GREETER)/__pycache__ Tests/integration/__pycache__
