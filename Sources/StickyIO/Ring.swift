@@ -58,7 +58,12 @@ public final class Ring {
         if rc == -EINVAL { rc = setup(0) }
         guard rc == 0 else {
             r.deallocate()
-            throw SystemError("io_uring_queue_init_params", errno: -rc)
+            // EPERM and ENOSYS are the operator's to fix, not ours: say where.
+            let hint = (rc == -EPERM || rc == -ENOSYS)
+                ? "io_uring_queue_init_params (io_uring is disabled here: check the sysctl kernel.io_uring_disabled, a seccomp or container policy, or the unit's SystemCallFilter)"
+                : (rc == -ENOMEM ? "io_uring_queue_init_params (out of locked memory for the ring: raise LimitMEMLOCK or lower the ring size)"
+                                 : "io_uring_queue_init_params")
+            throw SystemError(hint, errno: -rc)
         }
         ring = r
         deferredTaskRun = deferred
