@@ -124,6 +124,7 @@ public final class ControlPlane: Sendable {
                     sum.bytesUp &+= t.bytesUp
                     sum.bytesDown &+= t.bytesDown
                     sum.connectionsTotal &+= t.connectionsTotal
+                    sum.connectErrors &+= t.connectErrors
                     out[p, default: [:]][t.address] = sum
                 }
             }
