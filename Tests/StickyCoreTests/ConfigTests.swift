@@ -249,8 +249,8 @@ final class ConfigTests: XCTestCase {
         assertError(minimal("metrics: { listen: localhost:9900 }\n"), line: 7, column: 20,
                     "metrics.listen 'localhost:9900' is not an address")
         assertError(minimal("metrics: { port: 9900 }\n"), line: 7, "unknown key 'port' in metrics")
-        assertError(minimal("log: { format: jsno }\n"), line: 7, column: 16,
-                    "log.format must be one of text, json, got 'jsno' (did you mean 'json'?)")
+        assertError(minimal("log: { format: jsonl }\n"), line: 7, column: 16,
+                    "log.format must be one of text, json, got 'jsonl' (did you mean 'json'?)")
         assertError(minimal("log: { access: access.log }\n"), line: 7, column: 16,
                     "log.access must be none, stderr or an absolute file path, got 'access.log'")
         assertError(minimal("metrics: { listen: 127.0.0.1:7001 }\n"), line: 7, column: 20,
