@@ -176,6 +176,8 @@ public struct StickyConfig: Sendable, Equatable {
     public static let stateDirDefault = "/var/lib/stickyd"
     /// One of `StickyConfig.logLevels` (swift-log's level names).
     public var logLevel = "info"
+    /// The metrics endpoint, log format and access log (ObservabilityConfig.swift).
+    public var observability = ObservabilityConfig()
 
     /// swift-log's `Logger.Level` raw values, lowest first. Kept as strings so
     /// the core does not depend on swift-log.
@@ -355,6 +357,8 @@ public struct StickyConfig: Sendable, Equatable {
                 throw failure("admin.remote.listen", "admin.remote.listen \(remote.listen) is also a traffic listener (\(firstUse("listeners[\(index)].address"))); the admin listener needs an address of its own")
             }
         }
+
+        try validateObservability(failure, firstUse: firstUse)
 
         if !Self.logLevels.contains(logLevel) {
             throw failure("log.level", "log.level must be one of \(Self.logLevels.joined(separator: ", ")), got '\(logLevel)'\(suggestion(for: logLevel, among: Self.logLevels))")

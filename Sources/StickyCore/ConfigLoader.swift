@@ -138,8 +138,8 @@ private struct NodeReader {
         let top = try fields(
             root, path: "", what: "the top level", prefix: "",
             known: ["engine", "workers", "listeners", "pools", "limits", "timeouts", "connect_retries", "admin", "log",
-                    "drain", "state_dir"],
-            planned: ["metrics", "health"])
+                    "drain", "state_dir", "metrics"],
+            planned: ["health"])
 
         let listenerNodes = try list(required("listeners", in: top), path: "listeners", name: "listeners")
         var listeners: [(address: SocketAddress, pool: String?, backlog: Int)] = []
@@ -214,8 +214,28 @@ private struct NodeReader {
             config.stateDir = text == "none" ? nil : text
         }
         if let node = top["log"] {
-            let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level"])
+            let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level", "format", "access"])
             if let node = log["level"] { config.logLevel = try string(node, name: "log.level") }
+            if let node = log["format"] {
+                let text = try string(node, name: "log.format")
+                let names = LogFormat.allCases.map(\.rawValue)
+                guard let format = LogFormat(rawValue: text) else {
+                    throw failure(node, "log.format must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
+                }
+                config.observability.logFormat = format
+            }
+            if let node = log["access"] {
+                let text = try string(node, name: "log.access")
+                guard let destination = AccessLogDestination(text) else {
+                    throw failure(node, "log.access must be none, stderr or an absolute file path, got '\(text)'")
+                }
+                config.observability.accessLog = destination
+            }
+        }
+        if let node = top["metrics"] {
+            let metrics = try fields(node, path: "metrics", what: "metrics", prefix: "metrics.", known: ["listen"])
+            // The section without `listen` serves nothing: off is the default.
+            if let node = metrics["listen"] { config.observability.metricsListen = try address(node, name: "metrics.listen") }
         }
         return config
     }

@@ -29,6 +29,23 @@ public enum CloseReason: UInt8, Sendable, CaseIterable {
 }
 
 extension CloseReason {
+    /// `metricName` as a StaticString, for the access log's records
+    /// (plain data, no String to allocate or retain per connection).
+    var staticName: StaticString {
+        switch self {
+        case .none: return "none"
+        case .done: return "done"
+        case .reset: return "reset"
+        case .idleTimeout: return "idle_timeout"
+        case .connectFailed: return "connect_failed"
+        case .noTarget: return "no_target"
+        case .shutdown: return "shutdown"
+        case .resources: return "resources"
+        case .drainDeadline: return "drain_deadline"
+        }
+    }
+
+
     /// snake_case, for stats and (later) metrics and access logs.
     public var metricName: String {
         switch self {
@@ -102,6 +119,9 @@ struct Slot {
     var excluded = TargetMask()
     var connectAttempts: Int32 = 0
     var client: IPAddress = .v4(0)
+    /// For the access log, with `client`; and when the client came.
+    var clientPort: UInt16 = 0
+    var acceptedMs: Millis = 0
     var lastActive: Millis = 0
     var closeReason: CloseReason = .none
     // Intrusive lists: the free list and the idle (LRU) list share no slot.

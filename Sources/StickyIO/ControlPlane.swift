@@ -124,6 +124,7 @@ public final class ControlPlane: Sendable {
                     sum.bytesUp &+= t.bytesUp
                     sum.bytesDown &+= t.bytesDown
                     sum.connectionsTotal &+= t.connectionsTotal
+                    sum.connectErrors &+= t.connectErrors
                     out[p, default: [:]][t.address] = sum
                 }
             }
@@ -172,6 +173,7 @@ public final class ControlPlane: Sendable {
         if new.workers != config.workers { ignored.append("workers") }
         if new.limits != config.limits { ignored.append("limits") }
         if new.pools.map(\.affinity) != config.pools.map(\.affinity) { ignored.append("affinity") }
+        if new.logLevel != config.logLevel || new.observability != config.observability { ignored.append("log, metrics") }
         var summary = "added \(plan.added.count), draining \(plan.draining.count), reweighted \(plan.reweighted.count); timeouts applied"
         if !ignored.isEmpty { summary += "; needs a restart to change: \(ignored.joined(separator: ", "))" }
         return .success(summary)

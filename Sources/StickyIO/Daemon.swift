@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 import Logging
+import Metrics
+import Prometheus
 import StickyCore
 import Synchronization
 
@@ -78,6 +80,8 @@ public final class Daemon {
     }
 
     var descriptorBudget = 0
+    /// The access log every worker writes to; nil when `log.access` is none.
+    var accessLog: AccessLogSink?
 
     func settings(for index: Int, listeners: [WorkerSettings.Listener], workers: Int, pools: [PoolSetup]) -> WorkerSettings {
         var s = WorkerSettings()
@@ -99,6 +103,7 @@ public final class Daemon {
         s.sharePoolLoads = workers > 1
         s.descriptorBudget = descriptorBudget
         s.acceptQueueMax = config.listeners.map(\.backlog).max() ?? 4096
+        s.accessLog = accessLog
         return s
     }
 
@@ -119,6 +124,10 @@ public final class Daemon {
         // anything else is bound or written.
         let remote = try config.adminRemote.map { try RemoteAdminServer(config: $0, logger: logger) }
         let control = try makeControlPlane()
+        // Metrics and access log: before any traffic listener, so that an
+        // address in use or an unwritable log path stops a clean start.
+        let metrics = try startMetrics(control)
+        if config.observability.accessLog != .none { accessLog = try AccessLogSink(config.observability.accessLog) }
         let pools = control.poolSetups(workers: workers)
         let listeners = try bindListeners(workers: workers)
         var admin: AdminServer?
@@ -235,6 +244,7 @@ public final class Daemon {
             }
             if caught == SIGHUP {
                 reload(control, adminLock)
+                reopenAccessLog()
                 continue
             }
             logger.notice("stopping: no new connections; open ones may finish",
@@ -247,6 +257,7 @@ public final class Daemon {
         for c in channels { c.post(.stop) }
         // Join: poll the finished flags; a worker stops by its deadline.
         while finished.withLock({ $0.contains { $0 == nil } }) { usleep(10_000) }
+        metrics?.stop()
         let totals = finished.withLock { $0.compactMap { $0 } }
         let accepted = totals.reduce(0) { $0 + $1.accepted }
         logger.info("stopped", metadata: [
@@ -257,6 +268,30 @@ public final class Daemon {
         ])
         _ = threads
         return 0
+    }
+
+    // MARK: - Metrics and access log
+
+    /// Serves /metrics when `metrics.listen` is set. swift-metrics is
+    /// bootstrapped onto the same registry, so anything recorded through
+    /// its API shows up on the endpoint too.
+    func startMetrics(_ control: ControlPlane) throws -> MetricsServer? {
+        guard let listen = config.observability.metricsListen else { return nil }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let exporter = MetricsExporter(control: control, registry: registry)
+        return try MetricsServer(listen: listen, exporter: exporter, logger: logger)
+    }
+
+    /// SIGHUP also reopens the access log file: logrotate has moved it.
+    func reopenAccessLog() {
+        guard let log = accessLog, case .file(let path) = log.destination else { return }
+        do {
+            try log.reopen()
+            logger.info("access log reopened", metadata: ["path": "\(path)"])
+        } catch {
+            logger.error("access log not reopened; lines still go to the old file", metadata: ["error": "\(error)"])
+        }
     }
 
     /// SIGHUP: read the config again and apply what can change at runtime.

@@ -41,6 +41,8 @@ public struct WorkerSettings: Sendable {
     /// The largest listener backlog: how many connections one multishot
     /// accept can hand over at once.
     public var acceptQueueMax = 4096
+    /// Access log: one line per closed connection, nil for none.
+    public var accessLog: AccessLogSink?
 
     public init() {}
 }
@@ -64,6 +66,18 @@ public struct WorkerCounters: Sendable {
     public var sqFullFlushes = 0
     /// Connections given FIN by a strict drain's deadline.
     public var drainCuts: UInt64 = 0
+    // Loop figures for metrics: plain counters, bumped once per loop turn
+    // or per batch of completions, never per operation.
+    /// Turns of the loop (one io_uring_enter wait each).
+    public var loopIterations: UInt64 = 0
+    /// Completions reaped.
+    public var completions: UInt64 = 0
+    /// Descriptors held now (set when a report is made) and the budget.
+    public var descriptors = 0
+    public var descriptorBudget = 0
+    /// Access log lines written, and lines lost to a failed write.
+    public var accessLogLines: UInt64 = 0
+    public var accessLogDrops: UInt64 = 0
     public init() {}
 }
 
@@ -93,6 +107,9 @@ public final class Worker {
     var targetBytesUp: [UInt64]
     var targetBytesDown: [UInt64]
     var targetConnections: [UInt64]
+    /// Refused or timed-out connects, per pool and target slot.
+    var targetConnectErrors: [UInt64]
+    let accessLog: AccessLogBuffer?
     /// Connections told to finish by a drain deadline: reset if still open
     /// at `deadline`.
     var cutList: [(slot: Int32, generation: UInt32, deadline: Millis)] = []
@@ -175,6 +192,8 @@ public final class Worker {
         targetBytesUp = Array(repeating: 0, count: slotsTotal)
         targetBytesDown = Array(repeating: 0, count: slotsTotal)
         targetConnections = Array(repeating: 0, count: slotsTotal)
+        targetConnectErrors = Array(repeating: 0, count: slotsTotal)
+        accessLog = settings.accessLog.map { AccessLogBuffer(sink: $0, poolNames: settings.pools.map(\.name)) }
         expiryBudget = settings.pools.map { max(1024, $0.affinity.capacity / 10) }
 
         switch settings.engine {
@@ -220,6 +239,14 @@ public final class Worker {
         for t in 0..<Worker.targetSlots {
             let k = pool * Worker.targetSlots + t
             if let a = policies[pool].address(ofTarget: t) {
+                // A slot handed to another target starts its counters anew:
+                // the old target's figures must not follow its slot.
+                if targetAddressLengths[k] > 0 && Sockets.address(from: targetAddresses[k]) != a {
+                    targetBytesUp[k] = 0
+                    targetBytesDown[k] = 0
+                    targetConnections[k] = 0
+                    targetConnectErrors[k] = 0
+                }
                 let (ss, len) = Sockets.storage(for: a)
                 targetAddresses[k] = ss
                 targetAddressLengths[k] = len
@@ -265,16 +292,19 @@ public final class Worker {
         while running {
             ring.submitAndWait(timeoutMs: nil)
             now = Worker.clock()
+            counters.loopIterations &+= 1
             while true {
                 let n = ring.reap(cqes, batch, max: Worker.batchMax) { c in
                     dispatch(UserData(raw: c.userData), c.res, c.flags)
                 }
                 if n == 0 { break }
+                counters.completions &+= UInt64(n)
                 if resourcesFreed { serveWaiting() }
             }
             if stopping && counters.active == 0 && acceptBacklog.isEmpty { running = false }
         }
         counters.sqFullFlushes = ring.sqFullFlushes
+        flushAccessLog()
     }
 
     @inline(__always)
@@ -471,6 +501,8 @@ public final class Worker {
         slots[i].clientFD = fd
         slots[i].pool = Int32(pool)
         slots[i].client = peer.ip
+        slots[i].clientPort = peer.port
+        slots[i].acceptedMs = now
         slots[i].lastActive = now
         counters.active += 1
         if freeHead < 0 { pauseAccepting() }
@@ -531,6 +563,7 @@ public final class Worker {
         if res == 0 {
             slots[i].state = .open
             slots[i].placed = true
+            targetConnections[pool * Worker.targetSlots + Int(slots[i].placement.target)] &+= 1
             policies[pool].opened(slots[i].placement, client: slots[i].client, now: now)
             slots[i].lastActive = now
             idleAppend(i)
@@ -552,6 +585,7 @@ public final class Worker {
         descriptors -= 1
         policies[pool].connectFailed(slots[i].placement, client: slots[i].client, now: now)
         let failed = Int(slots[i].placement.target)
+        targetConnectErrors[pool * Worker.targetSlots + failed] &+= 1
         if failed < TargetMask.capacity { slots[i].excluded.insert(failed) }
         if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping {
             counters.connectRetries += 1
@@ -871,6 +905,7 @@ public final class Worker {
             }
             cutList = keep
         }
+        flushAccessLog()
         if tickCount % 4 == 0 { publishReport(nil, entries: false) }
         tickCount &+= 1
         var h = idleHead
@@ -979,6 +1014,8 @@ public final class Worker {
         r.sequence = reportSequence
         r.counters = counters
         r.counters.sqFullFlushes = ring.sqFullFlushes
+        r.counters.descriptors = descriptors
+        r.counters.descriptorBudget = settings.descriptorBudget
         for p in policies.indices {
             var pr = PoolReport()
             pr.affinity = policies[p].counters
@@ -988,7 +1025,8 @@ public final class Worker {
                 let k = p * Worker.targetSlots + t
                 pr.targets.append(TargetLoad(address: a, connections: policies[p].openConnections(target: t),
                                              affinityEntries: countEntries ? entries[t] : 0, bytesUp: targetBytesUp[k],
-                                             bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k]))
+                                             bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k],
+                                             connectErrors: targetConnectErrors[k]))
             }
             r.pools.append(pr)
         }
@@ -1070,6 +1108,34 @@ public final class Worker {
         }
     }
 
+    // MARK: - Access log
+
+    /// Appends the closing connection to the access log's array: a store of
+    /// plain fields, no allocation.
+    func recordAccess(_ i: Int) {
+        guard let log = accessLog else { return }
+        let r = log.next()
+        let pool = Int(slots[i].pool)
+        r.pointee.closeUnixMs = now
+        r.pointee.durationMs = now - slots[i].acceptedMs
+        r.pointee.client = SocketAddress(ip: slots[i].client, port: slots[i].clientPort)
+        let t = Int(slots[i].placement.target)
+        let target = t >= 0 ? policies[pool].address(ofTarget: t) : nil
+        r.pointee.hasTarget = target != nil
+        if let target { r.pointee.target = target }
+        r.pointee.pool = slots[i].pool
+        r.pointee.bytesUp = slots[i].up.bytes
+        r.pointee.bytesDown = slots[i].down.bytes
+        r.pointee.reason = slots[i].closeReason.staticName
+    }
+
+    func flushAccessLog() {
+        guard let log = accessLog else { return }
+        log.flush()
+        counters.accessLogLines = log.lines
+        counters.accessLogDrops = log.dropped
+    }
+
     /// Returns a slot whose every operation has completed to the free list.
     func release(_ i: Int) {
         precondition(slots[i].inflight == 0, "slot released with operations in flight")
@@ -1081,8 +1147,8 @@ public final class Worker {
             let k = pool * Worker.targetSlots + Int(slots[i].placement.target)
             targetBytesUp[k] &+= slots[i].up.bytes
             targetBytesDown[k] &+= slots[i].down.bytes
-            targetConnections[k] &+= 1
         }
+        if accessLog != nil { recordAccess(i) }
         counters.bytesUp &+= slots[i].up.bytes
         counters.bytesDown &+= slots[i].down.bytes
         counters.closed[Int(slots[i].closeReason.rawValue)] += 1

@@ -65,7 +65,10 @@ public struct TargetLoad: Sendable, Equatable {
     public var affinityEntries: Int = 0
     public var bytesUp: UInt64 = 0
     public var bytesDown: UInt64 = 0
+    /// Connections established to the target (counted when they open).
     public var connectionsTotal: UInt64 = 0
+    /// Refused or timed-out connects to the target.
+    public var connectErrors: UInt64 = 0
 }
 
 public struct PoolReport: Sendable {

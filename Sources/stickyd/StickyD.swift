@@ -74,6 +74,15 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
 
+    @Option(name: .long, help: "Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9900.")
+    var metricsListen: String?
+
+    @Option(name: .long, help: "Access log: a file path, 'stderr' or 'none' (default none).")
+    var accessLog: String?
+
+    @Option(name: .long, help: "Format of the daemon's own log lines: text (logfmt) or json.")
+    var logFormat: LogFormat?
+
     @Option(name: .long, help: ArgumentHelp("io_uring submission queue size (testing).", visibility: .hidden))
     var ringEntries: UInt32 = 1024
 
@@ -107,6 +116,19 @@ struct Serve: ParsableCommand {
         if let adminSocket { cfg.adminSocket = adminSocket == "none" ? nil : adminSocket }
         if let stateDir { cfg.stateDir = stateDir == "none" ? nil : stateDir }
         if let logLevel { cfg.logLevel = logLevel }
+        if let metricsListen {
+            guard let address = SocketAddress(metricsListen) else {
+                throw ConfigError(file: "<command line>", message: "--metrics-listen '\(metricsListen)' is not an address; expected IP:PORT such as 127.0.0.1:9900 or [::1]:9900")
+            }
+            cfg.observability.metricsListen = address
+        }
+        if let accessLog {
+            guard let destination = AccessLogDestination(accessLog) else {
+                throw ConfigError(file: "<command line>", message: "--access-log must be none, stderr or an absolute file path, got '\(accessLog)'")
+            }
+            cfg.observability.accessLog = destination
+        }
+        if let logFormat { cfg.observability.logFormat = logFormat }
         try cfg.validate(file: config ?? "<command line>")
         return cfg
     }
@@ -121,11 +143,9 @@ struct Serve: ParsableCommand {
             throw fail(error)
         }
         let level = Logger.Level(rawValue: cfg.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        let format = cfg.observability.logFormat
+        let journal = StickyLogHandler.stderrIsJournal()
+        LoggingSystem.bootstrap { _ in StickyLogHandler(level: level, format: format, journal: journal) }
         let logger = Logger(label: "stickyd")
         let serve = self
         var reloader: (@Sendable () throws -> StickyConfig)?
@@ -145,6 +165,7 @@ struct Serve: ParsableCommand {
 }
 
 extension ForwardingEngine: ExpressibleByArgument {}
+extension LogFormat: ExpressibleByArgument {}
 
 // Parsed once and never mutated: SIGHUP re-reads the config file with the
 // same command-line overrides from the main thread.

@@ -218,7 +218,43 @@ final class ConfigTests: XCTestCase {
     }
 
     func testPlannedKeysAreNotSupportedYet() {
-        assertError(minimal("metrics: { listen: 127.0.0.1:9100 }\n"), line: 7, "'metrics' is not supported")
+        assertError(minimal("health: { interval: 5s }\n"), line: 7, "'health' is not supported")
+    }
+
+    func testMetricsAndLogKeysAreRead() throws {
+        let config = try ConfigLoader.parse(minimal("""
+            metrics:
+              listen: 127.0.0.1:9900
+            log:
+              level: notice
+              format: json
+              access: /var/log/stickyd/access.log
+            """), file: "test.yaml")
+        XCTAssertEqual(config.observability.metricsListen, SocketAddress("127.0.0.1:9900"))
+        XCTAssertEqual(config.observability.logFormat, .json)
+        XCTAssertEqual(config.observability.accessLog, .file("/var/log/stickyd/access.log"))
+        XCTAssertEqual(config.logLevel, "notice")
+    }
+
+    func testMetricsAndAccessLogAreOffByDefault() throws {
+        let config = try ConfigLoader.parse(minimal("metrics: {}\nlog: { access: none }\n"), file: "test.yaml")
+        XCTAssertNil(config.observability.metricsListen)
+        XCTAssertEqual(config.observability.accessLog, AccessLogDestination.none)
+        XCTAssertEqual(config.observability.logFormat, .text)
+        let stderr = try ConfigLoader.parse(minimal("log: { access: stderr }\n"), file: "test.yaml")
+        XCTAssertEqual(stderr.observability.accessLog, .stderr)
+    }
+
+    func testBadMetricsAndLogValues() {
+        assertError(minimal("metrics: { listen: localhost:9900 }\n"), line: 7, column: 20,
+                    "metrics.listen 'localhost:9900' is not an address")
+        assertError(minimal("metrics: { port: 9900 }\n"), line: 7, "unknown key 'port' in metrics")
+        assertError(minimal("log: { format: jsonl }\n"), line: 7, column: 16,
+                    "log.format must be one of text, json, got 'jsonl' (did you mean 'json'?)")
+        assertError(minimal("log: { access: access.log }\n"), line: 7, column: 16,
+                    "log.access must be none, stderr or an absolute file path, got 'access.log'")
+        assertError(minimal("metrics: { listen: 127.0.0.1:7001 }\n"), line: 7, column: 20,
+                    "metrics.listen 127.0.0.1:7001 is also a traffic listener (line 2)")
     }
 
     func testAffinityDrainAndAdminKeysAreRead() throws {
@@ -319,7 +355,7 @@ final class ConfigTests: XCTestCase {
             pools: [ { name: web, targets: [ { address: 127.0.0.1:8081 } ] } ]
             listeners: 3
             """, line: 2, column: 12, "listeners must be a list, got '3'")
-        assertError(minimal("log: debug\n"), line: 7, column: 6, "log must be a mapping (keys: level), got 'debug'")
+        assertError(minimal("log: debug\n"), line: 7, column: 6, "log must be a mapping (keys: level, format, access), got 'debug'")
         assertError(minimal("admin: { socket: }\n"), line: 7, "admin.socket must be a string, got nothing")
         assertError(minimal("log: { level: [info] }\n"), line: 7, column: 15, "log.level must be a string, got a list")
         assertError("- a\n- b\n", line: 1, "the top level must be a mapping (keys: engine, workers, listeners", "got a list")

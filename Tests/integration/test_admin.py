@@ -794,7 +794,7 @@ def test_corrupt_state_file_refuses_to_start(run_stickyd, backend, tmp_path, kin
     out = d.output()
     assert str(state) in out, f"the error does not name the state file:\n{out}"
     assert "move it aside" in out, out
-    assert "ready" not in out.split(), out
+    assert 'msg="ready"' not in out, out
     assert state.read_bytes() == CORRUPT_STATES[kind], "the corrupt file was changed"
     if kind == "junk":
         # The documented way out: move it aside; the config alone is used.
