@@ -230,7 +230,9 @@ final class ProxyProtocolTests: XCTestCase {
         let texts = ["::", "::1", "1::", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8", "1:2:3:4:5:6:1.2.3.4",
                      "::ffff:1.2.3.4", "1::1.2.3.4", "ABCD:ef01::", "1:2:3:4:5:6:7:8:9", "1::2::3", ":1::", "1:::2",
                      "12345::", "1:2:3:4:5:6:7", "::1.2.3", "1.2.3.4::", "g::", ":", "::0:0", "1:2:3:4:5:6:7:8::",
-                     "::1:2:3:4:5:6:7:8", "0:0:0:0:0:0:0:0"]
+                     "::1:2:3:4:5:6:7:8", "0:0:0:0:0:0:0:0", "::+2:c", "+1::", "::-0"]
+        // A sign is not a hex digit (found by the fuzz target).
+        XCTAssertNil(IPAddress("::+2:c"))
         for text in texts {
             let want = IPAddress(parsing: text[...])
             let got = Array(text.utf8).withUnsafeBytes { TextAddress.parseV6($0, 0, $0.count) }
