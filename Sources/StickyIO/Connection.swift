@@ -179,6 +179,4 @@ struct Slot {
     /// the client's first payload, sent to the target before any other.
     var proxyReceived: UInt16 = 0
     var proxyConsumed: UInt16 = 0
-    /// When the whole header must have arrived.
-    var proxyDeadline: Millis = 0
 }

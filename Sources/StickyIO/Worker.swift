@@ -165,6 +165,9 @@ public final class Worker {
     /// The outgoing header and early payload, sent inline and at once, so
     /// one per worker serves every connection.
     let proxyScratch: UnsafeMutableRawBufferPointer
+    /// Per listener: `proxy_protocol.timeout`, counted from the accept
+    /// (`lastActive` until the header is whole), or 0 without one.
+    let proxyTimeoutMs: [Millis]
 
     static let pollMask = UInt32(POLLIN) | UInt32(UInt16(bitPattern: sticky_pollrdhup)) | UInt32(POLLERR) | UInt32(POLLHUP)
     static let batchMax = 256
@@ -243,6 +246,7 @@ public final class Worker {
             proxyTimeouts = nil
         }
         proxyScratch = .allocate(byteCount: ProxyHeader.encodedBytesMax + ProxyHeader.headerBytesMax, alignment: 8)
+        proxyTimeoutMs = settings.listeners.map { $0.proxy?.timeoutMs ?? 0 }
 
         if settings.engine == .copy {
             buffers = try BufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSizeBytes)
@@ -526,9 +530,8 @@ public final class Worker {
         slots[i].listener = Int32(l)
         counters.active += 1
         if freeHead < 0 { pauseAccepting() }
-        if let proxy {
+        if proxy != nil {
             slots[i].state = .proxyHeader
-            slots[i].proxyDeadline = now + proxy.timeoutMs
             armProxyRecv(i)
             return
         }
@@ -1085,7 +1088,8 @@ public final class Worker {
     func armProxyRecv(_ i: Int) {
         guard let proxyTimeouts else { preconditionFailure("PROXY recv on a worker without proxy_protocol listeners") }
         let received = Int(slots[i].proxyReceived)
-        let leftMs = slots[i].proxyDeadline - now
+        // `lastActive` holds the accept time until the header is whole.
+        let leftMs = slots[i].lastActive + proxyTimeoutMs[Int(slots[i].listener)] - now
         guard leftMs > 0, received < ProxyHeader.headerBytesMax else {
             rejectProxy(i, received < ProxyHeader.headerBytesMax ? .timeout : .oversized)
             return
