@@ -10,9 +10,11 @@ SHELL         := /bin/bash
 .NOTPARALLEL:
 
 SWIFT   ?= swift
+SWIFTC  ?= swiftc
 PYTHON  ?= python3
 CONFIG  ?= config/stickyd.yaml
 PYTEST_ARGS ?= -q
+FUZZ_SECONDS ?= 60
 
 # Debian packages: build deps (liburing, OpenSSL), and the tools that the
 # tests (socat; openssl makes the mTLS certificates; prlimit from util-linux
@@ -28,7 +30,7 @@ PROTO_PY := $(GREETER)/helloworld_pb2.py $(GREETER)/helloworld_pb2_grpc.py
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps proto build build-debug run test unit integration bench install clean
+.PHONY: help deps proto build build-debug run test unit integration fuzz bench install clean
 
 help: ## Show this list
 	@echo "stickyd: a Layer-4 sticky TCP load balancer"
@@ -96,6 +98,20 @@ unit: ## Run the Swift unit tests (swift test)
 integration: proto ## Run the integration tests (pytest); STICKYD_BIN defaults to the debug binary
 	STICKYD_BIN="$${STICKYD_BIN:-$(CURDIR)/.build/debug/stickyd}" \
 	  $(PYTHON) -m pytest $(PYTEST_ARGS) Tests/integration
+
+# The parser and the files it needs, built as one module with libFuzzer and
+# ASan (the toolchain ships both); new inputs go to a working corpus under
+# .build, the committed seeds stay as they are, crashes go to crashes/.
+FUZZ_PROXY     := Fuzz/ProxyParser
+FUZZ_PROXY_BIN := .build/fuzz/proxy-parser
+FUZZ_PROXY_SRC := $(FUZZ_PROXY)/FuzzProxyParser.swift Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
+                  $(wildcard Sources/StickyCore/Proxy/*.swift)
+
+fuzz: ## Fuzz the PROXY header parser for FUZZ_SECONDS (default 60); crashes in Fuzz/ProxyParser/crashes/
+	mkdir -p .build/fuzz/corpus-proxy $(FUZZ_PROXY)/crashes
+	$(SWIFTC) -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld $(FUZZ_PROXY_SRC) -o $(FUZZ_PROXY_BIN)
+	$(FUZZ_PROXY_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_PROXY)/crashes/ .build/fuzz/corpus-proxy $(FUZZ_PROXY)/corpus
 
 bench: deps build ## Compare stickyd with direct, HAProxy and nginx (Benchmarks/compare/run.sh)
 	bash Benchmarks/compare/run.sh

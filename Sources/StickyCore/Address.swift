@@ -74,7 +74,9 @@ public enum IPAddress: Hashable, Sendable {
                     out.append(UInt16(v4 & 0xFFFF))
                     continue
                 }
-                guard !p.isEmpty, p.count <= 4, let g = UInt16(p, radix: 16) else { return nil }
+                // Hex digits only: UInt16(_:radix:) alone would take "+2".
+                guard !p.isEmpty, p.count <= 4, p.allSatisfy({ $0.isASCII && $0.isHexDigit }),
+                      let g = UInt16(p, radix: 16) else { return nil }
                 out.append(g)
             }
             return out

@@ -19,11 +19,37 @@ public struct ListenerConfig: Sendable, Equatable {
     /// Name of the pool this listener's clients are placed in.
     public var pool: String
     public var backlog: Int
+    /// When set, every connection must open with a PROXY header, sent from
+    /// one of the allowed networks (docs/PROXY.md).
+    public var proxyProtocol: ProxyAcceptConfig?
 
-    public init(address: SocketAddress, pool: String, backlog: Int = ListenerConfig.defaultBacklog) {
+    public init(address: SocketAddress, pool: String, backlog: Int = ListenerConfig.defaultBacklog,
+                proxyProtocol: ProxyAcceptConfig? = nil) {
         self.address = address
         self.pool = pool
         self.backlog = backlog
+        self.proxyProtocol = proxyProtocol
+    }
+}
+
+/// A listener's `proxy_protocol`: who may send a PROXY header, and how long
+/// the header may take to arrive.
+public struct ProxyAcceptConfig: Sendable, Equatable {
+    /// A header may come from a proxy in a load balancer's own network; a
+    /// few seconds is already slow for it, and a connection waiting for its
+    /// header holds a slot.
+    public static let defaultTimeoutMs: Millis = 3_000
+
+    /// Networks whose connections may carry a header; a connection from
+    /// anywhere else is closed at once, since its header would let it claim
+    /// any client address.
+    public var from: [CIDR]
+    /// The whole header must have arrived this long after the accept.
+    public var timeoutMs: Millis
+
+    public init(from: [CIDR], timeoutMs: Millis = ProxyAcceptConfig.defaultTimeoutMs) {
+        self.from = from
+        self.timeoutMs = timeoutMs
     }
 }
 
@@ -32,11 +58,16 @@ public struct PoolConfig: Sendable, Equatable {
     public var targets: [TargetSpec]
     /// Capacity here is the pool's total; each worker gets its share.
     public var affinity: AffinityConfig
+    /// The PROXY header written to a target before any client byte; nil
+    /// (`none`) writes none.
+    public var sendProxy: ProxyVersion?
 
-    public init(name: String, targets: [TargetSpec], affinity: AffinityConfig = AffinityConfig()) {
+    public init(name: String, targets: [TargetSpec], affinity: AffinityConfig = AffinityConfig(),
+                sendProxy: ProxyVersion? = nil) {
         self.name = name
         self.targets = targets
         self.affinity = affinity
+        self.sendProxy = sendProxy
     }
 }
 
@@ -260,6 +291,15 @@ public struct StickyConfig: Sendable, Equatable {
             if pool(named: listener.pool) == nil {
                 throw failure("\(at).pool", "\(who): no pool named '\(listener.pool)'\(suggestion(for: listener.pool, among: poolNames))")
             }
+            if let proxy = listener.proxyProtocol {
+                let pat = "\(at).proxy_protocol"
+                if let message = Bounds.proxyFromCount.check(proxy.from.count) {
+                    throw failure("\(pat).from", "\(who): \(message)")
+                }
+                if proxy.timeoutMs <= 0 || proxy.timeoutMs > Bounds.proxyTimeoutMaxMs {
+                    throw failure("\(pat).timeout", "\(who): proxy_protocol.timeout must be more than 0 and at most \(formatDuration(Bounds.proxyTimeoutMaxMs)), got \(formatDuration(proxy.timeoutMs))")
+                }
+            }
         }
 
         var poolAt: [String: Int] = [:]
@@ -440,6 +480,12 @@ enum Bounds {
     /// typo, not a policy.
     static let timeoutCeiling: Millis = 30 * 86_400_000
     static let unixPathBytes = 108
+    /// An allow-list names the proxies in front, a handful of networks; it
+    /// is walked once per accepted connection.
+    static let proxyFromCount = IntBound(name: "the number of proxy_protocol.from networks", range: 1...256)
+    /// A proxy writes its header with its first segment; a minute is
+    /// already a stuck peer holding a slot.
+    static let proxyTimeoutMaxMs: Millis = 60_000
     static let nameLength = 1...64
 }
 

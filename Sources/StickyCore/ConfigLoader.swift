@@ -142,7 +142,7 @@ private struct NodeReader {
             planned: ["health"])
 
         let listenerNodes = try list(required("listeners", in: top), path: "listeners", name: "listeners")
-        var listeners: [(address: SocketAddress, pool: String?, backlog: Int)] = []
+        var listeners: [(address: SocketAddress, pool: String?, backlog: Int, proxy: ProxyAcceptConfig?)] = []
         for (index, node) in listenerNodes.enumerated() {
             listeners.append(try listener(node, path: "listeners[\(index)]"))
         }
@@ -156,7 +156,9 @@ private struct NodeReader {
         // An omitted pool stays empty unless it is unambiguous; validate says why.
         let onlyPool = pools.count == 1 ? pools[0].name : ""
         var config = StickyConfig(
-            listeners: listeners.map { ListenerConfig(address: $0.address, pool: $0.pool ?? onlyPool, backlog: $0.backlog) },
+            listeners: listeners.map {
+                ListenerConfig(address: $0.address, pool: $0.pool ?? onlyPool, backlog: $0.backlog, proxyProtocol: $0.proxy)
+            },
             pools: pools)
 
         if let node = top["engine"] {
@@ -240,16 +242,40 @@ private struct NodeReader {
         return config
     }
 
-    private mutating func listener(_ node: Node, path: String) throws -> (address: SocketAddress, pool: String?, backlog: Int) {
-        let keys = try fields(node, path: path, what: "listener", prefix: "", known: ["address", "pool", "backlog"])
+    private mutating func listener(_ node: Node, path: String) throws
+        -> (address: SocketAddress, pool: String?, backlog: Int, proxy: ProxyAcceptConfig?) {
+        let keys = try fields(node, path: path, what: "listener", prefix: "",
+                              known: ["address", "pool", "backlog", "proxy_protocol"])
         let address = try address(required("address", in: keys), name: "address")
         let pool = try keys["pool"].map { try string($0, name: "pool") }
         let backlog = try keys["backlog"].map { try int($0, name: "backlog") } ?? ListenerConfig.defaultBacklog
-        return (address, pool, backlog)
+        let proxy = try keys["proxy_protocol"].map { try proxyAccept($0, path: "\(path).proxy_protocol") }
+        return (address, pool, backlog, proxy)
+    }
+
+    /// Shapes, types and each network; the count and the timeout's range
+    /// are `validate`'s.
+    private mutating func proxyAccept(_ node: Node, path: String) throws -> ProxyAcceptConfig {
+        let keys = try fields(node, path: path, what: "proxy_protocol", prefix: "proxy_protocol.",
+                              known: ["from", "timeout"])
+        // Required: a listener that trusts headers must say from whom.
+        let fromNodes = try list(required("from", in: keys), path: "\(path).from", name: "proxy_protocol.from")
+        var from: [CIDR] = []
+        for (index, node) in fromNodes.enumerated() {
+            let name = "proxy_protocol.from[\(index)]"
+            let text = try scalar(node, name: name, expected: "a network such as 10.0.0.0/8")
+            switch CIDR.parse(text) {
+            case .success(let network): from.append(network)
+            case .failure(let e): throw failure(node, "\(name): \(e)")
+            }
+        }
+        var proxy = ProxyAcceptConfig(from: from)
+        if let node = keys["timeout"] { proxy.timeoutMs = try duration(node, name: "proxy_protocol.timeout") }
+        return proxy
     }
 
     private mutating func pool(_ node: Node, path: String) throws -> PoolConfig {
-        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets", "affinity"])
+        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets", "affinity", "send_proxy"])
         let name = try string(required("name", in: keys), name: "name")
         let targetNodes = try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
         var targets: [TargetSpec] = []
@@ -258,6 +284,14 @@ private struct NodeReader {
         }
         var pool = PoolConfig(name: name, targets: targets)
         if let node = keys["affinity"] { pool.affinity = try affinity(node, path: "\(path).affinity") }
+        if let node = keys["send_proxy"] {
+            let text = try string(node, name: "send_proxy")
+            let names = ["none"] + ProxyVersion.allCases.map(\.rawValue)
+            guard text == "none" || ProxyVersion(rawValue: text) != nil else {
+                throw failure(node, "send_proxy must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
+            }
+            pool.sendProxy = ProxyVersion(rawValue: text)
+        }
         return pool
     }
 

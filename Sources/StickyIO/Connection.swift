@@ -3,6 +3,9 @@ import StickyCore
 /// Where a connection slot is in its life.
 enum SlotState: UInt8 {
     case free
+    /// Accepted on a `proxy_protocol` listener; its PROXY header is being
+    /// received. No target is chosen yet: the header names the client.
+    case proxyHeader
     /// Accepted; a backend connect is in flight.
     case connecting
     /// Both sides connected; bytes are forwarded.
@@ -26,10 +29,13 @@ public enum CloseReason: UInt8, Sendable, CaseIterable {
     case resources
     /// Cut at a strict drain's deadline.
     case drainDeadline
+    /// Its PROXY header was malformed, too slow, or cut short
+    /// (`ProxyRejection` says which).
+    case proxyHeader
 }
 
 extension CloseReason {
-    /// `metricName` as a StaticString, for the access log's records
+    /// snake_case, as a StaticString for the access log's records
     /// (plain data, no String to allocate or retain per connection).
     var staticName: StaticString {
         switch self {
@@ -42,22 +48,63 @@ extension CloseReason {
         case .shutdown: return "shutdown"
         case .resources: return "resources"
         case .drainDeadline: return "drain_deadline"
+        case .proxyHeader: return "proxy_header"
         }
     }
 
+    /// snake_case, for stats and metrics; the same words as `staticName`.
+    public var metricName: String { staticName.description }
+}
 
-    /// snake_case, for stats and (later) metrics and access logs.
+/// Why a connection on a `proxy_protocol` listener was closed before it
+/// was placed, for `show stats` (`proxy_rejected_<reason>`).
+public enum ProxyRejection: UInt8, Sendable, CaseIterable {
+    /// The socket's peer is not in `proxy_protocol.from`.
+    case notAllowed
+    /// The header had not arrived whole within `proxy_protocol.timeout`.
+    case timeout
+    /// The client closed before its header was whole.
+    case truncated
+    /// The client reset, or the receive failed.
+    case readError
+    // The parser's reasons, one each.
+    case badSignature
+    case oversized
+    case badVersion
+    case badCommand
+    case badFamily
+    case badAddress
+    case badPort
+    case badFormat
+
+    public init(_ error: ProxyError) {
+        switch error {
+        case .badSignature: self = .badSignature
+        case .oversized: self = .oversized
+        case .badVersion: self = .badVersion
+        case .badCommand: self = .badCommand
+        case .badFamily: self = .badFamily
+        case .badAddress: self = .badAddress
+        case .badPort: self = .badPort
+        case .badFormat: self = .badFormat
+        }
+    }
+
+    /// snake_case, for stats.
     public var metricName: String {
         switch self {
-        case .none: return "none"
-        case .done: return "done"
-        case .reset: return "reset"
-        case .idleTimeout: return "idle_timeout"
-        case .connectFailed: return "connect_failed"
-        case .noTarget: return "no_target"
-        case .shutdown: return "shutdown"
-        case .resources: return "resources"
-        case .drainDeadline: return "drain_deadline"
+        case .notAllowed: return "not_allowed"
+        case .timeout: return "timeout"
+        case .truncated: return "truncated"
+        case .readError: return "read_error"
+        case .badSignature: return ProxyError.badSignature.metricName
+        case .oversized: return ProxyError.oversized.metricName
+        case .badVersion: return ProxyError.badVersion.metricName
+        case .badCommand: return ProxyError.badCommand.metricName
+        case .badFamily: return ProxyError.badFamily.metricName
+        case .badAddress: return ProxyError.badAddress.metricName
+        case .badPort: return ProxyError.badPort.metricName
+        case .badFormat: return ProxyError.badFormat.metricName
         }
     }
 }
@@ -132,4 +179,11 @@ struct Slot {
     var backendPollArmed = false
     var up = Direction()
     var down = Direction()
+    /// The listener it was accepted on (for its `proxy_protocol`).
+    var listener: Int32 = 0
+    /// PROXY header: bytes received into the slot's header area, and how
+    /// many of them the header took once whole. Bytes between the two are
+    /// the client's first payload, sent to the target before any other.
+    var proxyReceived: UInt16 = 0
+    var proxyConsumed: UInt16 = 0
 }

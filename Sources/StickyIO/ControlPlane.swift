@@ -174,6 +174,7 @@ public final class ControlPlane: Sendable {
         if new.limits != config.limits { ignored.append("limits") }
         if new.pools.map(\.affinity) != config.pools.map(\.affinity) { ignored.append("affinity") }
         if new.logLevel != config.logLevel || new.observability != config.observability { ignored.append("log, metrics") }
+        if new.pools.map(\.sendProxy) != config.pools.map(\.sendProxy) { ignored.append("send_proxy") }
         var summary = "added \(plan.added.count), draining \(plan.draining.count), reweighted \(plan.reweighted.count); timeouts applied"
         if !ignored.isEmpty { summary += "; needs a restart to change: \(ignored.joined(separator: ", "))" }
         return .success(summary)
@@ -386,6 +387,10 @@ public final class ControlPlane: Sendable {
             c.pipeWaits += w.pipeWaits
             c.bufferStarvations += w.bufferStarvations
             c.drainCuts += w.drainCuts
+            c.proxyHeadersReceived += w.proxyHeadersReceived
+            c.proxyHeadersSent += w.proxyHeadersSent
+            c.proxySendFailures += w.proxySendFailures
+            for k in c.proxyRejected.indices { c.proxyRejected[k] += w.proxyRejected[k] }
             for k in c.closed.indices { c.closed[k] += w.closed[k] }
         }
         var a = AffinityCounters()
@@ -416,6 +421,12 @@ public final class ControlPlane: Sendable {
             ("affinity_entries", UInt64(a.size)),
         ]
         for reason in MoveReason.allCases { fields.append(("affinity_moves_\(reason)", a.moves[reason])) }
+        fields.append(("proxy_headers_received", c.proxyHeadersReceived))
+        fields.append(("proxy_headers_sent", c.proxyHeadersSent))
+        fields.append(("proxy_send_failures", c.proxySendFailures))
+        for reason in ProxyRejection.allCases {
+            fields.append(("proxy_rejected_\(reason.metricName)", c.proxyRejected[Int(reason.rawValue)]))
+        }
         for reason in CloseReason.allCases where reason != .none {
             fields.append(("closed_\(reason.metricName)", c.closed[Int(reason.rawValue)]))
         }

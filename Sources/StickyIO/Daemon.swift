@@ -53,7 +53,7 @@ public final class Daemon {
                 for w in 0..<workers {
                     let fd = try Sockets.listener(l.address, backlog: Int32(l.backlog))
                     opened.append(fd)
-                    perWorker[w].append(.init(fd: fd, pool: pool))
+                    perWorker[w].append(.init(fd: fd, pool: pool, proxy: l.proxyProtocol))
                     if w == 0 && workers > 1 {
                         // Steer by the pool's affinity key, not the full
                         // address: a masked key (/24) must still land on the
@@ -104,6 +104,7 @@ public final class Daemon {
         s.descriptorBudget = descriptorBudget
         s.acceptQueueMax = config.listeners.map(\.backlog).max() ?? 4096
         s.accessLog = accessLog
+        s.poolSendProxy = config.pools.map(\.sendProxy)
         return s
     }
 

@@ -19,6 +19,10 @@ public enum Op: UInt8 {
     case wake = 15
     case acceptRetry = 16
     case cancelAccept = 17
+    /// PROXY header: a recv into the slot's header area, and its linked
+    /// timeout (the time left of the listener's `proxy_protocol.timeout`).
+    case proxyRecv = 18
+    case proxyTimeout = 19
 }
 
 /// `user_data` layout, 64 bits:

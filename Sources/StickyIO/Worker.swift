@@ -9,9 +9,12 @@ public struct WorkerSettings: Sendable {
     public struct Listener: Sendable {
         public var fd: Int32
         public var pool: Int
-        public init(fd: Int32, pool: Int) {
+        /// Every connection must open with a PROXY header (docs/PROXY.md).
+        public var proxy: ProxyAcceptConfig?
+        public init(fd: Int32, pool: Int, proxy: ProxyAcceptConfig? = nil) {
             self.fd = fd
             self.pool = pool
+            self.proxy = proxy
         }
     }
 
@@ -43,6 +46,8 @@ public struct WorkerSettings: Sendable {
     public var acceptQueueMax = 4096
     /// Access log: one line per closed connection, nil for none.
     public var accessLog: AccessLogSink?
+    /// Per pool: the PROXY header written to its targets, or nil for none.
+    public var poolSendProxy: [ProxyVersion?] = []
 
     public init() {}
 }
@@ -78,6 +83,14 @@ public struct WorkerCounters: Sendable {
     /// Access log lines written, and lines lost to a failed write.
     public var accessLogLines: UInt64 = 0
     public var accessLogDrops: UInt64 = 0
+    /// PROXY headers received whole, and written to targets.
+    public var proxyHeadersReceived: UInt64 = 0
+    public var proxyHeadersSent: UInt64 = 0
+    /// Connections closed for their PROXY header, by `ProxyRejection`.
+    public var proxyRejected: [UInt64] = Array(repeating: 0, count: ProxyRejection.allCases.count)
+    /// The header (and early payload) could not be written to the target
+    /// in one non-blocking send.
+    public var proxySendFailures: UInt64 = 0
     public init() {}
 }
 
@@ -140,7 +153,8 @@ public final class Worker {
     static let descriptorReserve = 8
     /// Accepted descriptors waiting for a free slot.
     var acceptBacklog: [Int32] = []
-    var acceptBacklogPool: [Int] = []
+    /// The listener each held descriptor came from (its pool, its PROXY rule).
+    var acceptBacklogListener: [Int] = []
 
     /// Directions waiting for a pipe (splice) or buffers (copy), encoded as
     /// slot index << 1 | direction, with the generation alongside.
@@ -159,6 +173,18 @@ public final class Worker {
     let tickTimeout: UnsafeMutablePointer<__kernel_timespec>
     let acceptRetryTimeout: UnsafeMutablePointer<__kernel_timespec>
     let tickMs: Millis
+
+    /// PROXY headers (see "PROXY protocol" below): one area of
+    /// `ProxyHeader.headerBytesMax` bytes and one link-timeout timespec per
+    /// slot, allocated only when a listener takes headers.
+    let proxyAreas: UnsafeMutableRawPointer?
+    let proxyTimeouts: UnsafeMutablePointer<__kernel_timespec>?
+    /// The outgoing header and early payload, sent inline and at once, so
+    /// one per worker serves every connection.
+    let proxyScratch: UnsafeMutableRawBufferPointer
+    /// Per listener: `proxy_protocol.timeout`, counted from the accept
+    /// (`lastActive` until the header is whole), or 0 without one.
+    let proxyTimeoutMs: [Millis]
 
     static let pollMask = UInt32(POLLIN) | UInt32(UInt16(bitPattern: sticky_pollrdhup)) | UInt32(POLLERR) | UInt32(POLLHUP)
     static let batchMax = 256
@@ -227,6 +253,20 @@ public final class Worker {
         // EMFILE backoff: long enough not to spin, short enough to recover fast.
         acceptRetryTimeout = timespec(100)
 
+        if settings.listeners.contains(where: { $0.proxy != nil }) {
+            let areas = UnsafeMutableRawPointer.allocate(byteCount: slotCount * ProxyHeader.headerBytesMax, alignment: 8)
+            areas.initializeMemory(as: UInt8.self, repeating: 0, count: slotCount * ProxyHeader.headerBytesMax)
+            proxyAreas = areas
+            let timeouts = UnsafeMutablePointer<__kernel_timespec>.allocate(capacity: slotCount)
+            timeouts.initialize(repeating: __kernel_timespec(), count: slotCount)
+            proxyTimeouts = timeouts
+        } else {
+            proxyAreas = nil
+            proxyTimeouts = nil
+        }
+        proxyScratch = .allocate(byteCount: ProxyHeader.encodedBytesMax + ProxyHeader.headerBytesMax, alignment: 8)
+        proxyTimeoutMs = settings.listeners.map { $0.proxy?.timeoutMs ?? 0 }
+
         if settings.engine == .copy {
             buffers = try BufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSizeBytes)
         }
@@ -266,6 +306,9 @@ public final class Worker {
         connectTimeout.deallocate()
         tickTimeout.deallocate()
         acceptRetryTimeout.deallocate()
+        proxyAreas?.deallocate()
+        proxyTimeouts?.deallocate()
+        proxyScratch.deallocate()
     }
 
     @inline(__always)
@@ -337,8 +380,10 @@ public final class Worker {
         switch op {
         case .connect:
             onConnect(i, res)
-        case .connectTimeout, .cancel, .close:
+        case .connectTimeout, .cancel, .close, .proxyTimeout:
             break
+        case .proxyRecv:
+            onProxyRecv(i, res)
         case .pollClient, .pollBackend:
             onPoll(i, client: op == .pollClient, res, more)
         case .writableClient, .writableBackend:
@@ -399,7 +444,7 @@ public final class Worker {
         if res >= 0 {
             counters.accepted += 1
             descriptors += 1
-            admit(res, pool: settings.listeners[l].pool)
+            admit(res, listener: l)
             if descriptorsLeft < Worker.descriptorReserve {
                 // Near the budget: pause before the kernel hands us clients
                 // we could not give a backend socket.
@@ -472,11 +517,12 @@ public final class Worker {
     /// Takes an accepted descriptor into a slot, or holds it until a slot
     /// and a descriptor for its backend are free: a client admitted without
     /// room for its backend could only wait while holding a slot.
-    func admit(_ fd: Int32, pool: Int) {
+    func admit(_ fd: Int32, listener l: Int) {
+        let pool = settings.listeners[l].pool
         guard freeHead >= 0, descriptorsLeft >= 1 else {
             if acceptBacklog.count < settings.acceptBacklogMax {
                 acceptBacklog.append(fd)
-                acceptBacklogPool.append(pool)
+                acceptBacklogListener.append(l)
             } else {
                 counters.rejectedFull += 1
                 Sockets.setResetOnClose(fd)
@@ -492,6 +538,15 @@ public final class Worker {
             descriptors -= 1
             return
         }
+        let proxy = settings.listeners[l].proxy
+        if let proxy, !proxy.from.containsAddress(peer.ip) {
+            // Its header could claim any client address: refuse it before
+            // it costs a slot.
+            close(fd)
+            descriptors -= 1
+            proxyRejected(.notAllowed, peer: peer.ip)
+            return
+        }
         let i = Int(freeHead)
         freeHead = slots[i].next
         let generation = slots[i].generation
@@ -504,8 +559,14 @@ public final class Worker {
         slots[i].clientPort = peer.port
         slots[i].acceptedMs = now
         slots[i].lastActive = now
+        slots[i].listener = Int32(l)
         counters.active += 1
         if freeHead < 0 { pauseAccepting() }
+        if proxy != nil {
+            slots[i].state = .proxyHeader
+            armProxyRecv(i)
+            return
+        }
         connect(i)
     }
 
@@ -566,6 +627,7 @@ public final class Worker {
             targetConnections[pool * Worker.targetSlots + Int(slots[i].placement.target)] &+= 1
             policies[pool].opened(slots[i].placement, client: slots[i].client, now: now)
             slots[i].lastActive = now
+            guard sendProxyPreamble(i) else { return }
             idleAppend(i)
             switch settings.engine {
             case .splice:
@@ -923,7 +985,7 @@ public final class Worker {
                 h = slots[i].next
                 beginClose(i, .shutdown, reset: true)
             }
-            for i in 0..<slotCount where slots[i].state == .connecting {
+            for i in 0..<slotCount where slots[i].state == .connecting || slots[i].state == .proxyHeader {
                 beginClose(i, .shutdown, reset: true)
             }
         }
@@ -984,7 +1046,7 @@ public final class Worker {
         for fd in acceptBacklog { close(fd) }
         descriptors -= acceptBacklog.count
         acceptBacklog.removeAll()
-        acceptBacklogPool.removeAll()
+        acceptBacklogListener.removeAll()
     }
 
     /// A drain deadline passed: FIN both ways now (clients see an orderly
@@ -1002,7 +1064,7 @@ public final class Worker {
                 cutList.append((Int32(i), slots[i].generation, now + graceMs))
             case .connecting:
                 beginClose(i, .drainDeadline, reset: true)
-            case .free, .closing:
+            case .free, .closing, .proxyHeader:
                 break
             }
         }
@@ -1041,6 +1103,149 @@ public final class Worker {
             }
         }
         channel.publish(r)
+    }
+
+    // MARK: - PROXY protocol
+    //
+    // Accept side: a connection from a `proxy_protocol` listener starts in
+    // `.proxyHeader`. One recv at a time, hard-linked to a timeout for the
+    // time left until its deadline, fills the slot's header area; each
+    // completion re-parses the area (at most 536 bytes) until the header is
+    // whole, then the header's source becomes the client and placement runs
+    // as for any connection. Send side: once the target is connected, the
+    // pool's header and any payload that came with the client's header are
+    // written with one non-blocking send(2), before either engine arms, so
+    // no forwarded byte can overtake them.
+
+    @inline(__always)
+    func proxyArea(_ i: Int) -> UnsafeMutableRawPointer {
+        guard let proxyAreas else { preconditionFailure("PROXY area used on a worker without proxy_protocol listeners") }
+        return proxyAreas + i * ProxyHeader.headerBytesMax
+    }
+
+    func armProxyRecv(_ i: Int) {
+        guard let proxyTimeouts else { preconditionFailure("PROXY recv on a worker without proxy_protocol listeners") }
+        let received = Int(slots[i].proxyReceived)
+        // `lastActive` holds the accept time until the header is whole.
+        let leftMs = slots[i].lastActive + proxyTimeoutMs[Int(slots[i].listener)] - now
+        guard leftMs > 0, received < ProxyHeader.headerBytesMax else {
+            rejectProxy(i, received < ProxyHeader.headerBytesMax ? .timeout : .oversized)
+            return
+        }
+        // Read when the SQE is submitted, so it lives in the slot until then.
+        proxyTimeouts[i] = __kernel_timespec(tv_sec: leftMs / 1000, tv_nsec: (leftMs % 1000) * 1_000_000)
+        ring.reserve(2)
+        let r = ring.sqe()
+        io_uring_prep_recv(r, slots[i].clientFD, proxyArea(i) + received, ProxyHeader.headerBytesMax - received, 0)
+        r.pointee.flags |= UInt8(sticky_iosqe_io_link)
+        io_uring_sqe_set_data64(r, userData(.proxyRecv, i))
+        let t = ring.sqe()
+        io_uring_prep_link_timeout(t, proxyTimeouts + i, 0)
+        io_uring_sqe_set_data64(t, userData(.proxyTimeout, i))
+        slots[i].inflight += 2
+    }
+
+    func onProxyRecv(_ i: Int, _ res: Int32) {
+        guard slots[i].state == .proxyHeader else { return }
+        if res == 0 {
+            rejectProxy(i, .truncated)
+            return
+        }
+        if res == -ECANCELED {
+            // The linked timeout fired first.
+            rejectProxy(i, .timeout)
+            return
+        }
+        if res == -EAGAIN || res == -EINTR {
+            armProxyRecv(i)
+            return
+        }
+        guard res > 0 else {
+            rejectProxy(i, .readError)
+            return
+        }
+        let received = Int(slots[i].proxyReceived) + Int(res)
+        precondition(received <= ProxyHeader.headerBytesMax, "recv wrote past the PROXY header area")
+        slots[i].proxyReceived = UInt16(received)
+        switch ProxyHeader.parse(UnsafeRawBufferPointer(start: proxyArea(i), count: received)) {
+        case .needMore:
+            armProxyRecv(i)
+        case .invalid(let reason):
+            rejectProxy(i, ProxyRejection(reason))
+        case .complete(let header):
+            counters.proxyHeadersReceived += 1
+            slots[i].proxyConsumed = UInt16(header.consumed)
+            // LOCAL, UNKNOWN and AF_UNSPEC carry no source: the socket's
+            // peer (already in `client`) stands.
+            // The access log names the client the header names, port included.
+            if let source = header.source {
+                slots[i].client = source.ip
+                slots[i].clientPort = source.port
+            }
+            slots[i].state = .connecting
+            slots[i].lastActive = now
+            connect(i)
+        }
+    }
+
+    func rejectProxy(_ i: Int, _ reason: ProxyRejection) {
+        proxyRejected(reason, peer: slots[i].client)
+        beginClose(i, .proxyHeader, reset: reason == .readError)
+    }
+
+    /// Counts a refused connection; debug-logs each and warns on the 1st,
+    /// 2nd, 4th, 8th... so a scan or a misconfigured proxy cannot flood the log.
+    func proxyRejected(_ reason: ProxyRejection, peer: IPAddress) {
+        counters.proxyRejected[Int(reason.rawValue)] += 1
+        logger.debug("PROXY header refused", metadata: ["reason": "\(reason.metricName)", "peer": "\(peer)"])
+        let total = counters.proxyRejected.reduce(0, +)
+        if total & (total - 1) == 0 {
+            logger.warning("connections closed for their PROXY header (logged at 1, 2, 4, 8... times)",
+                           metadata: ["reason": "\(reason.metricName)", "peer": "\(peer)", "times": "\(total)"])
+        }
+    }
+
+    /// Writes the pool's PROXY header, then any payload that arrived with
+    /// the client's own header, to a just-connected target. A fresh socket's
+    /// send buffer holds far more than these at most 644 bytes, so one
+    /// non-blocking send takes them whole; if it cannot, the connection is
+    /// reset rather than forwarded with a gap. False when it was closed.
+    func sendProxyPreamble(_ i: Int) -> Bool {
+        let pool = Int(slots[i].pool)
+        let version = pool < settings.poolSendProxy.count ? settings.poolSendProxy[pool] : nil
+        let consumed = Int(slots[i].proxyConsumed)
+        let early = Int(slots[i].proxyReceived) - consumed
+        guard version != nil || early > 0 else { return true }
+        let out = proxyScratch
+        var length = 0
+        if let version {
+            var source: SocketAddress?
+            var destination: SocketAddress?
+            if consumed > 0, case .complete(let h) = ProxyHeader.parse(UnsafeRawBufferPointer(start: proxyArea(i), count: consumed)) {
+                source = h.source
+                destination = h.destination
+            }
+            if source == nil || destination == nil {
+                source = Sockets.peer(of: slots[i].clientFD)
+                destination = Sockets.local(of: slots[i].clientFD)
+            }
+            length = ProxyHeader.encode(version, source: source, destination: destination,
+                                        into: UnsafeMutableRawBufferPointer(rebasing: out[0..<ProxyHeader.encodedBytesMax]))
+            precondition(length > 0, "a PROXY header did not fit encodedBytesMax")
+        }
+        if early > 0 {
+            (out.baseAddress! + length).copyMemory(from: proxyArea(i) + consumed, byteCount: early)
+            length += early
+        }
+        let sent = send(slots[i].backendFD, out.baseAddress, length, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+        guard sent == length else {
+            counters.proxySendFailures += 1
+            beginClose(i, .reset, reset: true)
+            return false
+        }
+        if version != nil { counters.proxyHeadersSent += 1 }
+        slots[i].up.bytes += UInt64(early)
+        return true
     }
 
     // MARK: - Close
@@ -1164,8 +1369,8 @@ public final class Worker {
         // A free slot: then serve a connection accepted while full.
         if !acceptBacklog.isEmpty && !stopping && descriptorsLeft >= 1 {
             let fd = acceptBacklog.removeFirst()
-            let pool = acceptBacklogPool.removeFirst()
-            admit(fd, pool: pool)
+            let listener = acceptBacklogListener.removeFirst()
+            admit(fd, listener: listener)
         }
         if acceptBacklog.isEmpty { resumeAccepting() }
     }

@@ -82,6 +82,14 @@ struct Serve: ParsableCommand {
 
     @Option(name: .long, help: "Format of the daemon's own log lines: text (logfmt) or json.")
     var logFormat: LogFormat?
+    @Option(name: .long, help: "Require a PROXY header on every listener, from this network, e.g. 10.0.0.0/8 (repeatable).")
+    var proxyFrom: [String] = []
+
+    @Option(name: .long, help: "With --proxy-from: how long the whole PROXY header may take, e.g. 3s.")
+    var proxyTimeout: String?
+
+    @Option(name: .long, help: "PROXY header written to every pool's targets: v1, v2 or none.")
+    var sendProxy: String?
 
     @Option(name: .long, help: ArgumentHelp("io_uring submission queue size (testing).", visibility: .hidden))
     var ringEntries: UInt32 = 1024
@@ -129,6 +137,34 @@ struct Serve: ParsableCommand {
             cfg.observability.accessLog = destination
         }
         if let logFormat { cfg.observability.logFormat = logFormat }
+        if !proxyFrom.isEmpty {
+            var from: [CIDR] = []
+            for text in proxyFrom {
+                switch CIDR.parse(text) {
+                case .success(let network): from.append(network)
+                case .failure(let e): throw ValidationError("--proxy-from: \(e)")
+                }
+            }
+            for l in cfg.listeners.indices {
+                let timeoutMs = cfg.listeners[l].proxyProtocol?.timeoutMs ?? ProxyAcceptConfig.defaultTimeoutMs
+                cfg.listeners[l].proxyProtocol = ProxyAcceptConfig(from: from, timeoutMs: timeoutMs)
+            }
+        }
+        if let proxyTimeout {
+            guard let ms = parseDuration(proxyTimeout) else { throw ValidationError("--proxy-timeout: not a duration: '\(proxyTimeout)' (e.g. 500ms, 3s)") }
+            guard cfg.listeners.contains(where: { $0.proxyProtocol != nil }) else {
+                throw ValidationError("--proxy-timeout applies to listeners that take PROXY headers; give --proxy-from too")
+            }
+            for l in cfg.listeners.indices where cfg.listeners[l].proxyProtocol != nil {
+                cfg.listeners[l].proxyProtocol?.timeoutMs = ms
+            }
+        }
+        if let sendProxy {
+            guard sendProxy == "none" || ProxyVersion(rawValue: sendProxy) != nil else {
+                throw ValidationError("--send-proxy must be v1, v2 or none, got '\(sendProxy)'")
+            }
+            for p in cfg.pools.indices { cfg.pools[p].sendProxy = ProxyVersion(rawValue: sendProxy) }
+        }
         try cfg.validate(file: config ?? "<command line>")
         return cfg
     }
