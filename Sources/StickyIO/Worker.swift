@@ -28,6 +28,8 @@ public struct WorkerSettings: Sendable {
     public var idleTimeoutMs: Millis = 300_000
     public var shutdownTimeoutMs: Millis = 60_000
     public var connectRetries = 2
+    /// Health: no further connect attempt starts this long after accept.
+    public var connectBudgetMs: Millis = 5_000
     public var ringEntries: UInt32 = 1024
     /// Accepted connections held while every slot is busy, before the
     /// listener is paused; beyond it a connection is closed and counted.
@@ -93,6 +95,10 @@ public final class Worker {
     var targetBytesUp: [UInt64]
     var targetBytesDown: [UInt64]
     var targetConnections: [UInt64]
+    /// Health: connect failures (refused, timed out) per pool and target
+    /// slot, cumulative; the control plane feeds the deltas to passive
+    /// detection.
+    var targetConnectFailures: [UInt64]
     /// Connections told to finish by a drain deadline: reset if still open
     /// at `deadline`.
     var cutList: [(slot: Int32, generation: UInt32, deadline: Millis)] = []
@@ -175,6 +181,7 @@ public final class Worker {
         targetBytesUp = Array(repeating: 0, count: slotsTotal)
         targetBytesDown = Array(repeating: 0, count: slotsTotal)
         targetConnections = Array(repeating: 0, count: slotsTotal)
+        targetConnectFailures = Array(repeating: 0, count: slotsTotal)
         expiryBudget = settings.pools.map { max(1024, $0.affinity.capacity / 10) }
 
         switch settings.engine {
@@ -553,7 +560,13 @@ public final class Worker {
         policies[pool].connectFailed(slots[i].placement, client: slots[i].client, now: now)
         let failed = Int(slots[i].placement.target)
         if failed < TargetMask.capacity { slots[i].excluded.insert(failed) }
-        if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping {
+        // Health: counted for passive detection (a preallocated array, no
+        // allocation). The failover below is this connection's own remedy;
+        // the budget runs from accept (lastActive is not moved while
+        // connecting), so a client is not kept waiting on a dead pool.
+        if failed < TargetMask.capacity { targetConnectFailures[pool * Worker.targetSlots + failed] &+= 1 }
+        if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping
+            && now - slots[i].lastActive < settings.connectBudgetMs {
             counters.connectRetries += 1
             connect(i)
         } else {
@@ -916,12 +929,13 @@ public final class Worker {
                 for p in policies.indices where pool == nil || pool == p {
                     policies[p].clearAffinity(scope, now: now)
                 }
-            case .setTimeouts(let connectMs, let idleMs, let shutdownMs):
+            case .setTimeouts(let connectMs, let idleMs, let shutdownMs, let connectBudgetMs):
                 // The connect timespec is read at submission, so later
                 // connects use the new value; the idle sweep reads settings.
                 settings.connectTimeoutMs = connectMs
                 settings.idleTimeoutMs = idleMs
                 settings.shutdownTimeoutMs = shutdownMs
+                settings.connectBudgetMs = connectBudgetMs
                 connectTimeout.pointee = __kernel_timespec(tv_sec: connectMs / 1000, tv_nsec: (connectMs % 1000) * 1_000_000)
             case .report(let query, let entries):
                 publishReport(query, entries: entries)
@@ -988,7 +1002,8 @@ public final class Worker {
                 let k = p * Worker.targetSlots + t
                 pr.targets.append(TargetLoad(address: a, connections: policies[p].openConnections(target: t),
                                              affinityEntries: countEntries ? entries[t] : 0, bytesUp: targetBytesUp[k],
-                                             bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k]))
+                                             bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k],
+                                             connectFailures: targetConnectFailures[k]))
             }
             r.pools.append(pr)
         }

@@ -40,7 +40,7 @@ public enum WorkerCommand: Sendable {
     case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis)
     case clearAffinity(pool: Int?, scope: AffinityScope)
     /// A reload changed the timeouts.
-    case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis)
+    case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis, connectBudgetMs: Millis)
     /// Publish a fresh report: with affinity pins if a query asks for them,
     /// and with per-target entry counts (a walk of the table) if `entries`.
     case report(PinQuery?, entries: Bool)
@@ -66,6 +66,8 @@ public struct TargetLoad: Sendable, Equatable {
     public var bytesUp: UInt64 = 0
     public var bytesDown: UInt64 = 0
     public var connectionsTotal: UInt64 = 0
+    /// Connect failures (refused, timed out), cumulative: passive health.
+    public var connectFailures: UInt64 = 0
 }
 
 public struct PoolReport: Sendable {
