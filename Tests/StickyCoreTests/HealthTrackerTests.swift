@@ -346,7 +346,7 @@ final class HealthConfigTests: XCTestCase {
     }
 
     func testErrorsCarryLineAndColumn() {
-        let e = error("    health:\n      type: htp\n")
+        let e = error("    health:\n      type: tcpp\n")
         XCTAssertEqual(e?.line, 8)
         XCTAssertEqual(e?.column, 13)
         XCTAssertTrue(e?.message.contains("did you mean 'tcp'") ?? false, "\(String(describing: e))")
