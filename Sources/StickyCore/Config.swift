@@ -61,13 +61,16 @@ public struct PoolConfig: Sendable, Equatable {
     /// The PROXY header written to a target before any client byte; nil
     /// (`none`) writes none.
     public var sendProxy: ProxyVersion?
+    /// Active checks, passive detection and damping (docs/HEALTH.md).
+    public var health: HealthConfig
 
     public init(name: String, targets: [TargetSpec], affinity: AffinityConfig = AffinityConfig(),
-                sendProxy: ProxyVersion? = nil) {
+                sendProxy: ProxyVersion? = nil, health: HealthConfig = HealthConfig()) {
         self.name = name
         self.targets = targets
         self.affinity = affinity
         self.sendProxy = sendProxy
+        self.health = health
     }
 }
 
@@ -176,6 +179,10 @@ public struct Timeouts: Sendable, Equatable {
     public var idleMs: Millis = 300_000
     /// How long a graceful shutdown waits for connections to end.
     public var shutdownMs: Millis = 60_000
+    /// How long, from accept, a client's connect may keep failing over to
+    /// further targets: no new attempt starts after it (one in flight runs
+    /// to `connectMs`).
+    public var connectBudgetMs: Millis = 5_000
 
     public init() {}
 }
@@ -339,6 +346,9 @@ public struct StickyConfig: Sendable, Equatable {
             if let problem = pool.affinity.validate().first {
                 throw failure("\(at).affinity.\(problem.key)", "\(who): \(problem)")
             }
+            if let problem = pool.health.validate() {
+                throw failure("\(at).health.\(problem.key)", "\(who): \(problem.message)")
+            }
         }
 
         let limitChecks: [(String, IntBound, Int)] = [
@@ -356,6 +366,7 @@ public struct StickyConfig: Sendable, Equatable {
             ("timeouts.connect", timeouts.connectMs),
             ("timeouts.idle", timeouts.idleMs),
             ("timeouts.shutdown", timeouts.shutdownMs),
+            ("timeouts.connect_budget", timeouts.connectBudgetMs),
         ]
         for (path, value) in timeoutChecks where value <= 0 || value >= Bounds.timeoutCeiling {
             throw failure(path, "\(path) must be more than 0 and less than \(formatDuration(Bounds.timeoutCeiling)), got \(formatDuration(value))")

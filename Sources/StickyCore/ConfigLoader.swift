@@ -138,8 +138,11 @@ private struct NodeReader {
         let top = try fields(
             root, path: "", what: "the top level", prefix: "",
             known: ["engine", "workers", "listeners", "pools", "limits", "timeouts", "connect_retries", "admin", "log",
-                    "drain", "state_dir", "metrics"],
-            planned: ["health"])
+                    "drain", "state_dir", "metrics", "health"])
+        if let node = top["health"] {
+            // Health is per pool: pools differ in what a check means.
+            throw failure(node, "'health' is set per pool: move it under pools[].health")
+        }
 
         let listenerNodes = try list(required("listeners", in: top), path: "listeners", name: "listeners")
         var listeners: [(address: SocketAddress, pool: String?, backlog: Int, proxy: ProxyAcceptConfig?)] = []
@@ -184,10 +187,11 @@ private struct NodeReader {
         }
         if let node = top["timeouts"] {
             let timeouts = try fields(
-                node, path: "timeouts", what: "timeouts", prefix: "timeouts.", known: ["connect", "idle", "shutdown"])
+                node, path: "timeouts", what: "timeouts", prefix: "timeouts.", known: ["connect", "idle", "shutdown", "connect_budget"])
             if let node = timeouts["connect"] { config.timeouts.connectMs = try duration(node, name: "timeouts.connect") }
             if let node = timeouts["idle"] { config.timeouts.idleMs = try duration(node, name: "timeouts.idle") }
             if let node = timeouts["shutdown"] { config.timeouts.shutdownMs = try duration(node, name: "timeouts.shutdown") }
+            if let node = timeouts["connect_budget"] { config.timeouts.connectBudgetMs = try duration(node, name: "timeouts.connect_budget") }
         }
         if let node = top["admin"] {
             let admin = try fields(node, path: "admin", what: "admin", prefix: "admin.", known: ["socket", "allow_uids", "allow_gids", "remote"])
@@ -275,7 +279,7 @@ private struct NodeReader {
     }
 
     private mutating func pool(_ node: Node, path: String) throws -> PoolConfig {
-        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets", "affinity", "send_proxy"])
+        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets", "affinity", "send_proxy", "health"])
         let name = try string(required("name", in: keys), name: "name")
         let targetNodes = try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
         var targets: [TargetSpec] = []
@@ -292,7 +296,61 @@ private struct NodeReader {
             }
             pool.sendProxy = ProxyVersion(rawValue: text)
         }
+        if let node = keys["health"] { pool.health = try health(node, path: "\(path).health") }
         return pool
+    }
+
+    // MARK: Health
+
+    /// Shapes and types only; ranges are `HealthConfig.validate`'s. A
+    /// written `health` section means active checks: `type` defaults to tcp.
+    private mutating func health(_ node: Node, path: String) throws -> HealthConfig {
+        let keys = try fields(node, path: path, what: "health", prefix: "health.",
+                              known: ["type", "interval", "timeout", "rise", "fall", "service", "port", "passive",
+                                      "revive_after", "damping"])
+        var h = HealthConfig()
+        h.type = .tcp
+        if let node = keys["type"] {
+            let text = try string(node, name: "health.type")
+            let names = HealthCheckType.allCases.map(\.rawValue)
+            guard let type = HealthCheckType(rawValue: text) else {
+                throw failure(node, "health.type must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
+            }
+            h.type = type
+        }
+        if let node = keys["interval"] { h.intervalMs = try duration(node, name: "health.interval") }
+        if let node = keys["timeout"] { h.timeoutMs = try duration(node, name: "health.timeout") }
+        if let node = keys["rise"] { h.rise = try int(node, name: "health.rise") }
+        if let node = keys["fall"] { h.fall = try int(node, name: "health.fall") }
+        if let node = keys["service"] {
+            // "" is a meaningful service name (the server as a whole).
+            guard case .scalar(let s) = node else { throw failure(node, "health.service must be a string, got \(describe(node))") }
+            h.service = s.string
+        }
+        if let node = keys["port"] { h.port = try int(node, name: "health.port") }
+        if let node = keys["passive"] { h.passive = try bool(node, name: "health.passive") }
+        if let node = keys["revive_after"] { h.reviveAfterMs = try duration(node, name: "health.revive_after") }
+        if let node = keys["damping"] {
+            let d = try fields(node, path: "\(path).damping", what: "health.damping", prefix: "health.damping.",
+                               known: ["window", "hold_down", "hold_down_max"])
+            if let node = d["window"] { h.damping.windowMs = try duration(node, name: "health.damping.window") }
+            if let node = d["hold_down"] {
+                // 0 turns damping off.
+                let text = try scalar(node, name: "health.damping.hold_down", expected: "a duration")
+                h.damping.holdDownMs = text == "0" ? 0 : try duration(node, name: "health.damping.hold_down")
+            }
+            if let node = d["hold_down_max"] { h.damping.holdDownMaxMs = try duration(node, name: "health.damping.hold_down_max") }
+        }
+        return h
+    }
+
+    private func bool(_ node: Node, name: String) throws -> Bool {
+        let text = try scalar(node, name: name, expected: "true or false")
+        switch text {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw failure(node, "\(name) must be true or false, got '\(text)'")
+        }
     }
 
     /// Shapes and types only; ranges are `AffinityConfig.validate`'s.

@@ -13,6 +13,8 @@ public final class ControlPlane: Sendable {
         var registry: TargetRegistry
         /// Last data-path figures, refreshed by `collect`.
         var lastPersistError: String?
+        /// Health checks and passive detection (Health/ControlPlane+Health.swift).
+        var health: HealthState
     }
 
     let config: StickyConfig
@@ -36,7 +38,7 @@ public final class ControlPlane: Sendable {
         var r = registry
         r.drainModeDefault = config.drain.mode
         r.drainTimeoutMsDefault = config.drain.timeoutMs
-        state = Mutex(State(registry: r))
+        state = Mutex(State(registry: r, health: HealthState(config: config, registry: r)))
         channels = Mutex([])
         startedWallSec = time(nil)
         startedMs = ControlPlane.monotonicMs()
@@ -74,7 +76,8 @@ public final class ControlPlane: Sendable {
         return r.pools.indices.map { p in
             let a = affinity(pool: p, workers: workers)
             let specs = r.pools[p].targets.map(\.spec)
-            return PoolSetup(name: r.pools[p].name, targets: specs, states: r.pools[p].targets.map(\.state),
+            let states = state.withLock { ControlPlane.effectiveStates(r, pool: p, $0.health) }
+            return PoolSetup(name: r.pools[p].name, targets: specs, states: states,
                              affinity: a, maglev: MaglevTable(targets: specs, key: a.hashKey!), sharedLoads: SharedLoads())
         }
     }
@@ -91,9 +94,18 @@ public final class ControlPlane: Sendable {
             let key = config.pools[p].affinity.hashKey ?? hashKey
             // Built once, off the data path, and shared by every worker.
             let maglev = MaglevTable(targets: specs, key: key)
-            broadcast(.setTargets(pool: p, targets: specs, states: r.pools[p].targets.map(\.state), maglev: maglev))
-        case .state(let p, let address, let s):
-            broadcast(.setState(pool: p, address: address, state: s))
+            // Health: states are the effective ones (health combined with the
+            // operator's), sent under the lock so a health transition cannot
+            // be overtaken by an older state.
+            state.withLock { s in
+                s.health.book.sync(s.registry)
+                broadcast(.setTargets(pool: p, targets: specs, states: ControlPlane.effectiveStates(r, pool: p, s.health), maglev: maglev))
+            }
+        case .state(let p, let address, _):
+            state.withLock { s in
+                guard let record = s.registry.pools[p].targets.first(where: { $0.spec.address == address }) else { return }
+                broadcast(.setState(pool: p, address: address, state: s.health.book.effectiveState(pool: p, record: record)))
+            }
         }
     }
 
@@ -124,7 +136,7 @@ public final class ControlPlane: Sendable {
                     sum.bytesUp &+= t.bytesUp
                     sum.bytesDown &+= t.bytesDown
                     sum.connectionsTotal &+= t.connectionsTotal
-                    sum.connectErrors &+= t.connectErrors
+                    sum.connectFailures &+= t.connectFailures
                     out[p, default: [:]][t.address] = sum
                 }
             }
@@ -150,6 +162,7 @@ public final class ControlPlane: Sendable {
         }
         for p in removed { publish(.targets(pool: p), r) }
         if !expired.isEmpty || !removed.isEmpty { persist() }
+        healthTick(now: now)
     }
 
     // MARK: - Reload
@@ -165,7 +178,7 @@ public final class ControlPlane: Sendable {
         guard case .success(let plan) = outcome.0 else { return outcome.0.map { _ in "" } }
         for change in plan.changes { publish(change, outcome.1) }
         broadcast(.setTimeouts(connectMs: new.timeouts.connectMs, idleMs: new.timeouts.idleMs,
-                               shutdownMs: new.timeouts.shutdownMs))
+                               shutdownMs: new.timeouts.shutdownMs, connectBudgetMs: new.timeouts.connectBudgetMs))
         persist()
         var ignored: [String] = []
         if new.listeners != config.listeners { ignored.append("listeners") }
@@ -175,6 +188,7 @@ public final class ControlPlane: Sendable {
         if new.pools.map(\.affinity) != config.pools.map(\.affinity) { ignored.append("affinity") }
         if new.logLevel != config.logLevel || new.observability != config.observability { ignored.append("log, metrics") }
         if new.pools.map(\.sendProxy) != config.pools.map(\.sendProxy) { ignored.append("send_proxy") }
+        if new.pools.map(\.health) != config.pools.map(\.health) { ignored.append("health") }
         var summary = "added \(plan.added.count), draining \(plan.draining.count), reweighted \(plan.reweighted.count); timeouts applied"
         if !ignored.isEmpty { summary += "; needs a restart to change: \(ignored.joined(separator: ", "))" }
         return .success(summary)
@@ -456,9 +470,10 @@ public final class ControlPlane: Sendable {
                     // Whole seconds, rounded up: "0s" only once it is over.
                     drainText = d.expired ? "expired" : "\((max(0, d.deadlineMs - now) + 999) / 1000)s"
                 }
+                let health = healthFields(pool: p, record: t, now: now)
                 rows.append([pr.name, "\(t.spec.address)", t.spec.name ?? "-", stateText, "\(t.spec.weight)",
                              "\(l.connections)", "\(l.affinityEntries)", "\(l.connectionsTotal)",
-                             "\(l.bytesUp)", "\(l.bytesDown)", drainText])
+                             "\(l.bytesUp)", "\(l.bytesDown)", drainText, health.text, health.changes])
                 var o: [String: Any] = [
                     "pool": pr.name, "address": "\(t.spec.address)", "state": stateText.split(separator: "(").first.map(String.init) ?? stateText,
                     "weight": t.spec.weight, "connections": l.connections, "affinity_entries": l.affinityEntries,
@@ -469,10 +484,13 @@ public final class ControlPlane: Sendable {
                 if case .draining(let m) = t.state { o["drain_mode"] = m.rawValue }
                 if let left = drainLeftMs { o["drain_remaining_ms"] = left }
                 if let d = t.drain { o["drain_expired"] = d.expired }
+                o["connect_failures"] = l.connectFailures
+                o.merge(health.json) { a, _ in a }
                 objects.append(o)
             }
         }
-        let header = ["POOL", "ADDRESS", "NAME", "STATE", "WEIGHT", "CONNS", "AFFINITY", "TOTAL", "BYTES_IN", "BYTES_OUT", "DRAIN_LEFT"]
+        let header = ["POOL", "ADDRESS", "NAME", "STATE", "WEIGHT", "CONNS", "AFFINITY", "TOTAL", "BYTES_IN", "BYTES_OUT", "DRAIN_LEFT",
+                      "HEALTH", "HEALTH_CHANGES"]
         return AdminAnswer(text: AdminFormat.table(header, rows), json: AdminFormat.json(["targets": objects]))
     }
 

@@ -99,6 +99,7 @@ public final class Daemon {
         s.idleTimeoutMs = config.timeouts.idleMs
         s.shutdownTimeoutMs = config.timeouts.shutdownMs
         s.connectRetries = config.connectRetries
+        s.connectBudgetMs = config.timeouts.connectBudgetMs
         s.ringEntries = ringEntries
         s.sharePoolLoads = workers > 1
         s.descriptorBudget = descriptorBudget
@@ -206,6 +207,10 @@ public final class Daemon {
         admin?.start { line, peer in adminLock.withLock { control.handle(line, peer) } }
         remote?.start { line, peer in adminLock.withLock { control.handle(line, peer) } }
         control.persist()
+        // Health: active checks on their own event loop thread, off the rings.
+        let prober = HealthProber(logger: logger, plan: { control.probePlan(pool: $0) },
+                                  report: { control.probeResult($0, ok: $1, reason: $2) })
+        prober.start(pools: control.probedPools)
 
         logger.info("ready", metadata: [
             "listeners": "\(config.listeners.map { "\($0.address)->\($0.pool)" }.joined(separator: ","))",
@@ -255,6 +260,7 @@ public final class Daemon {
         SystemdNotify.send("STOPPING=1")
         admin?.stop()
         remote?.stop()
+        prober.stop()
         for c in channels { c.post(.stop) }
         // Join: poll the finished flags; a worker stops by its deadline.
         while finished.withLock({ $0.contains { $0 == nil } }) { usleep(10_000) }

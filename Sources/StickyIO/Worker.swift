@@ -31,6 +31,8 @@ public struct WorkerSettings: Sendable {
     public var idleTimeoutMs: Millis = 300_000
     public var shutdownTimeoutMs: Millis = 60_000
     public var connectRetries = 2
+    /// Health: no further connect attempt starts this long after accept.
+    public var connectBudgetMs: Millis = 5_000
     public var ringEntries: UInt32 = 1024
     /// Accepted connections held while every slot is busy, before the
     /// listener is paused; beyond it a connection is closed and counted.
@@ -120,8 +122,10 @@ public final class Worker {
     var targetBytesUp: [UInt64]
     var targetBytesDown: [UInt64]
     var targetConnections: [UInt64]
-    /// Refused or timed-out connects, per pool and target slot.
-    var targetConnectErrors: [UInt64]
+    /// Refused or timed-out connects, per pool and target slot, cumulative:
+    /// metrics show them, and the control plane feeds the deltas to
+    /// passive health detection.
+    var targetConnectFailures: [UInt64]
     let accessLog: AccessLogBuffer?
     /// Connections told to finish by a drain deadline: reset if still open
     /// at `deadline`.
@@ -218,7 +222,7 @@ public final class Worker {
         targetBytesUp = Array(repeating: 0, count: slotsTotal)
         targetBytesDown = Array(repeating: 0, count: slotsTotal)
         targetConnections = Array(repeating: 0, count: slotsTotal)
-        targetConnectErrors = Array(repeating: 0, count: slotsTotal)
+        targetConnectFailures = Array(repeating: 0, count: slotsTotal)
         accessLog = settings.accessLog.map { AccessLogBuffer(sink: $0, poolNames: settings.pools.map(\.name)) }
         expiryBudget = settings.pools.map { max(1024, $0.affinity.capacity / 10) }
 
@@ -285,7 +289,7 @@ public final class Worker {
                     targetBytesUp[k] = 0
                     targetBytesDown[k] = 0
                     targetConnections[k] = 0
-                    targetConnectErrors[k] = 0
+                    targetConnectFailures[k] = 0
                 }
                 let (ss, len) = Sockets.storage(for: a)
                 targetAddresses[k] = ss
@@ -647,9 +651,14 @@ public final class Worker {
         descriptors -= 1
         policies[pool].connectFailed(slots[i].placement, client: slots[i].client, now: now)
         let failed = Int(slots[i].placement.target)
-        targetConnectErrors[pool * Worker.targetSlots + failed] &+= 1
         if failed < TargetMask.capacity { slots[i].excluded.insert(failed) }
-        if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping {
+        // Counted for metrics and passive detection (a preallocated array, no
+        // allocation). The failover below is this connection's own remedy;
+        // the budget runs from accept (lastActive is not moved while
+        // connecting), so a client is not kept waiting on a dead pool.
+        if failed < TargetMask.capacity { targetConnectFailures[pool * Worker.targetSlots + failed] &+= 1 }
+        if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping
+            && now - slots[i].lastActive < settings.connectBudgetMs {
             counters.connectRetries += 1
             connect(i)
         } else {
@@ -1013,12 +1022,13 @@ public final class Worker {
                 for p in policies.indices where pool == nil || pool == p {
                     policies[p].clearAffinity(scope, now: now)
                 }
-            case .setTimeouts(let connectMs, let idleMs, let shutdownMs):
+            case .setTimeouts(let connectMs, let idleMs, let shutdownMs, let connectBudgetMs):
                 // The connect timespec is read at submission, so later
                 // connects use the new value; the idle sweep reads settings.
                 settings.connectTimeoutMs = connectMs
                 settings.idleTimeoutMs = idleMs
                 settings.shutdownTimeoutMs = shutdownMs
+                settings.connectBudgetMs = connectBudgetMs
                 connectTimeout.pointee = __kernel_timespec(tv_sec: connectMs / 1000, tv_nsec: (connectMs % 1000) * 1_000_000)
             case .report(let query, let entries):
                 publishReport(query, entries: entries)
@@ -1088,7 +1098,7 @@ public final class Worker {
                 pr.targets.append(TargetLoad(address: a, connections: policies[p].openConnections(target: t),
                                              affinityEntries: countEntries ? entries[t] : 0, bytesUp: targetBytesUp[k],
                                              bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k],
-                                             connectErrors: targetConnectErrors[k]))
+                                             connectFailures: targetConnectFailures[k]))
             }
             r.pools.append(pr)
         }

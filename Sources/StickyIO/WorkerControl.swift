@@ -40,7 +40,7 @@ public enum WorkerCommand: Sendable {
     case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis)
     case clearAffinity(pool: Int?, scope: AffinityScope)
     /// A reload changed the timeouts.
-    case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis)
+    case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis, connectBudgetMs: Millis)
     /// Publish a fresh report: with affinity pins if a query asks for them,
     /// and with per-target entry counts (a walk of the table) if `entries`.
     case report(PinQuery?, entries: Bool)
@@ -67,8 +67,9 @@ public struct TargetLoad: Sendable, Equatable {
     public var bytesDown: UInt64 = 0
     /// Connections established to the target (counted when they open).
     public var connectionsTotal: UInt64 = 0
-    /// Refused or timed-out connects to the target.
-    public var connectErrors: UInt64 = 0
+    /// Refused or timed-out connects to the target, cumulative: metrics,
+    /// and passive health detection.
+    public var connectFailures: UInt64 = 0
 }
 
 public struct PoolReport: Sendable {

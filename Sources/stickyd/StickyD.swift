@@ -65,6 +65,43 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Give up a backend connect after this long, e.g. 3s.")
     var connectTimeout: String?
 
+    @Option(name: .long, help: "Stop failing a connect over to further targets this long after accept, e.g. 5s.")
+    var connectBudget: String?
+
+    // Health: set on every pool (docs/HEALTH.md).
+    @Option(name: .long, help: "Health checks on every pool: none, tcp or grpc.")
+    var health: String?
+
+    @Option(name: .long, help: "Health check interval, e.g. 2s.")
+    var healthInterval: String?
+
+    @Option(name: .long, help: "Health check timeout, e.g. 1s.")
+    var healthTimeout: String?
+
+    @Option(name: .long, help: "Successful checks that bring a down target up.")
+    var healthRise: Int?
+
+    @Option(name: .long, help: "Failures (checks, and connects with passive detection) that take a target down.")
+    var healthFall: Int?
+
+    @Option(name: .long, help: "grpc checks: the service name asked about (default \"\").")
+    var healthService: String?
+
+    @Option(name: .long, help: "Passive detection (connect failures count toward fall): on or off.")
+    var healthPassive: String?
+
+    @Option(name: .long, help: "Flap damping: the hold-down after a second down in the window, e.g. 2s (0 = off).")
+    var healthHoldDown: String?
+
+    @Option(name: .long, help: "Flap damping: the longest hold-down, e.g. 60s.")
+    var healthHoldDownMax: String?
+
+    @Option(name: .long, help: "Flap damping: the window downs are counted in, e.g. 60s.")
+    var healthWindow: String?
+
+    @Option(name: .long, help: "Without checks: how long a target passive detection took down stays down, e.g. 10s.")
+    var healthReviveAfter: String?
+
     @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock).")
     var adminSocket: String?
 
@@ -121,6 +158,8 @@ struct Serve: ParsableCommand {
             guard let ms = parseDuration(connectTimeout) else { throw ValidationError("--connect-timeout: not a duration: '\(connectTimeout)' (e.g. 500ms, 3s)") }
             cfg.timeouts.connectMs = ms
         }
+        if let connectBudget { cfg.timeouts.connectBudgetMs = try duration(connectBudget, "--connect-budget") }
+        try applyHealthFlags(&cfg)
         if let adminSocket { cfg.adminSocket = adminSocket == "none" ? nil : adminSocket }
         if let stateDir { cfg.stateDir = stateDir == "none" ? nil : stateDir }
         if let logLevel { cfg.logLevel = logLevel }
@@ -167,6 +206,41 @@ struct Serve: ParsableCommand {
         }
         try cfg.validate(file: config ?? "<command line>")
         return cfg
+    }
+
+    func duration(_ text: String, _ flag: String, zeroAllowed: Bool = false) throws -> Millis {
+        if zeroAllowed && text == "0" { return 0 }
+        guard let ms = parseDuration(text) else { throw ValidationError("\(flag): not a duration: '\(text)' (e.g. 500ms, 2s)") }
+        return ms
+    }
+
+    /// The --health* flags, applied to every pool; validated with the rest.
+    func applyHealthFlags(_ cfg: inout StickyConfig) throws {
+        for p in cfg.pools.indices {
+            var h = cfg.pools[p].health
+            if let health {
+                guard let t = HealthCheckType(rawValue: health) else {
+                    throw ValidationError("--health: must be none, tcp or grpc, got '\(health)'")
+                }
+                h.type = t
+            }
+            if let healthInterval { h.intervalMs = try duration(healthInterval, "--health-interval") }
+            if let healthTimeout { h.timeoutMs = try duration(healthTimeout, "--health-timeout") }
+            if let healthRise { h.rise = healthRise }
+            if let healthFall { h.fall = healthFall }
+            if let healthService { h.service = healthService }
+            if let healthPassive {
+                guard ["on", "off", "true", "false"].contains(healthPassive) else {
+                    throw ValidationError("--health-passive: must be on or off, got '\(healthPassive)'")
+                }
+                h.passive = healthPassive == "on" || healthPassive == "true"
+            }
+            if let healthHoldDown { h.damping.holdDownMs = try duration(healthHoldDown, "--health-hold-down", zeroAllowed: true) }
+            if let healthHoldDownMax { h.damping.holdDownMaxMs = try duration(healthHoldDownMax, "--health-hold-down-max") }
+            if let healthWindow { h.damping.windowMs = try duration(healthWindow, "--health-window") }
+            if let healthReviveAfter { h.reviveAfterMs = try duration(healthReviveAfter, "--health-revive-after") }
+            cfg.pools[p].health = h
+        }
     }
 
     func run() throws {

@@ -151,7 +151,9 @@ def test_help_info_stats_targets(run_stickyd, backend):
 
         rows = parse_table(c.cmd("show targets"))
         assert list(rows[0]) == ["POOL", "ADDRESS", "NAME", "STATE", "WEIGHT", "CONNS", "AFFINITY",
-                                 "TOTAL", "BYTES_IN", "BYTES_OUT", "DRAIN_LEFT"]
+                                 "TOTAL", "BYTES_IN", "BYTES_OUT", "DRAIN_LEFT", "HEALTH", "HEALTH_CHANGES"]
+        # No checks in quick mode by default, and nothing failed: all up.
+        assert all(r["HEALTH"] == "up" and r["HEALTH_CHANGES"] == "0" for r in rows)
         assert {r["ADDRESS"] for r in rows} == set(addr.values())
         assert all(r["STATE"] == "ready" and r["WEIGHT"] == "1" and r["DRAIN_LEFT"] == "-" for r in rows)
         assert sum(int(r["TOTAL"]) for r in rows) == 3

@@ -1,0 +1,130 @@
+/// Whether a target's checks say it can serve.
+public enum HealthStatus: String, Sendable, Equatable {
+    case up
+    case down
+}
+
+/// A change of `HealthStatus`, with why, for the log and `show targets`.
+public struct HealthTransition: Sendable, Equatable {
+    public var to: HealthStatus
+    public var reason: String
+    public init(to: HealthStatus, reason: String) {
+        self.to = to
+        self.reason = reason
+    }
+}
+
+/// One target's health: rise/fall counting of probe results and passive
+/// connect failures, and flap damping. Pure: time is a parameter.
+///
+/// Rules (docs/HEALTH.md):
+/// - A target starts `up`: a restart must not black-hole a pool while the
+///   first checks run; a dead target is found by its first failures.
+/// - `up` → `down` after `fall` consecutive failures. A failure is a failed
+///   probe or, with `passive`, a data-path connect failure; a successful
+///   probe resets the count.
+/// - `down` → `up` after `rise` consecutive successful probes, and not
+///   before the hold-down has passed (damping): while held, successes keep
+///   counting, and the first moment both hold, the target is up.
+/// - With no active checks (`type: none`), a down target is up again
+///   `revive_after` after it went down (or after its hold-down, if later);
+///   passive detection takes it down again if it still fails.
+public struct HealthTracker: Sendable, Equatable {
+    /// Downs remembered for damping; more in one window only keeps the
+    /// hold at its ceiling.
+    public static let downsKeptMax = 32
+
+    public let config: HealthConfig
+    public private(set) var status: HealthStatus = .up
+    /// Consecutive failures while up; consecutive successes while down.
+    public private(set) var failures = 0
+    public private(set) var successes = 0
+    /// When the current down started.
+    public private(set) var downSinceMs: Millis = 0
+    /// An `up` is not believed before this.
+    public private(set) var holdUntilMs: Millis = 0
+    /// Every status change since the tracker was made.
+    public private(set) var transitions: UInt64 = 0
+    /// Downs within the damping window, oldest first.
+    public private(set) var recentDownsMs: [Millis] = []
+    public private(set) var lastReason = "initial"
+
+    public init(config: HealthConfig) {
+        self.config = config
+    }
+
+    /// Whether this tracker runs probes at all.
+    public var isActive: Bool { config.type != .none }
+
+    /// How much longer a down target is held, at `now` (0 if not held).
+    public func holdRemainingMs(now: Millis) -> Millis {
+        status == .down ? max(0, holdUntilMs - now) : 0
+    }
+
+    /// An active probe's result.
+    public mutating func probe(ok: Bool, reason: String, now: Millis) -> HealthTransition? {
+        if ok {
+            failures = 0
+            guard status == .down else { return nil }
+            successes += 1
+            return riseIfDue(now: now, reason: "\(successes) successful check(s) (rise \(config.rise))")
+        }
+        successes = 0
+        return fail(1, reason: reason, now: now)
+    }
+
+    /// `count` data-path connect failures since the last call.
+    public mutating func passiveFailures(_ count: Int, now: Millis) -> HealthTransition? {
+        guard config.passive, count > 0 else { return nil }
+        successes = 0
+        return fail(count, reason: "\(count) connect failure(s) on the data path", now: now)
+    }
+
+    /// Time passing: a hold-down that ran out with `rise` already met, or a
+    /// revive for a pool without active checks.
+    public mutating func tick(now: Millis) -> HealthTransition? {
+        guard status == .down else { return nil }
+        if isActive {
+            return riseIfDue(now: now, reason: "hold-down over after \(successes) successful check(s)")
+        }
+        guard now >= downSinceMs + config.reviveAfterMs, now >= holdUntilMs else { return nil }
+        return goUp(reason: "no active checks: retried after \(formatDuration(config.reviveAfterMs)) down", now: now)
+    }
+
+    mutating func riseIfDue(now: Millis, reason: String) -> HealthTransition? {
+        guard successes >= config.rise, now >= holdUntilMs else { return nil }
+        return goUp(reason: reason, now: now)
+    }
+
+    mutating func goUp(reason: String, now: Millis) -> HealthTransition {
+        status = .up
+        failures = 0
+        successes = 0
+        transitions &+= 1
+        lastReason = reason
+        return HealthTransition(to: .up, reason: reason)
+    }
+
+    mutating func fail(_ count: Int, reason: String, now: Millis) -> HealthTransition? {
+        guard status == .up else {
+            lastReason = reason
+            return nil
+        }
+        failures += count
+        guard failures >= config.fall else { return nil }
+        status = .down
+        failures = 0
+        successes = 0
+        downSinceMs = now
+        transitions &+= 1
+        recentDownsMs.removeAll { now - $0 >= config.damping.windowMs }
+        if recentDownsMs.count == HealthTracker.downsKeptMax { recentDownsMs.removeFirst() }
+        recentDownsMs.append(now)
+        let hold = config.damping.holdMs(downsInWindow: recentDownsMs.count)
+        holdUntilMs = now + hold
+        var why = "\(reason) (fall \(config.fall))"
+        if hold > 0 { why += "; flapping: \(recentDownsMs.count) downs in \(formatDuration(config.damping.windowMs)), held down for \(formatDuration(hold))" }
+        lastReason = why
+        return HealthTransition(to: .down, reason: why)
+    }
+}

@@ -1,0 +1,297 @@
+import Glibc
+import Logging
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOPosix
+import StickyCore
+import Synchronization
+
+/// One target to probe, as the control plane describes it each round.
+public struct ProbeTarget: Sendable {
+    public var pool: Int
+    /// The target as the registry knows it (the tracker's key).
+    public var target: StickyCore.SocketAddress
+    /// Where the probe goes: the target, or its `health.port`.
+    public var probeAddress: StickyCore.SocketAddress
+    public var config: HealthConfig
+
+    public init(pool: Int, target: StickyCore.SocketAddress, config: HealthConfig) {
+        self.pool = pool
+        self.target = target
+        self.config = config
+        var a = target
+        if config.port != 0 { a.port = UInt16(config.port) }
+        probeAddress = a
+    }
+}
+
+/// Active health checks, on the control plane: one NIO event loop thread
+/// of its own, never a worker's ring. Each pool with checks gets a repeated
+/// task at its interval; each round probes every target of the pool
+/// (asked afresh, so targets added or removed at runtime are followed),
+/// skipping a target whose previous probe is still out. At most
+/// `inFlightMax` probes run at once; a round over that skips (and counts)
+/// the rest rather than queueing them.
+public final class HealthProber: Sendable {
+    public static let inFlightMax = 64
+
+    let group: MultiThreadedEventLoopGroup
+    let logger: Logger
+    /// The targets of a pool right now.
+    let plan: @Sendable (Int) -> [ProbeTarget]
+    /// A probe's result: the target, ok, and why (for the transition log).
+    let report: @Sendable (ProbeTarget, Bool, String) -> Void
+    let inFlight = Mutex<Set<String>>([])
+    let tasks = Mutex<[RepeatedTask]>([])
+    /// Probes not started because `inFlightMax` were out.
+    public let skipped = Atomic<UInt64>(0)
+
+    public init(logger: Logger, plan: @escaping @Sendable (Int) -> [ProbeTarget],
+                report: @escaping @Sendable (ProbeTarget, Bool, String) -> Void) {
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.logger = logger
+        self.plan = plan
+        self.report = report
+    }
+
+    /// Starts one repeated round per pool with active checks: (pool, interval).
+    public func start(pools: [(pool: Int, intervalMs: Millis)]) {
+        let el = group.next()
+        var started: [RepeatedTask] = []
+        for (p, interval) in pools {
+            // The first round soon after start, so a dead target is found
+            // within about fall × interval of the daemon being ready.
+            started.append(el.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(interval)) { [self] _ in
+                for t in plan(p) { probe(t) }
+            })
+        }
+        tasks.withLock { $0 = started }
+    }
+
+    /// Stops the rounds and the event loop (bounded: probes in flight are
+    /// closed with it).
+    public func stop() {
+        for t in tasks.withLock({ $0 }) { t.cancel() }
+        try? group.syncShutdownGracefully()
+    }
+
+    func probe(_ t: ProbeTarget) {
+        let key = "\(t.pool) \(t.target)"
+        let admitted = inFlight.withLock { set -> Bool in
+            guard !set.contains(key), set.count < HealthProber.inFlightMax else { return false }
+            set.insert(key)
+            return true
+        }
+        guard admitted else {
+            if inFlight.withLock({ !$0.contains(key) }) { skipped.wrappingAdd(1, ordering: .relaxed) }
+            return
+        }
+        let el = group.next()
+        let run = ProbeRun { [self] ok, reason in
+            inFlight.withLock { _ = $0.remove(key) }
+            report(t, ok, reason)
+        }
+        run.setTimeout(el.scheduleTask(in: .milliseconds(t.config.timeoutMs)) {
+            run.finish(ok: false, reason: "\(t.config.type.rawValue) check timed out after \(formatDuration(t.config.timeoutMs))")
+        })
+        let address: NIOCore.SocketAddress
+        do {
+            address = try NIOCore.SocketAddress(ipAddress: "\(t.probeAddress.ip)", port: Int(t.probeAddress.port))
+        } catch {
+            run.finish(ok: false, reason: "bad probe address \(t.probeAddress): \(error)")
+            return
+        }
+        let bootstrap = ClientBootstrap(group: el)
+            .connectTimeout(.milliseconds(t.config.timeoutMs))
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+        switch t.config.type {
+        case .none:
+            run.finish(ok: true, reason: "no check")
+        case .tcp:
+            bootstrap.connect(to: address).whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    run.attach(channel)
+                    run.finish(ok: true, reason: "tcp connect ok")
+                case .failure(let error):
+                    run.finish(ok: false, reason: "tcp connect: \(HealthProber.describe(error))")
+                }
+            }
+        case .grpc:
+            let service = t.config.service
+            let authority = "\(t.probeAddress)"
+            bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let mux = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                        mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
+                    ) { inbound in
+                        // The server never opens streams; refuse any it does.
+                        inbound.close()
+                    }
+                    run.setMultiplexer(mux)
+                }
+            }.connect(to: address).whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    run.attach(channel)
+                    guard let mux = run.multiplexer else {
+                        run.finish(ok: false, reason: "grpc: no HTTP/2 multiplexer")
+                        return
+                    }
+                    mux.createStreamChannel(promise: nil) { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.pipeline.syncOperations.addHandler(
+                                GRPCHealthCheckHandler(service: service, authority: authority, run: run))
+                        }
+                    }
+                case .failure(let error):
+                    run.finish(ok: false, reason: "grpc connect: \(HealthProber.describe(error))")
+                }
+            }
+        }
+    }
+
+    /// A short reason for the log: "connection refused", "timed out".
+    static func describe(_ error: Error) -> String {
+        if let e = error as? NIOConnectionError, let first = e.connectionErrors.first {
+            return describe(first.error)
+        }
+        if let e = error as? IOError { return String(cString: strerror(e.errnoCode)).lowercased() }
+        if let e = error as? ChannelError, e == .connectTimeout(.zero) { return "timed out" }
+        if case ChannelError.connectTimeout = error { return "timed out" }
+        return "\(error)"
+    }
+}
+
+/// One probe's completion, once: whichever of the answer, the error or the
+/// timeout comes first reports; the others find it done. Closes the
+/// connection when done.
+final class ProbeRun: Sendable {
+    let done = Atomic<Bool>(false)
+    let channel = Mutex<Channel?>(nil)
+    let timeout = Mutex<Scheduled<Void>?>(nil)
+    let mux = Mutex<NIOHTTP2Handler.StreamMultiplexer?>(nil)
+    let completion: @Sendable (Bool, String) -> Void
+
+    init(completion: @escaping @Sendable (Bool, String) -> Void) {
+        self.completion = completion
+    }
+
+    var multiplexer: NIOHTTP2Handler.StreamMultiplexer? { mux.withLock { $0 } }
+    func setMultiplexer(_ m: NIOHTTP2Handler.StreamMultiplexer) { mux.withLock { $0 = m } }
+
+    func setTimeout(_ s: Scheduled<Void>) {
+        timeout.withLock { $0 = s }
+        if done.load(ordering: .acquiring) { s.cancel() }
+    }
+
+    func attach(_ c: Channel) {
+        channel.withLock { $0 = c }
+        if done.load(ordering: .acquiring) { c.close(promise: nil) }
+    }
+
+    func finish(ok: Bool, reason: String) {
+        guard !done.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        timeout.withLock { $0 }?.cancel()
+        channel.withLock { $0 }?.close(promise: nil)
+        completion(ok, reason)
+    }
+}
+
+/// One grpc.health.v1.Health/Check call on an HTTP/2 stream: request
+/// headers and the framed HealthCheckRequest (end of stream), then the
+/// response headers (:status 200), the framed HealthCheckResponse and the
+/// trailers (grpc-status 0). Healthy means SERVING and grpc-status 0.
+final class GRPCHealthCheckHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    let service: String
+    let authority: String
+    let run: ProbeRun
+    var sawHeaders = false
+    var body: [UInt8] = []
+
+    init(service: String, authority: String, run: ProbeRun) {
+        self.service = service
+        self.authority = authority
+        self.run = run
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let headers = HPACKHeaders([
+            (":method", "POST"), (":scheme", "http"), (":path", GRPCHealth.path), (":authority", authority),
+            ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", "stickyd-health"),
+        ])
+        context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        let message = GRPCHealth.frame(GRPCHealth.encodeRequest(service: service))
+        var buffer = context.channel.allocator.buffer(capacity: message.count)
+        buffer.writeBytes(message)
+        context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(buffer), endStream: true))), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .headers(let h):
+            if !sawHeaders {
+                sawHeaders = true
+                let status = h.headers.first(name: ":status") ?? "?"
+                guard status == "200" else {
+                    run.finish(ok: false, reason: "grpc: HTTP status \(status)")
+                    return
+                }
+                // A trailers-only answer carries grpc-status here.
+                if h.headers.first(name: "grpc-status") != nil || h.endStream { trailers(h.headers) }
+            } else {
+                trailers(h.headers)
+            }
+        case .data(let d):
+            if case .byteBuffer(var b) = d.data {
+                guard body.count + b.readableBytes <= GRPCHealth.messageBytesMax + 5 else {
+                    run.finish(ok: false, reason: "grpc: answer larger than \(GRPCHealth.messageBytesMax) bytes")
+                    return
+                }
+                body += b.readBytes(length: b.readableBytes) ?? []
+            }
+        case .rstStream(let code):
+            run.finish(ok: false, reason: "grpc: stream reset (\(code))")
+        default:
+            break
+        }
+    }
+
+    func trailers(_ h: HPACKHeaders) {
+        let code = h.first(name: "grpc-status") ?? "missing"
+        guard code == "0" else {
+            let message = h.first(name: "grpc-message").map { ": \($0)" } ?? ""
+            run.finish(ok: false, reason: "grpc-status \(code)\(message)")
+            return
+        }
+        do {
+            guard let (m, _) = try GRPCHealth.unframe(body) else {
+                run.finish(ok: false, reason: "grpc: no complete HealthCheckResponse")
+                return
+            }
+            let status = try GRPCHealth.decodeResponse(m)
+            if status == .serving {
+                run.finish(ok: true, reason: "grpc SERVING")
+            } else {
+                run.finish(ok: false, reason: "grpc \(status.name)")
+            }
+        } catch {
+            run.finish(ok: false, reason: "grpc: bad HealthCheckResponse (\(error))")
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        run.finish(ok: false, reason: "grpc: stream closed before an answer")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        run.finish(ok: false, reason: "grpc: \(error)")
+        context.close(promise: nil)
+    }
+}
