@@ -68,6 +68,12 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock).")
     var adminSocket: String?
 
+    @Option(name: .long, help: "Takeover socket path for upgrades, or 'none' (default: takeover.sock beside the admin socket).")
+    var takeoverSocket: String?
+
+    @Flag(name: .long, help: "Take over from the running stickyd (same config): its listening sockets, targets and affinity, with no connection refused.")
+    var takeover = false
+
     @Option(name: .long, help: "State directory for runtime changes, or 'none' (default /var/lib/stickyd).")
     var stateDir: String?
 
@@ -105,6 +111,7 @@ struct Serve: ParsableCommand {
             cfg.timeouts.connectMs = ms
         }
         if let adminSocket { cfg.adminSocket = adminSocket == "none" ? nil : adminSocket }
+        if let takeoverSocket { cfg.takeoverSocket = takeoverSocket == "none" ? .none : .path(takeoverSocket) }
         if let stateDir { cfg.stateDir = stateDir == "none" ? nil : stateDir }
         if let logLevel { cfg.logLevel = logLevel }
         try cfg.validate(file: config ?? "<command line>")
@@ -134,6 +141,7 @@ struct Serve: ParsableCommand {
         }
         let daemon = Daemon(config: cfg, logger: logger, reloader: reloader)
         daemon.ringEntries = ringEntries
+        daemon.takeover = takeover
         do {
             let status = try daemon.run()
             if status != 0 { throw ExitCode(status) }
