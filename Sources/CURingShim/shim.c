@@ -8,6 +8,7 @@
 #include <liburing.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 const unsigned sticky_iosqe_io_link = IOSQE_IO_LINK;
 const unsigned sticky_iosqe_io_hardlink = IOSQE_IO_HARDLINK;
@@ -91,4 +92,72 @@ int sticky_accept_nonblocking(int fd) {
         if (errno == EINTR) continue;
         return -errno;
     }
+}
+
+#define STICKY_FDS_MAX 253
+
+ssize_t sticky_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > STICKY_FDS_MAX) return -EINVAL;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union {
+        char bytes[CMSG_SPACE(sizeof(int) * STICKY_FDS_MAX)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (nfds > 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    for (;;) {
+        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+}
+
+ssize_t sticky_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds) {
+    *nfds = 0;
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    union {
+        char bytes[CMSG_SPACE(sizeof(int) * STICKY_FDS_MAX)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = control.bytes, .msg_controllen = sizeof(control.bytes) };
+    ssize_t n;
+    for (;;) {
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        if (n >= 0) break;
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+    int overflow = (msg.msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *got = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, got + i, sizeof(int));
+            if (*nfds < maxfds) {
+                fds[(*nfds)++] = fd;
+            } else {
+                close(fd);
+                overflow = 1;
+            }
+        }
+    }
+    if (overflow) {
+        for (int i = 0; i < *nfds; i++) close(fds[i]);
+        *nfds = 0;
+        return -EMSGSIZE;
+    }
+    return n;
 }

@@ -187,6 +187,13 @@ public struct Timeouts: Sendable, Equatable {
     public init() {}
 }
 
+/// `takeover_socket`: a path, `none`, or (unset) beside the admin socket.
+public enum TakeoverSocketSetting: Sendable, Equatable {
+    case besideAdminSocket
+    case path(String)
+    case none
+}
+
 public struct StickyConfig: Sendable, Equatable {
     /// copy by default: on the project's benchmark it matched or beat splice
     /// on bulk and won on small requests and new connections (docs/BENCH.md).
@@ -202,6 +209,9 @@ public struct StickyConfig: Sendable, Equatable {
     /// Path of the admin Unix socket; nil runs without one.
     public var adminSocket: String? = StickyConfig.adminSocketDefault
     public static let adminSocketDefault = "/run/stickyd/admin.sock"
+    /// Where the running daemon listens for a successor (the zero-downtime
+    /// upgrade, docs/OPERATIONS.md "Upgrade").
+    public var takeoverSocket: TakeoverSocketSetting = .besideAdminSocket
     /// Besides root and the daemon's own user, who may use the admin socket.
     public var adminAllowUIDs: [Int] = []
     public var adminAllowGIDs: [Int] = []
@@ -220,6 +230,19 @@ public struct StickyConfig: Sendable, Equatable {
     /// swift-log's `Logger.Level` raw values, lowest first. Kept as strings so
     /// the core does not depend on swift-log.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// The takeover socket's path, nil when there is none: `takeover.sock`
+    /// in the admin socket's directory unless `takeover_socket` says.
+    public var takeoverSocketPath: String? {
+        switch takeoverSocket {
+        case .none: return nil
+        case .path(let p): return p
+        case .besideAdminSocket:
+            guard let admin = adminSocket else { return nil }
+            let cut = admin.lastIndex(of: "/") ?? admin.startIndex
+            return String(admin[..<cut]) + "/takeover.sock"
+        }
+    }
 
     public init(listeners: [ListenerConfig], pools: [PoolConfig]) {
         self.listeners = listeners
@@ -381,6 +404,14 @@ public struct StickyConfig: Sendable, Equatable {
         for (path, ids) in [("admin.allow_uids", adminAllowUIDs), ("admin.allow_gids", adminAllowGIDs)] {
             if let bad = ids.first(where: { $0 < 0 || $0 > Int(UInt32.max) }) {
                 throw failure(path, "\(path) holds \(bad), which is not a user or group id")
+            }
+        }
+        if case .path(let socket) = takeoverSocket {
+            guard socket.hasPrefix("/") else {
+                throw failure("takeover_socket", "takeover_socket must be an absolute path or none, got '\(socket)'")
+            }
+            guard socket.utf8.count < Bounds.unixPathBytes else {
+                throw failure("takeover_socket", "takeover_socket is \(socket.utf8.count) bytes long; a Unix socket path must be under \(Bounds.unixPathBytes) bytes")
             }
         }
         if let dir = stateDir, !dir.hasPrefix("/") {

@@ -138,7 +138,7 @@ private struct NodeReader {
         let top = try fields(
             root, path: "", what: "the top level", prefix: "",
             known: ["engine", "workers", "listeners", "pools", "limits", "timeouts", "connect_retries", "admin", "log",
-                    "drain", "state_dir", "metrics", "health"])
+                    "drain", "state_dir", "takeover_socket", "metrics", "health"])
         if let node = top["health"] {
             // Health is per pool: pools differ in what a check means.
             throw failure(node, "'health' is set per pool: move it under pools[].health")
@@ -218,6 +218,10 @@ private struct NodeReader {
         if let node = top["state_dir"] {
             let text = try string(node, name: "state_dir")
             config.stateDir = text == "none" ? nil : text
+        }
+        if let node = top["takeover_socket"] {
+            let text = try string(node, name: "takeover_socket")
+            config.takeoverSocket = text == "none" ? .none : .path(text)
         }
         if let node = top["log"] {
             let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level", "format", "access"])

@@ -50,6 +50,7 @@ public final class AdminServer: @unchecked Sendable {
     let allowedGIDs: Set<UInt32>
     let logger: Logger
     let listenFD: Int32
+    let listener: UnixListener
     let stopPipe: (read: Int32, write: Int32)
     var thread: Thread?
     let finished = Mutex(false)
@@ -57,45 +58,19 @@ public final class AdminServer: @unchecked Sendable {
     var acceptPausedUntil: Int64 = 0
 
     /// Binds the socket (mode 0600) at `path`, replacing a stale socket
-    /// file but refusing to steal one another process is serving.
-    public init(path: String, allowedUIDs: Set<UInt32> = [], allowedGIDs: Set<UInt32> = [], logger: Logger) throws {
+    /// file but refusing to steal one another process is serving; or, for
+    /// an upgrade's successor (`staged`), beside it until `install`.
+    public init(path: String, allowedUIDs: Set<UInt32> = [], allowedGIDs: Set<UInt32> = [], staged: Bool = false,
+                logger: Logger) throws {
         self.path = path
         self.allowedUIDs = allowedUIDs
         self.allowedGIDs = allowedGIDs
         self.logger = logger
-        guard path.utf8.count < 108 else { throw SystemError("admin socket path longer than 107 bytes", errno: ENAMETOOLONG) }
-        let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty {
-            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
-                                                     attributes: [.posixPermissions: 0o755])
-        }
-        if AdminServer.somebodyListens(at: path) {
-            throw SystemError("admin socket \(path) is served by another process", errno: EADDRINUSE)
-        }
-        unlink(path)
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket(AF_UNIX)", errno: errno) }
-        var addr = AdminServer.unixAddress(path)
-        // Create the socket file with its final mode from the start (a chmod
-        // after bind would leave a window): 0600 when only root and our own
-        // user may connect; open to all when allow lists name others, whom
-        // the kernel would otherwise refuse before SO_PEERCRED is checked.
+        // Open to all when allow lists name others, whom the kernel would
+        // otherwise refuse before SO_PEERCRED is checked.
         let open = !allowedUIDs.isEmpty || !allowedGIDs.isEmpty
-        let oldMask = umask(open ? 0o111 : 0o177)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        let bindErrno = errno
-        umask(oldMask)
-        guard rc == 0 else {
-            close(fd)
-            throw SystemError("bind(\(path))", errno: bindErrno)
-        }
-        guard listen(fd, 64) == 0 else {
-            let e = errno
-            close(fd)
-            throw SystemError("listen(\(path))", errno: e)
-        }
+        listener = try UnixListener(path: path, what: "admin socket", openMode: open, staged: staged)
+        let fd = listener.fd
         listenFD = fd
         var p: (Int32, Int32) = (-1, -1)
         _ = withUnsafeMutableBytes(of: &p) { pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
@@ -107,25 +82,8 @@ public final class AdminServer: @unchecked Sendable {
         close(stopPipe.write)
     }
 
-    static func unixAddress(_ path: String) -> sockaddr_un {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
-        }
-        return addr
-    }
-
-    static func somebodyListens(at path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var addr = unixAddress(path)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        return rc == 0
-    }
+    /// Upgrade: renames the staged socket file over the old process's.
+    public func install() throws { try listener.install() }
 
     public func start(_ handler: @escaping Handler) {
         let t = Thread { [self] in self.serve(handler) }
@@ -138,6 +96,11 @@ public final class AdminServer: @unchecked Sendable {
     /// thread has finished (bounded: 2 s), so a process exiting right after
     /// leaves no stale socket behind.
     public func stop() {
+        guard thread != nil else {
+            // Never started (a start that failed later): just let go.
+            listener.close()
+            return
+        }
         var one: UInt8 = 1
         _ = write(stopPipe.write, &one, 1)
         for _ in 0..<200 where !finished.withLock({ $0 }) { usleep(10_000) }
@@ -202,8 +165,7 @@ public final class AdminServer: @unchecked Sendable {
         var fds: [pollfd] = []
         defer {
             for c in clients.values { close(c.fd) }
-            close(listenFD)
-            unlink(path)
+            listener.close()
             finished.withLock { $0 = true }
         }
         while true {

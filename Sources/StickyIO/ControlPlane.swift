@@ -27,6 +27,9 @@ public final class ControlPlane: Sendable {
     let channels: Mutex<[WorkerChannel]>
     let startedWallSec: Int
     let startedMs: Millis
+    /// Off while an upgrade hands over and after it did: the successor
+    /// owns the state file from then on, and two writers would race.
+    let persisting = Atomic<Bool>(true)
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
                 stateFilePath: String?, logger: Logger) {
@@ -199,7 +202,7 @@ public final class ControlPlane: Sendable {
     /// Writes the state file atomically: a temporary file, fsync, rename,
     /// then fsync of the directory so the rename itself survives a crash.
     func persist() {
-        guard let path = stateFilePath else { return }
+        guard let path = stateFilePath, persisting.load(ordering: .acquiring) else { return }
         let r = registry
         let file = StateFile(registry: r, hashKey: generatedKey ? hashKey.hex : nil,
                              nowMs: ControlPlane.monotonicMs(), nowUnixMs: ControlPlane.unixMs())
@@ -212,6 +215,9 @@ public final class ControlPlane: Sendable {
             state.withLock { $0.lastPersistError = "\(error)" }
         }
     }
+
+    /// Upgrade: stop (or resume) writing the state file.
+    func setPersisting(_ on: Bool) { persisting.store(on, ordering: .releasing) }
 
     public static func writeAtomically(_ data: Data, to path: String) throws {
         let tmp = path + ".tmp"

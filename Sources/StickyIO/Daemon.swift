@@ -13,6 +13,10 @@ public final class Daemon {
     let logger: Logger
     /// Test hook: the ring size; tiny rings exercise the full-queue paths.
     public var ringEntries: UInt32 = 1024
+    /// Start by taking over from the running daemon (`stickyd --takeover`).
+    public var takeover = false
+    /// What an upgrade in either direction has done (DaemonTakeover.swift).
+    let handoff = HandoffFlags()
 
     /// Reads the config again for SIGHUP; nil when there is no file
     /// (quick mode), and then SIGHUP only says so.
@@ -121,26 +125,53 @@ public final class Daemon {
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
         let fdLimit = Daemon.raiseDescriptorLimit()
-        let workers = workerCount
+        // An upgrade's successor first takes the running daemon's sockets
+        // and state; from here until `commit` the old one is not accepting,
+        // and any failure (thrown below) rolls it back.
+        var successor: (client: TakeoverClient, received: TakeoverReceived)?
+        if takeover { successor = try receiveTakeover() }
+        do {
+            return try serve(fdLimit: fdLimit, successor: successor)
+        } catch {
+            successor?.client.fail("\(error)")
+            throw error
+        }
+    }
+
+    func serve(fdLimit: rlim_t, successor: (client: TakeoverClient, received: TakeoverReceived)?) throws -> Int32 {
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, s) }
+        let received = successor?.received
+        let workers = received.map { adoptedWorkerCount($0) } ?? workerCount
         // First, so that a bad certificate or key stops the start before
-        // anything else is bound or written.
-        let remote = try config.adminRemote.map { try RemoteAdminServer(config: $0, logger: logger) }
-        let control = try makeControlPlane()
+        // anything else is bound or written. A successor binds it once the
+        // old daemon has let go of the port.
+        var remote = successor == nil ? try config.adminRemote.map { try RemoteAdminServer(config: $0, logger: logger) } : nil
+        let control = try makeControlPlane(received: received)
         // Metrics and access log: before any traffic listener, so that an
-        // address in use or an unwritable log path stops a clean start.
-        let metrics = try startMetrics(control)
+        // address in use or an unwritable log path stops a clean start. A
+        // successor binds the metrics port after the old daemon let go of it.
+        let exporter = makeMetricsExporter(control)
+        var metrics = successor == nil ? try exporter.map { try startMetrics($0) } : nil
         if config.observability.accessLog != .none { accessLog = try AccessLogSink(config.observability.accessLog) }
         let pools = control.poolSetups(workers: workers)
-        let listeners = try bindListeners(workers: workers)
+        let listeners = try received.map { try adoptListeners($0, workers: workers) } ?? bindListeners(workers: workers)
         var admin: AdminServer?
-        if let path = config.adminSocket {
-            do {
+        var takeoverServer: TakeoverServer?
+        do {
+            if let path = config.adminSocket {
                 admin = try AdminServer(path: path, allowedUIDs: Set(config.adminAllowUIDs.map(UInt32.init)),
-                                        allowedGIDs: Set(config.adminAllowGIDs.map(UInt32.init)), logger: logger)
-            } catch {
-                for l in listeners.joined() { close(l.fd) }
-                throw error
+                                        allowedGIDs: Set(config.adminAllowGIDs.map(UInt32.init)),
+                                        staged: successor != nil, logger: logger)
             }
+            if let path = config.takeoverSocketPath {
+                takeoverServer = try TakeoverServer(path: path, staged: successor != nil, logger: logger)
+            }
+        } catch {
+            admin?.stop()
+            for l in listeners.joined() { close(l.fd) }
+            throw error
         }
         let channels = try (0..<workers).map { _ in try WorkerChannel() }
         control.attach(channels)
@@ -158,7 +189,12 @@ public final class Daemon {
         let finished = Mutex<[WorkerCounters?]>(Array(repeating: nil, count: workers))
         var threads: [Thread] = []
         for w in 0..<workers {
-            let settings = settings(for: w, listeners: listeners[w], workers: workers, pools: pools)
+            var s = settings(for: w, listeners: listeners[w], workers: workers, pools: pools)
+            if let received {
+                s.affinityImport = received.affinity[w]
+                s.startHeld = true
+            }
+            let settings = s
             let logger = self.logger
             let channel = channels[w]
             let t = Thread {
@@ -190,6 +226,8 @@ public final class Daemon {
             if snapshot.allSatisfy({ $0 != nil }) {
                 for case .failure(let e) in snapshot.compactMap({ $0 }) {
                     for c in channels { c.post(.stop) }
+                    admin?.stop()
+                    takeoverServer?.stop()
                     throw e
                 }
                 up = true
@@ -199,13 +237,35 @@ public final class Daemon {
         }
         guard up else {
             for c in channels { c.post(.stop) }
+            admin?.stop()
+            takeoverServer?.stop()
             throw SystemError("worker start (timed out)", errno: ETIMEDOUT)
         }
         // Both admin listeners answer through one lock: two sessions that
         // change targets at once could publish them to the workers out of order.
         let adminLock = NSLock()
-        admin?.start { line, peer in adminLock.withLock { control.handle(line, peer) } }
-        remote?.start { line, peer in adminLock.withLock { control.handle(line, peer) } }
+        if let (client, _) = successor {
+            remote = try completeTakeover(client, channels: channels, control: control, admin: admin,
+                                          takeoverServer: takeoverServer)
+            if let exporter {
+                metrics = bindAfterHandover("metrics listener") { try startMetrics(exporter) }
+            }
+        }
+        let handoff = self.handoff
+        let handler: AdminServer.Handler = { line, peer in
+            adminLock.withLock {
+                // A change made while an upgrade hands over would be lost
+                // with the snapshot already sent.
+                if handoff.inProgress.load(ordering: .acquiring), case .success(let r) = AdminGrammar.parse(line), r.command.mutates {
+                    return AdminReply("error: an upgrade is handing over; try again in a moment")
+                }
+                return control.handle(line, peer)
+            }
+        }
+        admin?.start(handler)
+        remote?.start(handler)
+        takeoverServer?.start(takeoverHooks(control: control, channels: channels, listeners: listeners,
+                                            workers: workers, adminLock: adminLock))
         control.persist()
         // Health: active checks on their own event loop thread, off the rings.
         let prober = HealthProber(logger: logger, plan: { control.probePlan(pool: $0) },
@@ -219,6 +279,7 @@ public final class Daemon {
             "max_connections": "\(config.limits.maxConnections)",
             "nofile": "\(fdLimit)",
             "descriptor_budget_per_worker": "\(descriptorBudget)",
+            "takeover_socket": "\(config.takeoverSocketPath ?? "none")",
         ])
 
         SystemdNotify.send("READY=1\nSTATUS=serving \(config.listeners.count) listener(s) with \(workers) worker(s)\nMAINPID=\(getpid())")
@@ -232,6 +293,12 @@ public final class Daemon {
         while true {
             let caught = sigtimedwait(&signals, nil, &tick)
             if caught < 0 {
+                if handoff.handedOver.load(ordering: .acquiring) {
+                    logger.notice("stopping after the upgrade: no new connections; open ones may finish",
+                                  metadata: ["successor_pid": "\(handoff.successorPid.load(ordering: .relaxed))",
+                                             "deadline_ms": "\(config.timeouts.shutdownMs)"])
+                    break
+                }
                 control.tick()
                 if let period = watchdogMs, ControlPlane.monotonicMs() >= nextWatchdog {
                     // Pet the watchdog only while every worker's loop is
@@ -257,13 +324,34 @@ public final class Daemon {
                           metadata: ["signal": "\(caught)", "deadline_ms": "\(config.timeouts.shutdownMs)"])
             break
         }
-        SystemdNotify.send("STOPPING=1")
+        let handedOver = handoff.handedOver.load(ordering: .acquiring)
+        // After an upgrade the successor is the service: telling systemd
+        // this process is stopping would stop the unit.
+        if !handedOver { SystemdNotify.send("STOPPING=1") }
+        // First: a hand-over in progress ends (committed or rolled back)
+        // before the listeners close.
+        takeoverServer?.stop()
         admin?.stop()
         remote?.stop()
         prober.stop()
+        // The successor serves metrics now and needs the port; a plain stop
+        // keeps them up while connections drain, to watch them go.
+        if handedOver {
+            metrics?.stop()
+            metrics = nil
+        }
         for c in channels { c.post(.stop) }
         // Join: poll the finished flags; a worker stops by its deadline.
-        while finished.withLock({ $0.contains { $0 == nil } }) { usleep(10_000) }
+        // Drain deadlines keep running meanwhile (strict drains still cut
+        // their connections on time).
+        var nextTick = ControlPlane.monotonicMs() + 100
+        while finished.withLock({ $0.contains { $0 == nil } }) {
+            usleep(10_000)
+            if ControlPlane.monotonicMs() >= nextTick {
+                control.tick()
+                nextTick += 100
+            }
+        }
         metrics?.stop()
         let totals = finished.withLock { $0.compactMap { $0 } }
         let accepted = totals.reduce(0) { $0 + $1.accepted }
@@ -282,11 +370,20 @@ public final class Daemon {
     /// Serves /metrics when `metrics.listen` is set. swift-metrics is
     /// bootstrapped onto the same registry, so anything recorded through
     /// its API shows up on the endpoint too.
-    func startMetrics(_ control: ControlPlane) throws -> MetricsServer? {
-        guard let listen = config.observability.metricsListen else { return nil }
+    /// The exporter behind `metrics.listen`, nil when metrics are off.
+    /// swift-metrics takes one bootstrap per process, so this runs once;
+    /// binding (`startMetrics`) may be retried.
+    func makeMetricsExporter(_ control: ControlPlane) -> MetricsExporter? {
+        guard config.observability.metricsListen != nil else { return nil }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let exporter = MetricsExporter(control: control, registry: registry)
+        return MetricsExporter(control: control, registry: registry)
+    }
+
+    func startMetrics(_ exporter: MetricsExporter) throws -> MetricsServer {
+        guard let listen = config.observability.metricsListen else {
+            preconditionFailure("an exporter is made only when metrics.listen is set")
+        }
         return try MetricsServer(listen: listen, exporter: exporter, logger: logger)
     }
 
@@ -354,7 +451,7 @@ public final class Daemon {
 
     /// Builds the registry from the config and the state file, and settles
     /// the hash key: configured, else kept in the state file, else new.
-    func makeControlPlane() throws -> ControlPlane {
+    func makeControlPlane(received: TakeoverReceived? = nil) throws -> ControlPlane {
         var registry = TargetRegistry(config: config)
         var key: SipKey?
         var generated = false
@@ -367,7 +464,7 @@ public final class Daemon {
             } catch {
                 throw SystemError("state_dir \(dir): \(error)", errno: EACCES)
             }
-            if let data = try Daemon.readStateFile(statePath!) {
+            if received == nil, let data = try Daemon.readStateFile(statePath!) {
                 let file: StateFile
                 do {
                     file = try StateFile.decode(data, file: statePath!)
@@ -382,6 +479,15 @@ public final class Daemon {
                 if let hex = file.hashKey { key = SipKey(hex: hex) }
                 logger.info("state file applied", metadata: ["path": "\(statePath!)"])
             }
+        }
+        if let received {
+            // The running daemon's registry is newer than its state file
+            // could be; it is laid over the config the same way.
+            let (merged, warnings) = received.state.registry.overlay(on: registry, nowMs: ControlPlane.monotonicMs(),
+                                                                      nowUnixMs: ControlPlane.unixMs())
+            registry = merged
+            for w in warnings { logger.warning("upgrade: \(w)") }
+            key = SipKey(hex: received.state.hashKey)
         }
         if key == nil {
             key = SipKey.random()

@@ -50,6 +50,11 @@ public struct WorkerSettings: Sendable {
     public var accessLog: AccessLogSink?
     /// Per pool: the PROXY header written to its targets, or nil for none.
     public var poolSendProxy: [ProxyVersion?] = []
+    /// Upgrade (successor): pins taken over from the old process, imported
+    /// before the first accept; and whether to start with accepting held
+    /// until the old process lets go of the listeners.
+    public var affinityImport: AffinityExport?
+    public var startHeld = false
 
     public init() {}
 }
@@ -145,6 +150,10 @@ public final class Worker {
     var listenerFDs: [Int32]
     var acceptArmed: [Bool]
     var acceptPaused = false
+    /// Accepting is held for an upgrade's hand-over (WorkerHandoff.swift):
+    /// nothing but a handoff command resumes it.
+    var handoffHeld = false
+    var handoffBox: HandoffBox?
     var acceptRetryArmed = false
     /// Sockets this worker holds open (clients, backends, held accepts);
     /// pipes are counted by the pool.
@@ -275,6 +284,11 @@ public final class Worker {
             buffers = try BufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSizeBytes)
         }
         for p in settings.pools.indices { refreshAddresses(pool: p) }
+        if let imported = settings.affinityImport { importAffinity(imported) }
+        if settings.startHeld {
+            handoffHeld = true
+            acceptPaused = true
+        }
     }
 
     /// Re-reads the connect address of every target slot of a pool: slots
@@ -327,7 +341,7 @@ public final class Worker {
     /// Runs until stopped and every connection has ended.
     public func run() {
         now = Worker.clock()
-        for i in listenerFDs.indices { armAccept(i) }
+        if !handoffHeld { for i in listenerFDs.indices { armAccept(i) } }
         armWake()
         armTick()
         let cqes = UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>.allocate(capacity: Worker.batchMax)
@@ -444,7 +458,10 @@ public final class Worker {
     // MARK: - Accept
 
     func onAccept(_ l: Int, _ res: Int32, _ flags: UInt32) {
-        if flags & UInt32(IORING_CQE_F_MORE) == 0 { acceptArmed[l] = false }
+        if flags & UInt32(IORING_CQE_F_MORE) == 0 {
+            acceptArmed[l] = false
+            if handoffBox != nil { completeHandoffExport() }
+        }
         if res >= 0 {
             counters.accepted += 1
             descriptors += 1
@@ -512,7 +529,7 @@ public final class Worker {
     func resumeAccepting() {
         // Hysteresis: resume only with twice the reserve free, so a worker at
         // its descriptor budget does not flap between pausing and accepting.
-        guard acceptPaused, freeHead >= 0, !stopping, parkedConnects.isEmpty,
+        guard acceptPaused, !handoffHeld, freeHead >= 0, !stopping, parkedConnects.isEmpty,
               descriptorsLeft >= 2 * Worker.descriptorReserve else { return }
         acceptPaused = false
         for l in listenerFDs.indices { armAccept(l) }
@@ -1032,6 +1049,10 @@ public final class Worker {
                 connectTimeout.pointee = __kernel_timespec(tv_sec: connectMs / 1000, tv_nsec: (connectMs % 1000) * 1_000_000)
             case .report(let query, let entries):
                 publishReport(query, entries: entries)
+            case .handoffPause(let box):
+                beginHandoff(box)
+            case .handoffResume:
+                endHandoff()
             }
         }
     }

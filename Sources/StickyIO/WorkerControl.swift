@@ -44,6 +44,12 @@ public enum WorkerCommand: Sendable {
     /// Publish a fresh report: with affinity pins if a query asks for them,
     /// and with per-target entry counts (a walk of the table) if `entries`.
     case report(PinQuery?, entries: Bool)
+    /// Upgrade: stop accepting (the listening sockets stay open, so the
+    /// kernel keeps queueing clients), then put the affinity export in the
+    /// box once no accept is armed (WorkerHandoff.swift).
+    case handoffPause(HandoffBox)
+    /// Upgrade rolled back: accept again.
+    case handoffResume
 }
 
 /// Which pins a `show affinity` wants.

@@ -105,6 +105,12 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock).")
     var adminSocket: String?
 
+    @Option(name: .long, help: "Takeover socket path for upgrades, or 'none' (default: takeover.sock beside the admin socket).")
+    var takeoverSocket: String?
+
+    @Flag(name: .long, help: "Take over from the running stickyd (same config): its listening sockets, targets and affinity, with no connection refused.")
+    var takeover = false
+
     @Option(name: .long, help: "State directory for runtime changes, or 'none' (default /var/lib/stickyd).")
     var stateDir: String?
 
@@ -161,6 +167,7 @@ struct Serve: ParsableCommand {
         if let connectBudget { cfg.timeouts.connectBudgetMs = try duration(connectBudget, "--connect-budget") }
         try applyHealthFlags(&cfg)
         if let adminSocket { cfg.adminSocket = adminSocket == "none" ? nil : adminSocket }
+        if let takeoverSocket { cfg.takeoverSocket = takeoverSocket == "none" ? .none : .path(takeoverSocket) }
         if let stateDir { cfg.stateDir = stateDir == "none" ? nil : stateDir }
         if let logLevel { cfg.logLevel = logLevel }
         if let metricsListen {
@@ -264,6 +271,7 @@ struct Serve: ParsableCommand {
         }
         let daemon = Daemon(config: cfg, logger: logger, reloader: reloader)
         daemon.ringEntries = ringEntries
+        daemon.takeover = takeover
         do {
             let status = try daemon.run()
             if status != 0 { throw ExitCode(status) }

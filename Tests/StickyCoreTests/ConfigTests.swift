@@ -758,3 +758,37 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(formatByteSize(16_384), "16KiB")
     }
 }
+
+/// `takeover_socket` (the zero-downtime upgrade): beside the admin socket
+/// unless set; `none` turns it off; a relative path is an error.
+final class TakeoverSocketConfigTests: XCTestCase {
+    static let base = """
+        listeners: [ { address: 127.0.0.1:8080 } ]
+        pools: [ { name: web, targets: [ { address: 127.0.0.1:8081 } ] } ]
+
+        """
+
+    func testDefaultIsBesideTheAdminSocket() throws {
+        let config = try ConfigLoader.parse(Self.base, file: "t.yaml")
+        XCTAssertEqual(config.takeoverSocketPath, "/run/stickyd/takeover.sock")
+        let moved = try ConfigLoader.parse(Self.base + "admin: { socket: /srv/x/a.sock }\n", file: "t.yaml")
+        XCTAssertEqual(moved.takeoverSocketPath, "/srv/x/takeover.sock")
+        let noAdmin = try ConfigLoader.parse(Self.base + "admin: { socket: none }\n", file: "t.yaml")
+        XCTAssertNil(noAdmin.takeoverSocketPath)
+    }
+
+    func testPathAndNone() throws {
+        let set = try ConfigLoader.parse(Self.base + "takeover_socket: /tmp/t.sock\n", file: "t.yaml")
+        XCTAssertEqual(set.takeoverSocketPath, "/tmp/t.sock")
+        let off = try ConfigLoader.parse(Self.base + "takeover_socket: none\n", file: "t.yaml")
+        XCTAssertNil(off.takeoverSocketPath)
+    }
+
+    func testRelativePathIsRefusedWithItsLine() {
+        XCTAssertThrowsError(try ConfigLoader.parse(Self.base + "takeover_socket: t.sock\n", file: "t.yaml")) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.hasPrefix("t.yaml:3:"), text)
+            XCTAssertTrue(text.contains("takeover_socket must be an absolute path"), text)
+        }
+    }
+}

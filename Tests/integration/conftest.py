@@ -123,6 +123,8 @@ def run_stickyd(request, stickyd_path, tmp_path):
             argv += ["--admin-socket", str(tmp_path / f"admin-{n}.sock")]
         if "--state-dir" not in args:
             argv += ["--state-dir", str(tmp_path / f"state-{n}")]
+        if "--takeover-socket" not in args:
+            argv += ["--takeover-socket", str(tmp_path / f"takeover-{n}.sock")]
         argv += list(args)
         proc = Stickyd(argv, f"stickyd#{n}", tmp_path / f"stickyd-{n}.log", cwd=str(REPO))
         proc.listen = [_split(a) for a in listen]

@@ -43,4 +43,15 @@ int sticky_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
 /// accept4(SOCK_NONBLOCK | SOCK_CLOEXEC), _GNU_SOURCE-only. Returns the fd or -errno.
 int sticky_accept_nonblocking(int fd);
 
+/// sendmsg(2) of `len` bytes with `nfds` descriptors attached as
+/// SCM_RIGHTS (at most 253, the kernel's SCM_MAX_FD); CMSG_* are macros
+/// Swift cannot import. MSG_NOSIGNAL. Returns bytes sent or -errno.
+ssize_t sticky_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+
+/// recvmsg(2) into `buf`, taking any SCM_RIGHTS descriptors (close-on-exec,
+/// MSG_CMSG_CLOEXEC) into `fds`, up to `maxfds`; `*nfds` gets how many.
+/// Descriptors beyond `maxfds`, or a truncated control message, are closed
+/// and reported as -EMSGSIZE. Returns bytes read (0 at EOF) or -errno.
+ssize_t sticky_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
+
 #endif

@@ -345,6 +345,34 @@ public struct AffinityTable: Sendable {
         return removed
     }
 
+    /// Records an imported pin with no connection counted, seen and pinned
+    /// at the given times. Returns false when the table is at capacity or
+    /// the key's buckets are full of entries it must not drop: an import
+    /// never evicts.
+    mutating func insertImported(_ key: AffinityKey, hash: UInt64, target: UInt16, generation: UInt16,
+                                 seenSec: UInt32, pinnedSec: UInt32) -> Bool {
+        guard count < capacity else { return false }
+        let (b1, b2, tag) = buckets(hash)
+        var slot = -1
+        let free1 = AffinityTable.matches(tags[b1], 0)
+        let free2 = AffinityTable.matches(tags[b2], 0)
+        if free1 == 0 && free2 == 0 {
+            slot = relocate(b1, b2)
+            guard slot >= 0 else { return false }
+        } else {
+            let b = free1.nonzeroBitCount >= free2.nonzeroBitCount ? b1 : b2
+            let free = b == b1 ? free1 : free2
+            slot = b * AffinityTable.ways + free.trailingZeroBitCount >> 3
+        }
+        let b = slot / AffinityTable.ways
+        let shift = UInt64(8 * (slot % AffinityTable.ways))
+        tags[b] = tags[b] & ~(0xFF << shift) | UInt64(tag) << shift
+        entries[slot] = AffinityEntry(keyHi: key.hi, keyLo: key.lo, seenSec: seenSec, pinnedSec: pinnedSec,
+                                      connections: 0, target: target, generation: generation)
+        count += 1
+        return true
+    }
+
     /// Calls `body` with each occupied slot and its entry. Cold path
     /// (dumps, tests): it walks every slot.
     public func forEach(_ body: (Int32, AffinityEntry) throws -> Void) rethrows {

@@ -1,0 +1,210 @@
+import Foundation
+import Glibc
+import Logging
+import StickyCore
+import Synchronization
+
+/// What an upgrade has done, shared by the main, admin and takeover threads.
+final class HandoffFlags: Sendable {
+    /// Old side: a successor is being handed the state; admin changes wait.
+    let inProgress = Atomic<Bool>(false)
+    /// Old side: committed; the main loop goes to the graceful stop.
+    let handedOver = Atomic<Bool>(false)
+    let successorPid = Atomic<Int32>(0)
+    /// When accepting was paused (either side), for the log line.
+    let pausedAtMs = Atomic<Int64>(0)
+}
+
+/// The daemon's part of the zero-downtime upgrade (docs/OPERATIONS.md,
+/// "Upgrade"; the wire protocol is in Takeover.swift).
+extension Daemon {
+    // MARK: - Successor
+
+    /// Connects to the running daemon and receives its sockets and state.
+    func receiveTakeover() throws -> (client: TakeoverClient, received: TakeoverReceived) {
+        guard let path = config.takeoverSocketPath else {
+            throw SystemError("--takeover: no takeover socket (takeover_socket is none, or admin.socket is none and takeover_socket unset)", errno: EINVAL)
+        }
+        handoff.pausedAtMs.store(ControlPlane.monotonicMs(), ordering: .relaxed)
+        let client = try TakeoverClient(path: path)
+        let received = try client.receive()
+        // systemd's watchdog names the old pid; with NotifyAccess=all the
+        // successor's WATCHDOG=1 counts, so it must pet it too.
+        unsetenv("WATCHDOG_PID")
+        logger.notice("upgrade: received the running daemon's sockets and state", metadata: [
+            "old_pid": "\(received.state.pid)", "workers": "\(received.state.workers)",
+            "listeners": "\(received.state.listeners.count)",
+            "affinity_entries": "\(received.affinity.reduce(0) { $0 + $1.pinCount })",
+        ])
+        return (client, received)
+    }
+
+    /// The old process's worker count: its steering program sends each
+    /// client to socket hash % workers, and the shards follow the sockets.
+    func adoptedWorkerCount(_ received: TakeoverReceived) -> Int {
+        let old = received.state.workers
+        if workerCount != old {
+            logger.warning("upgrade: keeping the running daemon's worker count; the configured one applies at the next restart",
+                           metadata: ["workers": "\(old)", "configured": "\(workerCount)"])
+        }
+        return old
+    }
+
+    /// Matches the config's listeners to the received sockets by address;
+    /// a listener the old process did not have is bound afresh, and a
+    /// received socket the config no longer lists is closed (its queued
+    /// clients then go with the old process's last reference).
+    func adoptListeners(_ received: TakeoverReceived, workers: Int) throws -> [[WorkerSettings.Listener]] {
+        var perWorker: [[WorkerSettings.Listener]] = Array(repeating: [], count: workers)
+        var used = Set<Int>()
+        var opened: [Int32] = []
+        do {
+            for l in config.listeners {
+                guard let pool = config.pools.firstIndex(where: { $0.name == l.pool }) else {
+                    preconditionFailure("validated config names an unknown pool")
+                }
+                let a = config.pools[pool].affinity
+                if let j = received.state.listeners.indices.first(where: {
+                    !used.contains($0) && SocketAddress(received.state.listeners[$0].address) == l.address
+                }) {
+                    used.insert(j)
+                    let old = received.state.listeners[j]
+                    if (l.address.ip.isV4 ? old.maskV4 != a.maskV4 : old.maskV6 != a.maskV6) {
+                        logger.warning("upgrade: the listener's steering keeps the old affinity mask until a restart",
+                                       metadata: ["listener": "\(l.address)"])
+                    }
+                    for w in 0..<workers { perWorker[w].append(.init(fd: received.listenerFDs[j][w], pool: pool)) }
+                    continue
+                }
+                logger.notice("upgrade: binding a listener the running daemon did not have", metadata: ["listener": "\(l.address)"])
+                for w in 0..<workers {
+                    let fd = try Sockets.listener(l.address, backlog: Int32(l.backlog))
+                    opened.append(fd)
+                    perWorker[w].append(.init(fd: fd, pool: pool))
+                    if w == 0 && workers > 1 {
+                        try Sockets.attachSteering(fd, ipv6: !l.address.ip.isV4,
+                                                   prefixLength: l.address.ip.isV4 ? a.maskV4 : a.maskV6, workers: workers)
+                    }
+                }
+            }
+        } catch {
+            for fd in opened { close(fd) }
+            for fd in received.listenerFDs.joined() { close(fd) }
+            throw error
+        }
+        for (j, l) in received.state.listeners.enumerated() where !used.contains(j) {
+            logger.notice("upgrade: the config no longer lists a listener; its sockets close with the old daemon",
+                          metadata: ["listener": "\(l.address)"])
+            for fd in received.listenerFDs[j] { close(fd) }
+        }
+        return perWorker
+    }
+
+    /// Workers are up with accepting held: tell the old daemon, wait for it
+    /// to let go, then take the socket paths and start accepting. Returns
+    /// the remote admin listener, bound now that the old one closed it.
+    func completeTakeover(_ client: TakeoverClient, channels: [WorkerChannel], control: ControlPlane,
+                          admin: AdminServer?, takeoverServer: TakeoverServer?) throws -> RemoteAdminServer? {
+        do {
+            try client.ready()
+        } catch {
+            // Held workers have no connections: they stop at once.
+            for c in channels { c.post(.stop) }
+            admin?.stop()
+            takeoverServer?.stop()
+            throw error
+        }
+        for c in channels { c.post(.handoffResume) }
+        let pausedMs = ControlPlane.monotonicMs() - handoff.pausedAtMs.load(ordering: .relaxed)
+        do {
+            try admin?.install()
+            try takeoverServer?.install()
+        } catch {
+            // Serving goes on; only the path is missing. Say so loudly.
+            logger.error("upgrade: could not take over a socket path", metadata: ["error": "\(error)"])
+        }
+        logger.notice("upgrade: took over; accepting", metadata: ["accept_paused_ms": "\(pausedMs)"])
+        guard let remoteConfig = config.adminRemote else { return nil }
+        return bindAfterHandover("remote admin listener") { try RemoteAdminServer(config: remoteConfig, logger: logger) }
+    }
+
+    /// The old daemon closes its remote admin and metrics ports on commit;
+    /// a few tries over 5 s cover the moment that takes. A port still not
+    /// free is logged and the daemon serves on without that listener.
+    func bindAfterHandover<T>(_ what: String, _ bind: () throws -> T) -> T? {
+        for attempt in 1...50 {
+            do {
+                return try bind()
+            } catch {
+                if attempt == 50 {
+                    logger.error("upgrade: \(what) not bound; running without it", metadata: ["error": "\(error)"])
+                }
+                usleep(100_000)
+            }
+        }
+        return nil
+    }
+
+    // MARK: - Running daemon
+
+    /// What the takeover socket's thread calls into.
+    func takeoverHooks(control: ControlPlane, channels: [WorkerChannel], listeners: [[WorkerSettings.Listener]],
+                       workers: Int, adminLock: NSLock) -> TakeoverServer.Hooks {
+        let logger = self.logger
+        let config = self.config
+        let flags = handoff
+        @Sendable func rollback(_ reason: String) {
+            for c in channels { c.post(.handoffResume) }
+            control.setPersisting(true)
+            control.persist()
+            flags.inProgress.store(false, ordering: .releasing)
+            logger.error("upgrade rolled back; accepting again", metadata: ["reason": "\(reason)"])
+        }
+        return TakeoverServer.Hooks(
+            prepare: {
+                // Under the admin lock: a change in flight lands before the
+                // snapshot, and later ones are refused until the end.
+                adminLock.withLock { flags.inProgress.store(true, ordering: .releasing) }
+                control.setPersisting(false)
+                flags.pausedAtMs.store(ControlPlane.monotonicMs(), ordering: .relaxed)
+                let boxes = channels.map { _ in HandoffBox() }
+                for (c, b) in zip(channels, boxes) { c.post(.handoffPause(b)) }
+                let deadline = ControlPlane.monotonicMs() + TakeoverLimits.exportMs
+                var exports: [AffinityExport?] = boxes.map(\.value)
+                while exports.contains(where: { $0 == nil }) {
+                    guard ControlPlane.monotonicMs() < deadline else {
+                        rollback("a worker did not export its affinity table within \(TakeoverLimits.exportMs) ms")
+                        throw SystemError("upgrade: worker export", errno: ETIMEDOUT)
+                    }
+                    usleep(1000)
+                    exports = boxes.map(\.value)
+                }
+                let state = TakeoverState(
+                    version: TakeoverLimits.protocolVersion, pid: getpid(), workers: workers,
+                    listeners: config.listeners.map { l in
+                        let a = config.pools.first { $0.name == l.pool }?.affinity ?? AffinityConfig()
+                        return TakeoverState.Listener(address: "\(l.address)", pool: l.pool, maskV4: a.maskV4, maskV6: a.maskV6)
+                    },
+                    registry: StateFile(registry: control.registry, hashKey: control.hashKey.hex,
+                                        nowMs: ControlPlane.monotonicMs(), nowUnixMs: ControlPlane.unixMs()),
+                    hashKey: control.hashKey.hex)
+                var fds: [Int32] = []
+                for l in config.listeners.indices {
+                    for w in 0..<workers { fds.append(listeners[w][l].fd) }
+                }
+                return TakeoverOffer(state: state, fds: fds, affinity: exports.map { $0! })
+            },
+            rollback: { reason in rollback(reason) },
+            commit: { pid in
+                flags.successorPid.store(pid, ordering: .relaxed)
+                flags.handedOver.store(true, ordering: .releasing)
+                // This process is still the unit's main pid and may name
+                // its successor (NotifyAccess=main would do for this).
+                SystemdNotify.send("MAINPID=\(pid)\nSTATUS=handed over to pid \(pid); finishing open connections")
+                logger.notice("upgrade: handed over; finishing open connections", metadata: [
+                    "successor_pid": "\(pid)",
+                    "accept_paused_ms": "\(ControlPlane.monotonicMs() - flags.pausedAtMs.load(ordering: .relaxed))",
+                ])
+            })
+    }
+}

@@ -1,0 +1,478 @@
+import CURingShim
+import Foundation
+import Glibc
+import Logging
+import StickyCore
+
+/// The zero-downtime upgrade's wire protocol (docs/OPERATIONS.md,
+/// "Upgrade"; docs/ARCHITECTURE.md, "Upgrade").
+///
+/// One Unix stream connection from the successor (new) to the running
+/// daemon (old). Frames are `u32 length (big-endian) | u8 type | payload`,
+/// `length` counting the type byte and the payload. Descriptors travel as
+/// SCM_RIGHTS on `fds` frames (at most 253 a frame), sent before the frame
+/// that refers to them:
+///
+///     new → old   hello      JSON {version, pid}
+///     old → new   fds ...    listening sockets, listener-major, worker order
+///     old → new   state      JSON TakeoverState
+///     old → new   affinity   one AffinityExport blob per worker, in order
+///     new → old   ready | failed (JSON {error})
+///     old → new   commit
+///
+/// Old pauses accepting before it exports (the sockets stay open, so the
+/// kernel keeps queueing clients); new starts with accepting held and
+/// resumes only on `commit`. Anything but `ready` before the deadline rolls
+/// old back to accepting; once old has read `ready` it commits.
+enum TakeoverFrame: UInt8 {
+    case hello = 1
+    case fds = 2
+    case state = 3
+    case affinity = 4
+    case ready = 5
+    case failed = 6
+    case commit = 7
+}
+
+enum TakeoverLimits {
+    static let protocolVersion = 1
+    /// Largest frame: a shard of 2^27 pins is 3.5 GB, far past any real
+    /// table; 1 GiB holds some 40 M pins a worker.
+    static let frameBytesMax = 1 << 30
+    static let fdsPerFrame = 253
+    /// Listening sockets in one hand-over (listeners × workers).
+    static let fdsMax = 65_536
+    /// The successor's hello after it connects.
+    static let helloMs: Millis = 5_000
+    /// Every worker's affinity export (a walk of its table).
+    static let exportMs: Millis = 10_000
+    /// Sending or receiving the state and the affinity.
+    static let transferMs: Millis = 60_000
+    /// The successor building its workers and sockets, then `ready`.
+    static let readyMs: Millis = 60_000
+    /// `commit` after `ready`.
+    static let commitMs: Millis = 10_000
+}
+
+/// The listening sockets and state a successor takes over.
+struct TakeoverState: Codable {
+    struct Listener: Codable {
+        var address: String
+        var pool: String
+        /// The steering program's prefixes (the pool's affinity masks when
+        /// the old process attached it).
+        var maskV4: Int
+        var maskV6: Int
+        enum CodingKeys: String, CodingKey {
+            case address, pool
+            case maskV4 = "mask_v4"
+            case maskV6 = "mask_v6"
+        }
+    }
+
+    var version: Int
+    var pid: Int32
+    var workers: Int
+    /// In config order; the descriptors are listener-major, worker order.
+    var listeners: [Listener]
+    var registry: StateFile
+    /// The hash key of pools that do not configure one (32 hex digits).
+    var hashKey: String
+    enum CodingKeys: String, CodingKey {
+        case version, pid, workers, listeners, registry
+        case hashKey = "hash_key"
+    }
+}
+
+struct TakeoverHello: Codable {
+    var version: Int
+    var pid: Int32
+}
+
+struct TakeoverFailure: Codable {
+    var error: String
+}
+
+/// A framed connection with descriptor passing, every wait bounded by a
+/// deadline on the monotonic clock. Not thread-safe: one owner.
+final class TakeoverChannel {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+    /// Descriptors received and not yet taken, in arrival order.
+    private(set) var receivedFDs: [Int32] = []
+
+    init(fd: Int32) {
+        self.fd = fd
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+    }
+
+    deinit {
+        close(fd)
+        for f in receivedFDs { close(f) }
+    }
+
+    static func deadline(_ ms: Millis) -> Millis { ControlPlane.monotonicMs() + ms }
+
+    private func wait(_ events: Int16, until deadline: Millis, doing what: String) throws {
+        while true {
+            let left = deadline - ControlPlane.monotonicMs()
+            guard left > 0 else { throw SystemError("upgrade: \(what): timed out", errno: ETIMEDOUT) }
+            var p = pollfd(fd: fd, events: events, revents: 0)
+            let n = poll(&p, 1, Int32(min(left, 1000)))
+            if n > 0 { return }
+            if n < 0 && errno != EINTR { throw SystemError("upgrade: \(what): poll", errno: errno) }
+        }
+    }
+
+    /// Sends one frame; `fds` go first, on `fds` frames of their own.
+    func send(_ type: TakeoverFrame, _ payload: [UInt8], fds: [Int32] = [], deadline: Millis) throws {
+        var chunkStart = 0
+        while chunkStart < fds.count {
+            let chunk = Array(fds[chunkStart..<min(fds.count, chunkStart + TakeoverLimits.fdsPerFrame)])
+            try sendBytes(TakeoverChannel.frame(.fds, []), fds: chunk, deadline: deadline, what: "sending sockets")
+            chunkStart += chunk.count
+        }
+        try sendBytes(TakeoverChannel.frame(type, payload), fds: [], deadline: deadline, what: "sending \(type)")
+    }
+
+    static func frame(_ type: TakeoverFrame, _ payload: [UInt8]) -> [UInt8] {
+        precondition(payload.count < TakeoverLimits.frameBytesMax, "takeover frame over its limit")
+        let length = UInt32(payload.count + 1)
+        var out: [UInt8] = [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), type.rawValue]
+        out.reserveCapacity(payload.count + 5)
+        out.append(contentsOf: payload)
+        return out
+    }
+
+    private func sendBytes(_ bytes: [UInt8], fds: [Int32], deadline: Millis, what: String) throws {
+        var off = 0
+        var pendingFDs = fds
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { raw in
+                pendingFDs.withUnsafeBufferPointer { f in
+                    sticky_send_fds(fd, raw.baseAddress! + off, raw.count - off, f.baseAddress, Int32(f.count))
+                }
+            }
+            if n >= 0 {
+                off += n
+                // The descriptors ride on the first byte sent.
+                if n > 0 { pendingFDs = [] }
+            } else if n == -Int(EAGAIN) {
+                try wait(Int16(POLLOUT), until: deadline, doing: what)
+            } else {
+                throw SystemError("upgrade: \(what): sendmsg", errno: Int32(-n))
+            }
+        }
+    }
+
+    /// The next frame other than `fds` (whose descriptors are collected).
+    func receive(deadline: Millis, doing what: String) throws -> (TakeoverFrame, [UInt8]) {
+        while true {
+            if let (type, payload) = try parse() {
+                if type == .fds { continue }
+                return (type, payload)
+            }
+            try fill(deadline: deadline, doing: what)
+        }
+    }
+
+    private func parse() throws -> (TakeoverFrame, [UInt8])? {
+        guard buffer.count - start >= 5 else { return nil }
+        let length = Int(buffer[start]) << 24 | Int(buffer[start + 1]) << 16 | Int(buffer[start + 2]) << 8 | Int(buffer[start + 3])
+        guard length >= 1, length <= TakeoverLimits.frameBytesMax else {
+            throw SystemError("upgrade: frame of \(length) bytes; not a stickyd takeover peer", errno: EPROTO)
+        }
+        guard buffer.count - start >= 4 + length else { return nil }
+        guard let type = TakeoverFrame(rawValue: buffer[start + 4]) else {
+            throw SystemError("upgrade: unknown frame type \(buffer[start + 4])", errno: EPROTO)
+        }
+        let payload = Array(buffer[(start + 5)..<(start + 4 + length)])
+        start += 4 + length
+        if start == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+        }
+        return (type, payload)
+    }
+
+    private func fill(deadline: Millis, doing what: String) throws {
+        if start > 0 {
+            buffer.removeFirst(start)
+            start = 0
+        }
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        var fds = [Int32](repeating: -1, count: TakeoverLimits.fdsPerFrame)
+        while true {
+            var nfds: Int32 = 0
+            let n = chunk.withUnsafeMutableBytes { raw in
+                fds.withUnsafeMutableBufferPointer { f in
+                    sticky_recv_fds(fd, raw.baseAddress, raw.count, f.baseAddress, Int32(f.count), &nfds)
+                }
+            }
+            if n == -Int(EAGAIN) {
+                try wait(Int16(POLLIN), until: deadline, doing: what)
+                continue
+            }
+            if n < 0 { throw SystemError("upgrade: \(what): recvmsg", errno: Int32(-n)) }
+            receivedFDs.append(contentsOf: fds.prefix(Int(nfds)))
+            guard receivedFDs.count <= TakeoverLimits.fdsMax else {
+                throw SystemError("upgrade: more than \(TakeoverLimits.fdsMax) descriptors received", errno: EMSGSIZE)
+            }
+            if n == 0 { throw SystemError("upgrade: \(what): the other process closed the connection", errno: ECONNRESET) }
+            buffer.append(contentsOf: chunk[0..<n])
+            return
+        }
+    }
+
+    /// Hands the received descriptors over; the channel no longer closes them.
+    func takeFDs() -> [Int32] {
+        defer { receivedFDs = [] }
+        return receivedFDs
+    }
+
+    func sendJSON<T: Encodable>(_ type: TakeoverFrame, _ value: T, fds: [Int32] = [], deadline: Millis) throws {
+        try send(type, Array(try JSONEncoder().encode(value)), fds: fds, deadline: deadline)
+    }
+
+    static func decodeJSON<T: Decodable>(_ type: T.Type, _ payload: [UInt8], what: String) throws -> T {
+        do {
+            return try JSONDecoder().decode(type, from: Data(payload))
+        } catch {
+            throw SystemError("upgrade: malformed \(what) (\(error))", errno: EPROTO)
+        }
+    }
+}
+
+// MARK: - Old process: the takeover socket
+
+/// What the running daemon offers a successor.
+struct TakeoverOffer {
+    var state: TakeoverState
+    /// Listener-major, worker order, as `state.listeners` lists them.
+    var fds: [Int32]
+    /// One per worker.
+    var affinity: [AffinityExport]
+}
+
+/// The running daemon's end: a Unix socket (0600, peer credentials
+/// checked) on its own thread, serving one successor at a time.
+final class TakeoverServer: @unchecked Sendable {
+    struct Hooks: Sendable {
+        /// Pauses accepting and gathers the offer; throws (after rolling
+        /// back itself) if it cannot.
+        var prepare: @Sendable () throws -> TakeoverOffer
+        /// The successor failed or went away before `ready`: accept again.
+        var rollback: @Sendable (_ reason: String) -> Void
+        /// The successor is ready: let go (called before `commit` is sent).
+        var commit: @Sendable (_ successorPid: Int32) -> Void
+    }
+
+    let listener: UnixListener
+    let logger: Logger
+    let stopPipe: (read: Int32, write: Int32)
+    var thread: Thread?
+    let done = DispatchSemaphore(value: 0)
+
+    init(path: String, staged: Bool, logger: Logger) throws {
+        listener = try UnixListener(path: path, what: "takeover socket", staged: staged, backlog: 4)
+        self.logger = logger
+        var p: (Int32, Int32) = (-1, -1)
+        _ = withUnsafeMutableBytes(of: &p) { pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
+        stopPipe = (p.0, p.1)
+        // Not inherited by a successor this process spawns.
+        for fd in [p.0, p.1] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    }
+
+    deinit {
+        close(stopPipe.read)
+        close(stopPipe.write)
+    }
+
+    var path: String { listener.path }
+
+    func install() throws { try listener.install() }
+
+    func start(_ hooks: Hooks) {
+        let t = Thread { [self] in
+            self.serve(hooks)
+            self.done.signal()
+        }
+        t.name = "stickyd-takeover"
+        t.start()
+        thread = t
+    }
+
+    /// Stops serving and closes the socket (its file only if still ours).
+    /// Bounded: a session in progress ends within its own deadlines.
+    func stop() {
+        guard thread != nil else {
+            listener.close()
+            return
+        }
+        var one: UInt8 = 1
+        _ = write(stopPipe.write, &one, 1)
+        _ = done.wait(timeout: .now() + .milliseconds(Int(TakeoverLimits.readyMs + TakeoverLimits.transferMs)))
+    }
+
+    private func serve(_ hooks: Hooks) {
+        defer { listener.close() }
+        while true {
+            var fds = [pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: listener.fd, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, 1000)
+            if n < 0 && errno != EINTR {
+                logger.error("takeover socket: poll failed", metadata: ["errno": "\(errno)"])
+                usleep(100_000)
+            }
+            if fds[0].revents != 0 { return }
+            guard fds[1].revents & Int16(POLLIN) != 0 else { continue }
+            let c = sticky_accept_nonblocking(listener.fd)
+            guard c >= 0 else { continue }
+            var pid: Int32 = 0
+            var uid: UInt32 = 0
+            var gid: UInt32 = 0
+            guard sticky_peer_credentials(c, &pid, &uid, &gid) == 0, uid == 0 || uid == geteuid() else {
+                logger.warning("takeover connection refused: not root nor our user", metadata: ["uid": "\(uid)", "pid": "\(pid)"])
+                close(c)
+                continue
+            }
+            if session(TakeoverChannel(fd: c), peerPid: pid, hooks) { return }
+        }
+    }
+
+    /// One successor. Returns true once handed over (the server is done).
+    private func session(_ ch: TakeoverChannel, peerPid: Int32, _ hooks: Hooks) -> Bool {
+        let hello: TakeoverHello
+        do {
+            let (type, payload) = try ch.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.helloMs), doing: "waiting for hello")
+            guard type == .hello else { throw SystemError("upgrade: expected hello, got \(type)", errno: EPROTO) }
+            hello = try TakeoverChannel.decodeJSON(TakeoverHello.self, payload, what: "hello")
+            guard hello.version == TakeoverLimits.protocolVersion else {
+                let reason = "takeover protocol version \(hello.version); this stickyd speaks version \(TakeoverLimits.protocolVersion)"
+                try? ch.sendJSON(.failed, TakeoverFailure(error: reason), deadline: TakeoverChannel.deadline(1000))
+                throw SystemError("upgrade: \(reason)", errno: EPROTO)
+            }
+        } catch {
+            logger.warning("takeover connection dropped before it started", metadata: ["pid": "\(peerPid)", "error": "\(error)"])
+            return false
+        }
+        logger.notice("upgrade: successor connected; accepting paused for the hand-over", metadata: ["pid": "\(hello.pid)"])
+        let offer: TakeoverOffer
+        do {
+            offer = try hooks.prepare()
+        } catch {
+            logger.error("upgrade: cannot prepare the hand-over; still serving", metadata: ["error": "\(error)"])
+            try? ch.sendJSON(.failed, TakeoverFailure(error: "\(error)"), deadline: TakeoverChannel.deadline(1000))
+            return false
+        }
+        do {
+            let transfer = TakeoverChannel.deadline(TakeoverLimits.transferMs)
+            try ch.sendJSON(.state, offer.state, fds: offer.fds, deadline: transfer)
+            for shard in offer.affinity { try ch.send(.affinity, shard.encoded(), deadline: transfer) }
+            let (type, payload) = try ch.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.readyMs),
+                                                 doing: "waiting for the successor to be ready")
+            switch type {
+            case .ready:
+                break
+            case .failed:
+                let f = try? TakeoverChannel.decodeJSON(TakeoverFailure.self, payload, what: "failure")
+                throw SystemError("upgrade: the successor failed: \(f?.error ?? "no reason given")", errno: ECANCELED)
+            default:
+                throw SystemError("upgrade: expected ready, got \(type)", errno: EPROTO)
+            }
+        } catch {
+            hooks.rollback("\(error)")
+            return false
+        }
+        hooks.commit(hello.pid)
+        do {
+            try ch.send(.commit, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
+        } catch {
+            logger.error("upgrade: could not confirm the hand-over to the successor", metadata: ["error": "\(error)"])
+        }
+        return true
+    }
+}
+
+// MARK: - New process: taking over
+
+/// What a successor received from the running daemon.
+struct TakeoverReceived {
+    var state: TakeoverState
+    /// Per listener of `state.listeners`, one descriptor per worker.
+    var listenerFDs: [[Int32]]
+    var affinity: [AffinityExport]
+}
+
+/// The successor's end.
+final class TakeoverClient {
+    let channel: TakeoverChannel
+    let path: String
+
+    /// Connects to the running daemon's takeover socket and receives its
+    /// sockets and state. The old daemon pauses accepting from here on.
+    init(path: String) throws {
+        self.path = path
+        let fd = UnixListener.connect(to: path)
+        guard fd >= 0 else {
+            throw SystemError("upgrade: cannot reach the running daemon's takeover socket \(path) (is stickyd running with takeover_socket set?)", errno: -fd)
+        }
+        channel = TakeoverChannel(fd: fd)
+        try channel.sendJSON(.hello, TakeoverHello(version: TakeoverLimits.protocolVersion, pid: getpid()),
+                             deadline: TakeoverChannel.deadline(TakeoverLimits.helloMs))
+    }
+
+    func receive() throws -> TakeoverReceived {
+        let deadline = TakeoverChannel.deadline(TakeoverLimits.exportMs + TakeoverLimits.transferMs)
+        let (type, payload) = try channel.receive(deadline: deadline, doing: "waiting for the running daemon's state")
+        if type == .failed {
+            let f = try? TakeoverChannel.decodeJSON(TakeoverFailure.self, payload, what: "failure")
+            throw SystemError("upgrade: the running daemon refused: \(f?.error ?? "no reason given")", errno: ECANCELED)
+        }
+        guard type == .state else { throw SystemError("upgrade: expected state, got \(type)", errno: EPROTO) }
+        let state = try TakeoverChannel.decodeJSON(TakeoverState.self, payload, what: "state")
+        guard state.version == TakeoverLimits.protocolVersion else {
+            throw SystemError("upgrade: running daemon speaks takeover version \(state.version); this stickyd speaks \(TakeoverLimits.protocolVersion)", errno: EPROTO)
+        }
+        guard state.workers >= 1, state.workers <= 4096 else {
+            throw SystemError("upgrade: running daemon reports \(state.workers) workers", errno: EPROTO)
+        }
+        let fds = channel.takeFDs()
+        guard fds.count == state.listeners.count * state.workers else {
+            for f in fds { close(f) }
+            throw SystemError("upgrade: received \(fds.count) sockets for \(state.listeners.count) listener(s) × \(state.workers) worker(s)", errno: EPROTO)
+        }
+        let perListener = state.listeners.indices.map { l in Array(fds[(l * state.workers)..<((l + 1) * state.workers)]) }
+        var affinity: [AffinityExport] = []
+        do {
+            for _ in 0..<state.workers {
+                let (t, blob) = try channel.receive(deadline: deadline, doing: "receiving the affinity table")
+                guard t == .affinity else { throw SystemError("upgrade: expected affinity, got \(t)", errno: EPROTO) }
+                do {
+                    affinity.append(try AffinityExport.decode(blob))
+                } catch {
+                    throw SystemError("upgrade: \(error)", errno: EPROTO)
+                }
+            }
+        } catch {
+            for f in fds { close(f) }
+            throw error
+        }
+        return TakeoverReceived(state: state, listenerFDs: perListener, affinity: affinity)
+    }
+
+    /// Tells the old daemon we are ready and waits for it to let go.
+    func ready() throws {
+        try channel.send(.ready, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
+        let (type, _) = try channel.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs),
+                                            doing: "waiting for the running daemon to let go")
+        guard type == .commit else { throw SystemError("upgrade: expected commit, got \(type)", errno: EPROTO) }
+    }
+
+    /// Tells the old daemon we give up, so it accepts again at once.
+    func fail(_ reason: String) {
+        try? channel.sendJSON(.failed, TakeoverFailure(error: reason), deadline: TakeoverChannel.deadline(1000))
+    }
+}
