@@ -65,6 +65,12 @@ public final class ControlPlane: Sendable {
 
     var registry: TargetRegistry { state.withLock { $0.registry } }
 
+    /// The registry and the health book read together, so a scrape never
+    /// pairs one moment's targets with another's health.
+    var registryAndHealth: (registry: TargetRegistry, health: HealthBook) {
+        state.withLock { ($0.registry, $0.health.book) }
+    }
+
     /// The affinity settings each worker gets for pool `p`.
     func affinity(pool p: Int, workers: Int) -> AffinityConfig {
         var a = config.pools[p].affinity.perWorker(workers)

@@ -186,6 +186,42 @@ def test_refused_connect_counts_against_the_dead_target(run_stickyd, backend):
     assert s.sum("stickyd_target_connections_total", target=dead) == 0
 
 
+def test_health_verdicts_show_in_target_state(run_stickyd, backend):
+    """A dead target taken down by tcp checks reads as down on the endpoint,
+    with its transition counted; the live one stays up and ready."""
+    live = backend(handler)
+    dead = f"{LOOPBACK}:{free_port()}"
+    mport = free_port()
+    run_stickyd([live.addr, dead], args=["--metrics-listen", f"{LOOPBACK}:{mport}", "--health", "tcp",
+                                         "--health-interval", "200ms", "--health-timeout", "200ms",
+                                         "--health-fall", "2"])
+    s = settle(mport, lambda s: s.sum("stickyd_target_health_up", target=dead) == 0
+               and s.has("stickyd_target_health_up", target=dead), "the dead target reported down")
+    assert s.sum("stickyd_target_state", target=dead, state="down") == 1
+    assert s.sum("stickyd_target_state", target=dead, state="ready") == 0
+    assert s.sum("stickyd_target_health_transitions_total", target=dead) >= 1
+    assert s.sum("stickyd_target_health_up", target=live.addr) == 1
+    assert s.sum("stickyd_target_state", target=live.addr, state="ready") == 1
+    assert s.sum("stickyd_target_health_transitions_total", target=live.addr) == 0
+
+
+def test_proxy_rejections_are_counted_by_reason(run_stickyd, backend):
+    b = backend(handler)
+    mport = free_port()
+    d = run_stickyd([b.addr], args=["--metrics-listen", f"{LOOPBACK}:{mport}", "--proxy-from", "127.0.0.0/8"])
+    good = b"PROXY TCP4 198.51.100.7 127.0.0.1 4000 80\r\n" + b"x" * 100
+    _, reply = exchange(d.addr, "127.0.0.2", good)
+    assert len(reply) == reply_len(b"x" * 100)
+    with connect(d.addr) as c:
+        c.sendall(b"GET / HTTP/1.1\r\n\r\n")  # not a PROXY header
+        assert recv_until_eof(c) == b""
+    s = settle(mport, lambda s: s.sum("stickyd_proxy_rejected_total", reason="bad_signature") == 1,
+               "one bad_signature rejection")
+    assert s.sum("stickyd_proxy_headers_received_total") == 1
+    assert s.sum("stickyd_proxy_rejected_total") == 1
+    assert s.sum("stickyd_connections_closed_total", reason="proxy_header") == 1
+
+
 def test_other_paths_are_not_found(run_stickyd, backend):
     b = backend(handler)
     mport = free_port()

@@ -63,13 +63,13 @@ public final class MetricsExporter: Sendable {
     /// text exposition (format 0.0.4).
     public func scrape() -> [UInt8] {
         let reports = control.collect()
-        let targets = control.registry
+        let (targets, health) = control.registryAndHealth
         let now = ControlPlane.monotonicMs()
-        state.withLock { s in update(&s, reports: reports, registry: targets, now: now) }
+        state.withLock { s in update(&s, reports: reports, registry: targets, health: health, now: now) }
         return registry.emitToBuffer()
     }
 
-    func update(_ s: inout State, reports: [WorkerReport], registry r: TargetRegistry, now: Millis) {
+    func update(_ s: inout State, reports: [WorkerReport], registry r: TargetRegistry, health: HealthBook, now: Millis) {
         var gaugesSeen = Set<SeriesKey>()
 
         func count(_ name: String, _ help: String, _ labels: [(String, String)], worker: Int, _ value: UInt64) {
@@ -125,6 +125,13 @@ public final class MetricsExporter: Sendable {
             count("stickyd_ring_sq_full_flushes_total", "Submissions forced early because the submission queue was full.", wl, worker: w, UInt64(max(0, c.sqFullFlushes)))
             count("stickyd_access_log_lines_total", "Access log lines written.", wl, worker: w, c.accessLogLines)
             count("stickyd_access_log_dropped_total", "Access log lines lost to a failed or blocked write.", wl, worker: w, c.accessLogDrops)
+            count("stickyd_proxy_headers_received_total", "PROXY headers read whole from clients.", wl, worker: w, c.proxyHeadersReceived)
+            count("stickyd_proxy_headers_sent_total", "PROXY headers written to targets.", wl, worker: w, c.proxyHeadersSent)
+            count("stickyd_proxy_send_failures_total", "PROXY headers (with early payload) that did not fit one send to the target.", wl, worker: w, c.proxySendFailures)
+            for reason in ProxyRejection.allCases {
+                count("stickyd_proxy_rejected_total", "Client connections closed for their PROXY header, by reason.",
+                      wl + [("reason", reason.metricName)], worker: w, c.proxyRejected[Int(reason.rawValue)])
+            }
 
             // Per pool: affinity, summed over workers by the counters.
             for (p, pool) in report.pools.enumerated() {
@@ -174,12 +181,22 @@ public final class MetricsExporter: Sendable {
         for (p, pool) in r.pools.enumerated() {
             for t in pool.targets {
                 let tl = [("pool", pool.name), ("target", "\(t.spec.address)")]
-                let current = MetricsExporter.stateName(t.state)
+                // The state the workers act on: the operator's, unless
+                // health has the target down (docs/HEALTH.md, precedence).
+                let current = MetricsExporter.stateName(health.effectiveState(pool: p, record: t))
                 for name in MetricsExporter.stateNames {
                     gauge("stickyd_target_state", "1 for the target's state now, 0 for the others.",
                           tl + [("state", name)], name == current ? 1 : 0)
                 }
                 gauge("stickyd_target_weight", "The target's weight.", tl, Double(t.spec.weight))
+                if let tracker = health.tracker(pool: p, address: t.spec.address) {
+                    gauge("stickyd_target_health_up", "1 while health checks and passive detection have the target up, 0 while down.",
+                          tl, tracker.status == .up ? 1 : 0)
+                    gauge("stickyd_target_health_hold_seconds", "Seconds a down target is still held down by flap damping.",
+                          tl, Double(tracker.holdRemainingMs(now: now)) / 1000)
+                    count("stickyd_target_health_transitions_total", "Health status changes (up to down and back).",
+                          tl, worker: 0, tracker.transitions) // one source: the control plane
+                }
                 if case .draining = t.state, let d = t.drain {
                     gauge("stickyd_target_drain_remaining_seconds", "Seconds until a draining target's deadline (0 once passed).",
                           tl, Double(max(0, d.deadlineMs - now)) / 1000)
