@@ -437,10 +437,9 @@ private struct NodeReader {
     // MARK: Shapes
 
     /// Checks a mapping's keys against the schema and records where it and
-    /// each of its values are. `planned` keys are ones a later version will
-    /// read: they get a clearer message than a typo does.
+    /// each of its values are.
     private mutating func fields(
-        _ node: Node, path: String, what: String, prefix: String, known: [String], planned: [String] = []
+        _ node: Node, path: String, what: String, prefix: String, known: [String]
     ) throws -> Fields {
         guard case .mapping(let mapping) = node else {
             throw failure(node, "\(what) must be a mapping (keys: \(known.joined(separator: ", "))), got \(describe(node))")
@@ -452,9 +451,6 @@ private struct NodeReader {
                 throw failure(keyNode, "keys must be plain words, got \(describe(keyNode))")
             }
             let key = scalar.string
-            if planned.contains(key) {
-                throw failure(keyNode, "'\(prefix)\(key)' is not supported by this version of stickyd")
-            }
             guard known.contains(key) else {
                 let hint = suggestion(for: key, among: known)
                 let fallback = hint.isEmpty ? " (known keys: \(known.joined(separator: ", ")))" : hint
