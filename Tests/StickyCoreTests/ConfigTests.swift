@@ -81,6 +81,10 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(shipped.pools.map(\.affinity), [AffinityConfig()])
         var defaults = StickyConfig(listeners: shipped.listeners, pools: shipped.pools)
         defaults.adminSocket = shipped.adminSocket
+        // The one deliberate departure: the example serves metrics on loopback.
+        XCTAssertNil(defaults.observability.metricsListen)
+        XCTAssertEqual(shipped.observability.metricsListen, SocketAddress("127.0.0.1:9900"))
+        defaults.observability.metricsListen = shipped.observability.metricsListen
         XCTAssertEqual(shipped, defaults)
     }
 
@@ -217,8 +221,8 @@ final class ConfigTests: XCTestCase {
                     "did you mean 'max_connections'?")
     }
 
-    func testPlannedKeysAreNotSupportedYet() {
-        assertError(minimal("health: { interval: 5s }\n"), line: 7, "'health' is not supported")
+    func testTopLevelHealthSaysWhereItGoes() {
+        assertError(minimal("health: { interval: 5s }\n"), line: 7, "'health' is set per pool", "pools[].health")
     }
 
     func testMetricsAndLogKeysAreRead() throws {

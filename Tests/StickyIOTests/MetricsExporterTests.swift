@@ -38,10 +38,10 @@ final class MetricsExporterTests: XCTestCase {
     func testCountersSumWorkersAndAddOnlyTheDifference() throws {
         let (e, p, r) = try makeExporter()
         var s = MetricsExporter.State()
-        e.update(&s, reports: [report(connections: 3, bytesUp: 100), report(connections: 2, bytesUp: 50)], registry: r, now: 1000)
+        e.update(&s, reports: [report(connections: 3, bytesUp: 100), report(connections: 2, bytesUp: 50)], registry: r, health: HealthBook(configs: []), now: 1000)
         XCTAssertEqual(value(p, connections), "5")
         XCTAssertEqual(value(p, bytesUp), "150")
-        e.update(&s, reports: [report(connections: 4, bytesUp: 100), report(connections: 2, bytesUp: 70)], registry: r, now: 2000)
+        e.update(&s, reports: [report(connections: 4, bytesUp: 100), report(connections: 2, bytesUp: 70)], registry: r, health: HealthBook(configs: []), now: 2000)
         XCTAssertEqual(value(p, connections), "6")
         XCTAssertEqual(value(p, bytesUp), "170")
     }
@@ -49,9 +49,9 @@ final class MetricsExporterTests: XCTestCase {
     func testAFigureThatStartsAgainNeverLowersTheCounter() throws {
         let (e, p, r) = try makeExporter()
         var s = MetricsExporter.State()
-        e.update(&s, reports: [report(connections: 10, bytesUp: 1000)], registry: r, now: 1000)
+        e.update(&s, reports: [report(connections: 10, bytesUp: 1000)], registry: r, health: HealthBook(configs: []), now: 1000)
         // The worker's slot went to a new target and back: its figure restarted.
-        e.update(&s, reports: [report(connections: 2, bytesUp: 30)], registry: r, now: 2000)
+        e.update(&s, reports: [report(connections: 2, bytesUp: 30)], registry: r, health: HealthBook(configs: []), now: 2000)
         XCTAssertEqual(value(p, connections), "12")
         XCTAssertEqual(value(p, bytesUp), "1030")
     }
@@ -59,22 +59,22 @@ final class MetricsExporterTests: XCTestCase {
     func testOneWorkerLosingATargetDoesNotCountTheOthersTwice() throws {
         let (e, p, r) = try makeExporter()
         var s = MetricsExporter.State()
-        e.update(&s, reports: [report(connections: 3, bytesUp: 0), report(connections: 4, bytesUp: 0)], registry: r, now: 1000)
+        e.update(&s, reports: [report(connections: 3, bytesUp: 0), report(connections: 4, bytesUp: 0)], registry: r, health: HealthBook(configs: []), now: 1000)
         // Worker 0 already applied a removal, worker 1 not yet.
-        e.update(&s, reports: [WorkerReport(), report(connections: 4, bytesUp: 0)], registry: r, now: 2000)
+        e.update(&s, reports: [WorkerReport(), report(connections: 4, bytesUp: 0)], registry: r, health: HealthBook(configs: []), now: 2000)
         XCTAssertEqual(value(p, connections), "7")
     }
 
     func testGoneTargetKeepsItsCounterForAWhileAndLosesItsGauges() throws {
         let (e, p, r) = try makeExporter(retainedMs: 10_000)
         var s = MetricsExporter.State()
-        e.update(&s, reports: [report(connections: 3, bytesUp: 9, active: 1)], registry: r, now: 1000)
+        e.update(&s, reports: [report(connections: 3, bytesUp: 9, active: 1)], registry: r, health: HealthBook(configs: []), now: 1000)
         let active = #"stickyd_target_connections_active{pool="default",target="127.0.0.1:9001"}"#
         XCTAssertEqual(value(p, active), "1.0")
-        e.update(&s, reports: [WorkerReport()], registry: r, now: 5000)
+        e.update(&s, reports: [WorkerReport()], registry: r, health: HealthBook(configs: []), now: 5000)
         XCTAssertNil(value(p, active), "a gauge without a value now is removed")
         XCTAssertEqual(value(p, connections), "3", "a counter stays within the retention")
-        e.update(&s, reports: [WorkerReport()], registry: r, now: 12_000)
+        e.update(&s, reports: [WorkerReport()], registry: r, health: HealthBook(configs: []), now: 12_000)
         XCTAssertNil(value(p, connections), "and goes after it")
     }
 
@@ -83,7 +83,7 @@ final class MetricsExporterTests: XCTestCase {
         var s = MetricsExporter.State()
         var registry = r
         _ = registry.setState(pool: nil, address: target, .maint)
-        e.update(&s, reports: [], registry: registry, now: 1000)
+        e.update(&s, reports: [], registry: registry, health: HealthBook(configs: []), now: 1000)
         let text = p.emitToString()
         XCTAssertTrue(text.contains(#"stickyd_target_state{pool="default",target="127.0.0.1:9001",state="maint"} 1.0"#), text)
         XCTAssertTrue(text.contains(#"stickyd_target_state{pool="default",target="127.0.0.1:9001",state="ready"} 0.0"#), text)
