@@ -35,20 +35,7 @@ public enum LogLine {
         let bare = !quoted && !value.isEmpty && value.unicodeScalars.allSatisfy { c in
             c.value > 0x20 && c.value != 0x7F && c != "\"" && c != "=" && c != "\\"
         }
-        if bare { return value }
-        var out = "\""
-        for c in value.unicodeScalars {
-            switch c {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if c.value < 0x20 || c.value == 0x7F { out += "\\u" + hex4(c.value) } else { out.unicodeScalars.append(c) }
-            }
-        }
-        return out + "\""
+        return bare ? value : quote(value, escapingDelete: true)
     }
 
     /// Keys are the code's own words; anything outside [A-Za-z0-9_.-] is
@@ -61,7 +48,15 @@ public enum LogLine {
         return plain.isEmpty ? "_" : String(plain)
     }
 
+    /// A JSON string literal.
     public static func jsonString(_ value: String) -> String {
+        quote(value, escapingDelete: false)
+    }
+
+    /// Double-quoted with `"` and `\` escaped and control characters as
+    /// escapes: the common ground of logfmt and JSON strings. logfmt also
+    /// escapes DEL, which a terminal would act on.
+    static func quote(_ value: String, escapingDelete: Bool) -> String {
         var out = "\""
         for c in value.unicodeScalars {
             switch c {
@@ -71,7 +66,11 @@ public enum LogLine {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             default:
-                if c.value < 0x20 { out += "\\u" + hex4(c.value) } else { out.unicodeScalars.append(c) }
+                if c.value < 0x20 || (escapingDelete && c.value == 0x7F) {
+                    out += "\\u" + hex4(c.value)
+                } else {
+                    out.unicodeScalars.append(c)
+                }
             }
         }
         return out + "\""

@@ -123,14 +123,14 @@ struct BenchReport {
         o += "  \"clients_multi\": \(totals.clientsMulti),\n"
         o += "  \"violations\": \(totals.violations),\n"
         o += "  \"moves\": \(totals.moves),\n"
-        let t = sortedTargets.map { "\(benchJSONString($0.0)): \($0.1)" }.joined(separator: ", ")
+        let t = sortedTargets.map { "\(LogLine.jsonString($0.0)): \($0.1)" }.joined(separator: ", ")
         o += "  \"targets\": {\(t)},\n"
         o += "  \"spread_max_over_mean\": \(benchFixed(spreadMaxOverMean, 4)),\n"
         o += "  \"warmup\": {\"connections\": \(totals.warmupSuccesses), \"errors\": \(totals.warmupErrors)},\n"
         o += "  \"concurrency\": \(concurrency),\n"
         o += "  \"threads\": \(threads),\n"
         o += "  \"interrupted\": \(totals.interrupted),\n"
-        o += "  \"target_addresses\": [\(targetAddresses.map { benchJSONString("\($0)") }.joined(separator: ", "))]\n"
+        o += "  \"target_addresses\": [\(targetAddresses.map { LogLine.jsonString("\($0)") }.joined(separator: ", "))]\n"
         o += "}\n"
         return o
     }
@@ -153,27 +153,6 @@ func benchFixed(_ x: Double, _ decimals: Int) -> String {
         text += "." + String(repeating: "0", count: decimals - frac.count) + frac
     }
     return negative && n != 0 ? "-" + text : text
-}
-
-func benchJSONString(_ s: String) -> String {
-    var o = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": o += "\\\""
-        case "\\": o += "\\\\"
-        case "\n": o += "\\n"
-        case "\r": o += "\\r"
-        case "\t": o += "\\t"
-        default:
-            if u.value < 0x20 {
-                let h = String(u.value, radix: 16)
-                o += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-            } else {
-                o.unicodeScalars.append(u)
-            }
-        }
-    }
-    return o + "\""
 }
 
 func benchErrnoName(_ e: Int32) -> String {
