@@ -19,6 +19,8 @@ final class Upgrader: Sendable {
     static let outcomeCeilingMs: Millis = 180_000
     /// A successor told to stop has this long before SIGKILL.
     static let stopGraceMs: Millis = 5_000
+    /// After the successor exits, how long its hand-over may take to roll back.
+    static let rollbackSettleMs: Millis = 10_000
 
     /// This daemon's executable, resolved at start: after a package upgrade
     /// /proc/self/exe names the deleted old file, the path the new one.
@@ -169,6 +171,11 @@ final class Upgrader: Sendable {
                 // A successor may commit and then die; the commit is what
                 // counts, and the old daemon is already finishing.
                 if flags.handedOver.load(ordering: .acquiring) { return }
+                // A successor that took the sockets and failed sends its
+                // reason, then exits: let the takeover thread read it and
+                // roll back first (it sees the connection closed at once).
+                let settle = ControlPlane.monotonicMs() + Upgrader.rollbackSettleMs
+                while flags.inProgress.load(ordering: .acquiring) && ControlPlane.monotonicMs() < settle { usleep(10_000) }
                 reason = "the successor (pid \(pid)) \(r == pid ? Upgrader.describe(status) : "is gone")"
                 break
             }
