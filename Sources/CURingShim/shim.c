@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <liburing.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -160,4 +162,36 @@ ssize_t sticky_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, i
         return -EMSGSIZE;
     }
     return n;
+}
+
+int sticky_spawn(const char *path, char *const argv[], int32_t *pid_out) {
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_t actions;
+    int rc = posix_spawnattr_init(&attr);
+    if (rc != 0) return -rc;
+    rc = posix_spawn_file_actions_init(&actions);
+    if (rc != 0) {
+        posix_spawnattr_destroy(&attr);
+        return -rc;
+    }
+    // The daemon blocks its stop signals for sigtimedwait and ignores
+    // SIGPIPE; both survive exec, and a successor must start clean.
+    sigset_t none, defaults;
+    sigemptyset(&none);
+    sigemptyset(&defaults);
+    int reset[] = {SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGCHLD};
+    for (unsigned i = 0; i < sizeof reset / sizeof reset[0]; i++) sigaddset(&defaults, reset[i]);
+    rc = posix_spawnattr_setsigmask(&attr, &none);
+    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &defaults);
+    if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    // Every descriptor is opened close-on-exec; this also covers one a
+    // library opened without it, or one opened by another thread meanwhile.
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+    pid_t pid = 0;
+    if (rc == 0) rc = posix_spawn(&pid, path, &actions, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) return -rc;
+    *pid_out = pid;
+    return 0;
 }

@@ -22,10 +22,51 @@ public struct AdminReply: Sendable {
     public var text: String
     /// End the session after this reply (`quit`).
     public var close: Bool
+    /// The answer comes later (`upgrade` waits for its outcome): `text` is
+    /// ignored, and the session's next lines wait for it.
+    public var pending: AdminPendingReply?
     public init(_ text: String, close: Bool = false) {
         self.text = text
         self.close = close
     }
+
+    public init(pending: AdminPendingReply) {
+        self.text = ""
+        self.close = false
+        self.pending = pending
+    }
+}
+
+/// An answer another thread gives once it knows it. The admin thread is
+/// woken through its wake pipe and sends it; meanwhile it serves the other
+/// sessions.
+public final class AdminPendingReply: Sendable {
+    struct State {
+        var text: String?
+        /// The admin server's wake pipe, once it has taken the reply on.
+        var wakeFD: Int32 = -1
+    }
+
+    let state = Mutex(State())
+
+    public init() {}
+
+    /// Gives the answer; later calls are ignored.
+    public func resolve(_ text: String) {
+        let fd: Int32 = state.withLock { s in
+            guard s.text == nil else { return -1 }
+            s.text = text
+            return s.wakeFD
+        }
+        guard fd >= 0 else { return }
+        var one: UInt8 = 1
+        _ = write(fd, &one, 1)
+    }
+
+    public var text: String? { state.withLock { $0.text } }
+
+    /// Where to signal the answer; -1 detaches (the server is stopping).
+    func attach(wakeFD: Int32) { state.withLock { $0.wakeFD = wakeFD } }
 }
 
 /// The admin socket: a Unix stream socket, one command per line, many
@@ -52,6 +93,8 @@ public final class AdminServer: @unchecked Sendable {
     let listenFD: Int32
     let listener: UnixListener
     let stopPipe: (read: Int32, write: Int32)
+    /// Written by a pending reply's resolver: some answer is ready.
+    let wakePipe: (read: Int32, write: Int32)
     var thread: Thread?
     let finished = Mutex(false)
     /// Monotonic ms until which the listener is not polled (after EMFILE).
@@ -73,13 +116,19 @@ public final class AdminServer: @unchecked Sendable {
         let fd = listener.fd
         listenFD = fd
         var p: (Int32, Int32) = (-1, -1)
-        _ = withUnsafeMutableBytes(of: &p) { pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
+        // Close-on-exec: an upgrade's successor is spawned by this process.
+        _ = withUnsafeMutableBytes(of: &p) { sticky_pipe_nonblocking($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
         stopPipe = (p.0, p.1)
+        var w: (Int32, Int32) = (-1, -1)
+        _ = withUnsafeMutableBytes(of: &w) { sticky_pipe_nonblocking($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
+        wakePipe = (w.0, w.1)
     }
 
     deinit {
         close(stopPipe.read)
         close(stopPipe.write)
+        close(wakePipe.read)
+        close(wakePipe.write)
     }
 
     /// Upgrade: renames the staged socket file over the old process's.
@@ -113,6 +162,11 @@ public final class AdminServer: @unchecked Sendable {
         var output: [UInt8] = []
         var closeAfterFlush = false
         var lastActive: Int64
+        /// Lines read and not yet answered: they wait behind `waiting`, so
+        /// answers keep the order of the commands. Reading stops meanwhile.
+        var queued: [AdminLineFramer.Event] = []
+        /// The answer this session waits for before its next line.
+        var waiting: AdminPendingReply?
         /// Queues an answer: its text, then the empty line that ends it.
         func answer(_ text: String) {
             output.append(contentsOf: text.utf8)
@@ -173,22 +227,46 @@ public final class AdminServer: @unchecked Sendable {
             fds.append(pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0))
             let listening = AdminServer.monotonicMs() >= acceptPausedUntil
             fds.append(pollfd(fd: listening ? listenFD : -1, events: Int16(POLLIN), revents: 0))
+            fds.append(pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0))
             for c in clients.values {
-                var ev = Int16(POLLIN)
+                // A session waiting for an answer reads nothing more.
+                var ev = c.waiting == nil ? Int16(POLLIN) : 0
                 if !c.output.isEmpty { ev |= Int16(POLLOUT) }
                 fds.append(pollfd(fd: c.fd, events: ev, revents: 0))
             }
             let n = poll(&fds, nfds_t(fds.count), listening ? 1000 : 100)
             let now = AdminServer.monotonicMs()
             if n < 0 && errno != EINTR { logger.error("admin poll failed: errno \(errno)") }
-            if fds[0].revents != 0 { return }
+            // Answers that are ready go out before a stop: an upgrade's
+            // "took over" is resolved just before this process stops.
+            if fds[2].revents != 0 || fds[0].revents != 0 {
+                var drain = [UInt8](repeating: 0, count: 64)
+                while read(wakePipe.read, &drain, drain.count) > 0 {}
+                for (fd, c) in clients where c.waiting?.text != nil {
+                    // A `quit` behind the answer marks the session to close
+                    // once flushed; flush says when.
+                    _ = answerQueued(c, handler)
+                    if !flush(c) {
+                        close(fd)
+                        clients[fd] = nil
+                    }
+                }
+            }
+            if fds[0].revents != 0 {
+                for c in clients.values { c.waiting?.attach(wakeFD: -1) }
+                return
+            }
             if fds[1].revents & Int16(POLLIN) != 0 {
                 acceptClients(&clients, now: now)
             }
-            for p in fds.dropFirst(2) where p.revents != 0 {
+            for p in fds.dropFirst(3) where p.revents != 0 {
                 guard let c = clients[p.fd] else { continue }
                 var keep = true
-                if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                if c.waiting != nil && p.revents & Int16(POLLHUP | POLLERR) != 0 {
+                    // Gone while waiting: nobody to answer (the command
+                    // itself goes on).
+                    keep = false
+                } else if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
                     keep = readLines(c, handler, now: now)
                 }
                 if keep { keep = flush(c) }
@@ -199,7 +277,7 @@ public final class AdminServer: @unchecked Sendable {
                 }
             }
             // Idle sessions go, so a stuck client cannot hold a slot forever.
-            for (fd, c) in clients where now - c.lastActive > AdminServer.sessionIdleMs {
+            for (fd, c) in clients where c.waiting == nil && now - c.lastActive > AdminServer.sessionIdleMs {
                 close(fd)
                 clients[fd] = nil
             }
@@ -238,7 +316,7 @@ public final class AdminServer: @unchecked Sendable {
     /// when the session should end.
     func readLines(_ c: Client, _ handler: Handler, now: Int64) -> Bool {
         var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
+        while c.waiting == nil {
             let n = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
             if n == 0 {
                 // Half-closed by the client (socat at EOF): answer what
@@ -248,19 +326,48 @@ public final class AdminServer: @unchecked Sendable {
             }
             if n < 0 { return errno == EAGAIN || errno == EINTR }
             c.lastActive = now
-            let going = c.framer.feed(buf[0..<n]) { event in
-                switch event {
-                case .line(let line):
-                    let reply = handler(line[...], c.credentials)
-                    c.answer(reply.text)
-                    if reply.close { c.closeAfterFlush = true }
-                    return !reply.close
-                case .tooLong:
-                    c.answer(AdminLineFramer.tooLongMessage)
-                    return true
-                }
+            // At most one read's worth of lines (4 KiB) queues behind a
+            // pending answer: reading stops until it comes.
+            _ = c.framer.feed(buf[0..<n]) { event in
+                c.queued.append(event)
+                return true
             }
-            if !going { return flush(c) }
+            if !answerQueued(c, handler) { return flush(c) }
         }
+        return true
+    }
+
+    /// Answers queued lines in order until one is pending (or `quit`).
+    /// Returns false when the session is to end after its output.
+    func answerQueued(_ c: Client, _ handler: Handler) -> Bool {
+        if let w = c.waiting {
+            guard let text = w.text else { return true }
+            c.answer(text)
+            c.waiting = nil
+        }
+        while !c.queued.isEmpty {
+            switch c.queued.removeFirst() {
+            case .line(let line):
+                let reply = handler(line[...], c.credentials)
+                if let p = reply.pending {
+                    c.waiting = p
+                    p.attach(wakeFD: wakePipe.write)
+                    // Resolved before it was attached: no wake will come.
+                    guard let text = p.text else { return true }
+                    c.answer(text)
+                    c.waiting = nil
+                    continue
+                }
+                c.answer(reply.text)
+                if reply.close {
+                    c.queued.removeAll()
+                    c.closeAfterFlush = true
+                    return false
+                }
+            case .tooLong:
+                c.answer(AdminLineFramer.tooLongMessage)
+            }
+        }
+        return true
     }
 }

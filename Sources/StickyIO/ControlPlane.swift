@@ -295,6 +295,10 @@ public final class ControlPlane: Sendable {
                                         json: AdminFormat.json(["commands": AdminGrammar.synopsis])))
         case .quit:
             return .success(AdminAnswer(text: "bye", json: AdminFormat.json(["result": "bye"])))
+        case .upgrade:
+            // The daemon answers it before the lock (DaemonUpgrade.swift):
+            // it waits for a hand-over that itself needs the lock.
+            return .failure(RegistryError("upgrade is not available on this listener"))
         case .showInfo:
             return .success(info(now: now))
         case .showStats:

@@ -144,6 +144,9 @@ public final class Daemon {
         for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, s) }
         let received = successor?.received
         let workers = received.map { adoptedWorkerCount($0) } ?? workerCount
+        // Resolved now, while the path still names this binary.
+        let upgrader = Upgrader(arguments: CommandLine.arguments, takeoverConfigured: config.takeoverSocketPath != nil,
+                                flags: handoff, logger: logger)
         // First, so that a bad certificate or key stops the start before
         // anything else is bound or written. A successor binds it once the
         // old daemon has let go of the port.
@@ -252,20 +255,40 @@ public final class Daemon {
             }
         }
         let handoff = self.handoff
-        let handler: AdminServer.Handler = { line, peer in
+        let handoffRefusal = "an upgrade is handing over; try again in a moment"
+        let locked: AdminServer.Handler = { line, peer in
             adminLock.withLock {
                 // A change made while an upgrade hands over would be lost
                 // with the snapshot already sent.
                 if handoff.inProgress.load(ordering: .acquiring), case .success(let r) = AdminGrammar.parse(line), r.command.mutates {
-                    return AdminReply("error: an upgrade is handing over; try again in a moment")
+                    return AdminReply(r.json ? AdminFormat.jsonError(handoffRefusal) : "error: \(handoffRefusal)")
                 }
                 return control.handle(line, peer)
             }
         }
+        // `upgrade` is answered outside the lock: it waits for a hand-over
+        // whose `prepare` takes the lock.
+        let handler: AdminServer.Handler = { line, peer in
+            guard case .success(let r) = AdminGrammar.parse(line), case .upgrade(let binary) = r.command else {
+                return locked(line, peer)
+            }
+            if handoff.inProgress.load(ordering: .acquiring) && !upgrader.running.load(ordering: .acquiring) {
+                return AdminReply(r.json ? AdminFormat.jsonError(handoffRefusal) : "error: \(handoffRefusal)")
+            }
+            return upgrader.start(binary: binary, json: r.json)
+        }
+        // The TLS listener answers each line at once; it does not wait.
+        let remoteHandler: AdminServer.Handler = { line, peer in
+            guard case .success(let r) = AdminGrammar.parse(line), case .upgrade = r.command else {
+                return locked(line, peer)
+            }
+            let m = "upgrade is run on the admin socket (it answers once the hand-over is decided), not on the remote listener"
+            return AdminReply(r.json ? AdminFormat.jsonError(m) : "error: \(m)")
+        }
         admin?.start(handler)
-        remote?.start(handler)
+        remote?.start(remoteHandler)
         takeoverServer?.start(takeoverHooks(control: control, channels: channels, listeners: listeners,
-                                            workers: workers, adminLock: adminLock))
+                                            workers: workers, adminLock: adminLock, upgrader: upgrader))
         control.persist()
         // Health: active checks on their own event loop thread, off the rings.
         let prober = HealthProber(logger: logger, plan: { control.probePlan(pool: $0) },

@@ -149,7 +149,7 @@ extension Daemon {
 
     /// What the takeover socket's thread calls into.
     func takeoverHooks(control: ControlPlane, channels: [WorkerChannel], listeners: [[WorkerSettings.Listener]],
-                       workers: Int, adminLock: NSLock) -> TakeoverServer.Hooks {
+                       workers: Int, adminLock: NSLock, upgrader: Upgrader) -> TakeoverServer.Hooks {
         let logger = self.logger
         let config = self.config
         let flags = handoff
@@ -157,6 +157,7 @@ extension Daemon {
             for c in channels { c.post(.handoffResume) }
             control.setPersisting(true)
             control.persist()
+            upgrader.rolledBack(reason)
             flags.inProgress.store(false, ordering: .releasing)
             logger.error("upgrade rolled back; accepting again", metadata: ["reason": "\(reason)"])
         }
@@ -197,6 +198,9 @@ extension Daemon {
             rollback: { reason in rollback(reason) },
             commit: { pid in
                 flags.successorPid.store(pid, ordering: .relaxed)
+                // `upgrade`'s answer first: the main loop stops the admin
+                // socket once it sees the hand-over.
+                upgrader.committed(successorPid: pid)
                 flags.handedOver.store(true, ordering: .releasing)
                 // This process is still the unit's main pid and may name
                 // its successor (NotifyAccess=main would do for this).

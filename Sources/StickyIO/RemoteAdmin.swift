@@ -86,7 +86,8 @@ public final class RemoteAdminServer: @unchecked Sendable {
             throw error
         }
         var p: (Int32, Int32) = (-1, -1)
-        _ = withUnsafeMutableBytes(of: &p) { pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
+        // Close-on-exec: an upgrade's successor is spawned by this process.
+        _ = withUnsafeMutableBytes(of: &p) { sticky_pipe_nonblocking($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
         stopPipe = (p.0, p.1)
         if config.allow.isEmpty {
             logger.warning("admin.remote.allow is empty: every remote admin client will be refused",

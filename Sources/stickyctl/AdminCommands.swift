@@ -39,6 +39,9 @@ struct AdminOptions: ParsableArguments {
 final class AdminSession {
     let fd: Int32
     var buffer: [UInt8] = []
+    /// The exit status when no answer comes in time: unreachable, unless
+    /// the command itself is a wait (`upgrade`).
+    var silenceStatus = CtlExit.unreachable
 
     init(path: String) throws {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -68,6 +71,12 @@ final class AdminSession {
 
     deinit { close(fd) }
 
+    /// How long `ask` waits for an answer (30 s unless changed).
+    func setAnswerTimeout(seconds: Double) {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Sends one command; returns the answer without its closing blank line.
     func ask(_ line: String) throws -> String {
         let out = Array((line + "\n").utf8)
@@ -86,7 +95,8 @@ final class AdminSession {
             }
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             guard n > 0 else {
-                throw CtlFailure(status: CtlExit.unreachable, message: n == 0 ? "stickyd closed the admin session" : "no answer from stickyd (timed out)")
+                if n == 0 { throw CtlFailure(status: CtlExit.unreachable, message: "stickyd closed the admin session") }
+                throw CtlFailure(status: errno == EAGAIN ? silenceStatus : CtlExit.unreachable, message: "no answer from stickyd (timed out)")
             }
             buffer.append(contentsOf: chunk[0..<n])
         }
@@ -374,5 +384,60 @@ struct Replace: ParsableCommand {
             // 3. Remove it.
             return try s.run("remove target \(poolPrefix(targetPool))\(old)", json: false)
         }
+    }
+}
+
+struct Upgrade: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Upgrade the running daemon in place: it starts BINARY (default: its own executable) with --takeover, which takes over its sockets, targets and affinity without dropping a connection.",
+        discussion: "Install the new binary first. Prints the outcome, then waits until the admin socket answers from the new pid. Exit status: 0 took over, 1 failed (the old daemon still serves), 3 unreachable, 4 no outcome or no answer from the new pid in time.")
+    @OptionGroup var options: AdminOptions
+    @Argument(help: "The new stickyd executable, an absolute path (default: the path the daemon was started from).")
+    var binary: String?
+    @Option(help: "Seconds to wait for the outcome and for the new daemon to answer (default 120).")
+    var timeout: Double = 120
+
+    func validate() throws {
+        if let binary, !binary.hasPrefix("/") {
+            throw ValidationError("BINARY '\(binary)' must be an absolute path (the daemon does not share this working directory)")
+        }
+        guard timeout > 0, timeout <= 3600 else { throw ValidationError("--timeout takes 1 to 3600 seconds") }
+    }
+
+    func run() throws {
+        let start = monotonicSeconds()
+        var successorPid = 0
+        try runAdmin(options) { s in
+            s.setAnswerTimeout(seconds: timeout)
+            s.silenceStatus = CtlExit.timedOut
+            let answer = try s.run("upgrade" + (binary.map { " \($0)" } ?? ""), json: true)
+            guard let data = answer.data(using: .utf8),
+                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let pid = obj["successor_pid"] as? Int, let message = obj["message"] as? String else {
+                throw CtlFailure(status: CtlExit.refused, message: "unexpected answer to upgrade: \(answer)")
+            }
+            successorPid = pid
+            return options.json ? answer : message
+        }
+        // The successor renames its admin socket over the old one once it
+        // serves; until then the old daemon (or nobody) answers there.
+        var lastSeen = "no answer"
+        while monotonicSeconds() - start < timeout {
+            if let session = try? AdminSession(path: options.path) {
+                session.setAnswerTimeout(seconds: 5)
+                if let info = try? session.run("show info", json: true), let data = info.data(using: .utf8),
+                   let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let pid = obj["pid"] as? String {
+                    if pid == String(successorPid) {
+                        if !options.json { print("pid \(successorPid) answers on \(options.path)") }
+                        return
+                    }
+                    lastSeen = "pid \(pid) answers"
+                }
+            }
+            usleep(100_000)
+        }
+        var err = StandardErrorStream()
+        print("stickyctl: pid \(successorPid) took over but does not answer on \(options.path) after \(Int(timeout))s (\(lastSeen))", to: &err)
+        throw ExitCode(CtlExit.timedOut)
     }
 }

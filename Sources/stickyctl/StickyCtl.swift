@@ -8,7 +8,7 @@ struct StickyCtl: ParsableCommand {
         commandName: "stickyctl",
         abstract: "Control and benchmark stickyd.",
         subcommands: [Show.self, Add.self, SetWeight.self, Drain.self, Ready.self, Maint.self, Remove.self,
-                      ClearAffinity.self, Replace.self, Raw.self, Bench.self]
+                      ClearAffinity.self, Replace.self, Upgrade.self, Raw.self, Bench.self]
     )
 
     /// As ArgumentParser's own `main()`, except that a usage error exits 2

@@ -41,6 +41,7 @@ SYNOPSIS = [
     "remove target [<pool>] <addr:port> [force]",
     "show affinity [<pool>] [<ip>] [limit <n>]",
     "clear affinity [<pool>] <ip> | target <addr:port> | all",
+    "upgrade [<binary>]",
     "quit",
 ]
 

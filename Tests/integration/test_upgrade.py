@@ -1,5 +1,7 @@
 """Zero-downtime upgrade (docs/OPERATIONS.md, "Upgrade"): `stickyd --takeover`
-takes the running daemon's listening sockets, targets, drains and affinity.
+takes the running daemon's listening sockets, targets, drains and affinity;
+`stickyctl upgrade` (admin `upgrade [BINARY]`) has the daemon start that
+successor itself.
 
 Continuous connections from many client IPs run across the upgrade: none may
 fail, and no client may change target. A failed or abandoned takeover leaves
@@ -11,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -20,6 +24,7 @@ import pytest
 
 from admin_support import admin, client_ip, connect_from, echo_check, make_named_handler
 from conftest import REPO, Stickyd
+from rollout_support import stickyctl_bin
 from support import LOOPBACK, TcpServer, fmt_addr, free_port, wait_until
 
 CLIENTS = 96
@@ -223,8 +228,9 @@ def test_abandoned_takeover_rolls_back_and_no_client_is_refused(run_stickyd, tmp
     queued.settimeout(0.3)
     with pytest.raises(socket.timeout):
         queued.recv(1)
-    # Admin changes wait for the hand-over to end.
+    # Admin changes wait for the hand-over to end; so does an upgrade.
     assert "upgrade is handing over" in admin(sock, f"set target {pods[0].addr} weight 2")
+    assert admin(sock, "upgrade") == "error: an upgrade is handing over; try again in a moment"
     conn.close()
     old.wait_for_output("upgrade rolled back; accepting again", 10)
     queued.settimeout(10)
@@ -268,3 +274,207 @@ def test_failed_successor_leaves_the_old_daemon_serving(run_stickyd, tmp_path, r
         assert connect_from(ip, old.addr)[1] == name
     assert json.loads(admin(sock, "json show info"))["pid"] == str(old.pid)
     assert old.alive()
+
+
+# ---------------------------------------------------------------------------
+# stickyctl upgrade: the daemon spawns its successor
+# ---------------------------------------------------------------------------
+
+UPGRADE_TIMEOUT_S = 90
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for its (new) parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def stop_pid(pid: int) -> None:
+    """Stops a successor the test did not start (the old daemon's child, since
+    reparented): SIGTERM, then SIGKILL, each wait bounded."""
+    for sig, seconds in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        if gone(pid):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            wait_until(lambda: gone(pid), seconds, what=f"pid {pid} gone after signal {sig}")
+            return
+        except TimeoutError:
+            continue
+    assert gone(pid), f"pid {pid} survived SIGKILL"
+
+
+def ctl(*args: str, timeout: float = UPGRADE_TIMEOUT_S + 30) -> subprocess.CompletedProcess:
+    return subprocess.run([str(stickyctl_bin()), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def script(tmp_path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_stickyctl_upgrade_under_load(run_stickyd, tmp_path, request):
+    """`stickyctl upgrade`: the daemon starts its own successor, which takes
+    over with no failed connection and no client moved; the admin socket then
+    answers from the new pid and the old daemon exits 0."""
+    pods = start_backends(3)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
+    sock = flag(old, "--admin-socket")
+    first = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(CLIENTS)}
+
+    load = Load(old.addr).start()
+    try:
+        load.wait_count(300, "load running before the upgrade")
+        t_start = time.monotonic()
+        result = ctl("upgrade", "--socket", sock, "--timeout", str(UPGRADE_TIMEOUT_S))
+        t_took = time.monotonic()
+        took = re.search(r"upgrade: pid (\d+) took over; this process \(pid (\d+)\) is finishing its connections",
+                         result.stdout)
+        if took:
+            new_pid = int(took.group(1))
+            request.addfinalizer(lambda: stop_pid(new_pid))
+        old.expect_exit = True
+        assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{old.output_tail()}"
+        assert took, result.stdout
+        assert int(took.group(2)) == old.pid
+        assert f"pid {new_pid} answers on {sock}" in result.stdout
+        during = load.count
+        load.wait_count(during + 300, "load running after the upgrade")
+    finally:
+        load.finish()
+
+    status = old.wait(20)
+    assert status == 0, f"old daemon exit status {status}\n{old.output_tail()}"
+    assert not gone(new_pid)
+    # The successor is the old daemon's child: its log lines went where the
+    # old daemon's go (journald under systemd).
+    paused = re.search(r"took over; accepting.*accept_paused_ms=(\d+)", old.output())
+    assert paused, old.output_tail()
+    print(f"\nstickyctl upgrade figures: connections={load.count} during_upgrade="
+          f"{sum(1 for v in load.seen.values() for at, _ in v if t_start <= at <= t_took)} "
+          f"after={load.after(t_took)} failed={len(load.failures)} violations={len(load.violations())} "
+          f"accept_paused_ms={paused.group(1)}")
+    assert load.failures == [], load.failures[:5]
+    assert load.violations() == {}
+    moved = {ip: names for ip, names in
+             ((ip, {n for _, n in v}) for ip, v in load.seen.items()) if names != {first[ip]}}
+    assert moved == {}
+    info = json.loads(admin(sock, "json show info"))
+    assert info["pid"] == str(new_pid)
+    assert connect_from(client_ip(0), old.addr)[1] == first[client_ip(0)]
+
+
+def assert_still_serving(old: Stickyd, sock: str, pinned: dict[str, str]) -> None:
+    assert old.alive()
+    assert json.loads(admin(sock, "json show info"))["pid"] == str(old.pid)
+    for ip, name in list(pinned.items())[:8]:
+        assert connect_from(ip, old.addr)[1] == name
+
+
+def test_upgrade_to_a_missing_or_unusable_binary_is_refused(run_stickyd, tmp_path, request):
+    pods = start_backends(2)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
+    sock = flag(old, "--admin-socket")
+    pinned = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(16)}
+    not_executable = tmp_path / "stickyd-not-executable"
+    not_executable.write_text("#!/bin/sh\nexit 0\n")
+
+    assert admin(sock, "upgrade /nonexistent") == \
+        "error: upgrade failed: cannot use /nonexistent: No such file or directory; still serving"
+    assert admin(sock, f"upgrade {tmp_path}") == f"error: upgrade failed: {tmp_path} is not a regular file; still serving"
+    assert admin(sock, f"upgrade {not_executable}") == \
+        f"error: upgrade failed: {not_executable} is not executable by this daemon's user; still serving"
+    assert "'stickyd' is not an absolute path" in admin(sock, "upgrade stickyd")
+    assert json.loads(admin(sock, "json upgrade /nonexistent"))["error"].startswith("upgrade failed: cannot use /nonexistent")
+
+    result = ctl("upgrade", "/nonexistent", "--socket", sock)
+    assert result.returncode == 1, result
+    assert "upgrade failed: cannot use /nonexistent" in result.stderr
+    result = ctl("upgrade", "relative/stickyd", "--socket", sock)
+    assert result.returncode == 2, result
+    assert "must be an absolute path" in result.stderr
+    assert_still_serving(old, sock, pinned)
+
+
+def test_upgrade_to_a_successor_that_fails_reports_it_and_keeps_serving(run_stickyd, tmp_path, request):
+    """Two failing successors under load: one that exits before it connects,
+    and the real binary whose extra listener cannot be bound (it takes the
+    sockets, then fails: the hand-over is rolled back). Each answer gives the
+    exit status; the old daemon serves on with no failed connection."""
+    pods = start_backends(2)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    blocker = socket.create_server((LOOPBACK, 0))
+    request.addfinalizer(blocker.close)
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
+    sock = flag(old, "--admin-socket")
+    pinned = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(CLIENTS)}
+    exits_at_once = script(tmp_path, "stickyd-exit1", "exit 1\n")
+    cannot_bind = script(tmp_path, "stickyd-cannot-bind",
+                         f'exec "{old.argv[0]}" "$@" --listen {fmt_addr(LOOPBACK, blocker.getsockname()[1])}\n')
+
+    load = Load(old.addr).start()
+    try:
+        load.wait_count(100, "load before the failed upgrades")
+        answer = admin(sock, f"upgrade {exits_at_once}", timeout=UPGRADE_TIMEOUT_S)
+        assert re.fullmatch(r"error: upgrade failed: the successor \(pid \d+\) exited with status 1; still serving",
+                            answer), answer
+        result = ctl("upgrade", cannot_bind, "--socket", sock)
+        assert result.returncode == 1, result
+        assert re.search(r"upgrade failed: the successor \(pid \d+\) exited with status 1 "
+                         r"\(hand-over rolled back: .*the successor failed: .*Address already in use", result.stderr), \
+            result.stderr
+        assert result.stderr.rstrip().endswith("still serving"), result.stderr
+        mark = load.count
+        load.wait_count(mark + 100, "load after the failed upgrades")
+    finally:
+        load.finish()
+    assert load.failures == [], load.failures[:5]
+    assert load.violations() == {}
+    assert_still_serving(old, sock, pinned)
+    # Both successors were reaped: the daemon has no child left.
+    children = subprocess.run(["pgrep", "-P", str(old.pid)], capture_output=True, text=True)
+    assert children.stdout.strip() == ""
+
+
+def test_second_concurrent_upgrade_is_refused(run_stickyd, tmp_path, request):
+    pods = start_backends(1)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods])
+    sock = flag(old, "--admin-socket")
+    release = tmp_path / "release"
+    # A successor that waits (bounded) for the test, then fails.
+    waits = script(tmp_path, "stickyd-waits",
+                   f'i=0\nwhile [ ! -e "{release}" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\nexit 2\n')
+    request.addfinalizer(lambda: release.touch())
+
+    first: list[str] = []
+    t = threading.Thread(target=lambda: first.append(admin(sock, f"upgrade {waits}", timeout=UPGRADE_TIMEOUT_S)))
+    t.start()
+    try:
+        old.wait_for_output(r"upgrade: started the successor", 10)
+        assert admin(sock, "upgrade") == "error: an upgrade is already running"
+        result = ctl("upgrade", "--socket", sock)
+        assert result.returncode == 1, result
+        assert "an upgrade is already running" in result.stderr
+        # The admin socket serves other sessions while one waits.
+        assert json.loads(admin(sock, "json show info"))["pid"] == str(old.pid)
+    finally:
+        release.touch()
+        t.join(UPGRADE_TIMEOUT_S + 10)
+    assert not t.is_alive()
+    assert len(first) == 1
+    assert re.fullmatch(r"error: upgrade failed: the successor \(pid \d+\) exited with status 2; still serving",
+                        first[0]), first
+    # Over: the next upgrade is judged on its own.
+    assert admin(sock, "upgrade /nonexistent").startswith("error: upgrade failed: cannot use /nonexistent")

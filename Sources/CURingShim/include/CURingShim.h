@@ -54,4 +54,10 @@ ssize_t sticky_send_fds(int sock, const void *buf, size_t len, const int *fds, i
 /// and reported as -EMSGSIZE. Returns bytes read (0 at EOF) or -errno.
 ssize_t sticky_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
 
+/// Starts `path` with `argv` and this process's environment as a fresh
+/// process would be: no signal blocked, SIGPIPE/SIGTERM/SIGINT/SIGHUP/SIGCHLD
+/// at their defaults, and no descriptor but 0, 1 and 2 inherited. The
+/// upgrade's successor; returns 0 and the pid, or -errno (exec errors too).
+int sticky_spawn(const char *path, char *const argv[], int32_t *pid);
+
 #endif

@@ -15,13 +15,16 @@ public enum AdminCommand: Equatable, Sendable {
     case remove(pool: String?, address: SocketAddress, force: Bool)
     case showAffinity(pool: String?, client: IPAddress?, limit: Int?)
     case clearAffinity(pool: String?, scope: AffinityScope)
+    /// Starts a successor (`binary`, else the daemon's own executable) that
+    /// takes over; the daemon itself runs it (docs/OPERATIONS.md, "Upgrade").
+    case upgrade(binary: String?)
 
     /// Whether the command changes state (and so is persisted and needs the
     /// operator privilege rather than the read-only one).
     public var mutates: Bool {
         switch self {
         case .help, .quit, .showInfo, .showStats, .showTargets, .showAffinity: return false
-        case .addTarget, .setWeight, .drain, .ready, .maint, .remove, .clearAffinity: return true
+        case .addTarget, .setWeight, .drain, .ready, .maint, .remove, .clearAffinity, .upgrade: return true
         }
     }
 }
@@ -75,6 +78,7 @@ public enum AdminGrammar {
         "remove target [<pool>] <addr:port> [force]",
         "show affinity [<pool>] [<ip>] [limit <n>]",
         "clear affinity [<pool>] <ip> | target <addr:port> | all",
+        "upgrade [<binary>]",
         "quit",
     ]
 
@@ -184,6 +188,14 @@ public enum AdminGrammar {
                 }
                 return finish(.remove(pool: pool, address: address, force: force), w)
             }
+        case "upgrade":
+            guard let binary = w.popFirst() else { return .success(.upgrade(binary: nil)) }
+            // Relative to what? The daemon's working directory is not the
+            // operator's, so only an absolute path means one file.
+            guard binary.hasPrefix("/") else {
+                return .failure(AdminParseError("'\(binary)' is not an absolute path; usage: \(synopsis[12]) (the new stickyd executable)"))
+            }
+            return finish(.upgrade(binary: String(binary)), w)
         case "clear":
             guard w.popFirst() == "affinity" else { return .failure(AdminParseError("expected 'clear affinity'")) }
             return parseClearAffinity(&w)
