@@ -187,7 +187,9 @@ public struct Timeouts: Sendable, Equatable {
     public init() {}
 }
 
-/// `takeover_socket`: a path, `none`, or (unset) beside the admin socket.
+/// `takeover_socket`: a path, `none`, or (unset) derived from the admin
+/// socket's path, so two daemons with their own admin sockets in one
+/// directory never share a takeover socket.
 public enum TakeoverSocketSetting: Sendable, Equatable {
     case besideAdminSocket
     case path(String)
@@ -231,16 +233,17 @@ public struct StickyConfig: Sendable, Equatable {
     /// the core does not depend on swift-log.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
-    /// The takeover socket's path, nil when there is none: `takeover.sock`
-    /// in the admin socket's directory unless `takeover_socket` says.
+    /// The takeover socket's path, nil when there is none. Unless
+    /// `takeover_socket` says, it is the admin socket's path with `.sock`
+    /// replaced by `.takeover.sock` (`/run/stickyd/admin.takeover.sock`).
     public var takeoverSocketPath: String? {
         switch takeoverSocket {
         case .none: return nil
         case .path(let p): return p
         case .besideAdminSocket:
             guard let admin = adminSocket else { return nil }
-            let cut = admin.lastIndex(of: "/") ?? admin.startIndex
-            return String(admin[..<cut]) + "/takeover.sock"
+            let stem = admin.hasSuffix(".sock") ? String(admin.dropLast(5)) : admin
+            return stem + ".takeover.sock"
         }
     }
 
@@ -424,6 +427,10 @@ public struct StickyConfig: Sendable, Equatable {
             // sun_path is 108 bytes including the terminating NUL.
             guard socket.utf8.count < Bounds.unixPathBytes else {
                 throw failure("admin.socket", "admin.socket is \(socket.utf8.count) bytes long; a Unix socket path must be under \(Bounds.unixPathBytes) bytes")
+            }
+            if case .besideAdminSocket = takeoverSocket, let derived = takeoverSocketPath,
+               derived.utf8.count >= Bounds.unixPathBytes {
+                throw failure("admin.socket", "the takeover socket derived from admin.socket (\(derived)) would be \(derived.utf8.count) bytes long, over the \(Bounds.unixPathBytes - 1) a Unix socket path may have; shorten admin.socket or set takeover_socket")
             }
         }
 

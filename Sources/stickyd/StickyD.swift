@@ -105,7 +105,7 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock).")
     var adminSocket: String?
 
-    @Option(name: .long, help: "Takeover socket path for upgrades, or 'none' (default: takeover.sock beside the admin socket).")
+    @Option(name: .long, help: "Takeover socket path for upgrades, or 'none' (default: the admin socket path with .sock replaced by .takeover.sock).")
     var takeoverSocket: String?
 
     @Flag(name: .long, help: "Take over from the running stickyd (same config): its listening sockets, targets and affinity, with no connection refused.")

@@ -774,11 +774,27 @@ final class TakeoverSocketConfigTests: XCTestCase {
 
     func testDefaultIsBesideTheAdminSocket() throws {
         let config = try ConfigLoader.parse(Self.base, file: "t.yaml")
-        XCTAssertEqual(config.takeoverSocketPath, "/run/stickyd/takeover.sock")
+        XCTAssertEqual(config.takeoverSocketPath, "/run/stickyd/admin.takeover.sock")
         let moved = try ConfigLoader.parse(Self.base + "admin: { socket: /srv/x/a.sock }\n", file: "t.yaml")
-        XCTAssertEqual(moved.takeoverSocketPath, "/srv/x/takeover.sock")
+        XCTAssertEqual(moved.takeoverSocketPath, "/srv/x/a.takeover.sock")
+        // Two daemons with their own admin sockets in one directory get
+        // their own takeover sockets too.
+        let other = try ConfigLoader.parse(Self.base + "admin: { socket: /srv/x/b.sock }\n", file: "t.yaml")
+        XCTAssertNotEqual(other.takeoverSocketPath, moved.takeoverSocketPath)
+        let bare = try ConfigLoader.parse(Self.base + "admin: { socket: /srv/x/admin }\n", file: "t.yaml")
+        XCTAssertEqual(bare.takeoverSocketPath, "/srv/x/admin.takeover.sock")
         let noAdmin = try ConfigLoader.parse(Self.base + "admin: { socket: none }\n", file: "t.yaml")
         XCTAssertNil(noAdmin.takeoverSocketPath)
+    }
+
+    func testDerivedPathTooLongIsRefused() {
+        let admin = "/" + String(repeating: "d", count: 95) + ".sock"  // 101 bytes: fits; derived 110 does not
+        XCTAssertThrowsError(try ConfigLoader.parse(Self.base + "admin: { socket: \(admin) }\n", file: "t.yaml")) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("takeover socket derived from admin.socket"), text)
+            XCTAssertTrue(text.contains("set takeover_socket"), text)
+        }
+        XCTAssertNoThrow(try ConfigLoader.parse(Self.base + "admin: { socket: \(admin) }\ntakeover_socket: /tmp/t.sock\n", file: "t.yaml"))
     }
 
     func testPathAndNone() throws {
