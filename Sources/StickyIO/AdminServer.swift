@@ -134,6 +134,9 @@ public final class AdminServer: @unchecked Sendable {
     /// Upgrade: renames the staged socket file over the old process's.
     public func install() throws { try listener.install() }
 
+    /// An upgrade committed: stopping must not remove the successor's socket.
+    public func handOnPath() { listener.handOnPath() }
+
     public func start(_ handler: @escaping Handler) {
         let t = Thread { [self] in self.serve(handler) }
         t.name = "stickyd-admin"

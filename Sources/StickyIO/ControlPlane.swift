@@ -30,6 +30,10 @@ public final class ControlPlane: Sendable {
     /// Off while an upgrade hands over and after it did: the successor
     /// owns the state file from then on, and two writers would race.
     let persisting = Atomic<Bool>(true)
+    /// Ids for `collect`'s report requests (0 means none).
+    let nextRequest = Atomic<UInt64>(0)
+    /// Held over a whole state-file write (`persist`).
+    let persistLock = NSLock()
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
                 stateFilePath: String?, logger: Logger) {
@@ -99,16 +103,19 @@ public final class ControlPlane: Sendable {
     func publish(_ change: RegistryChange, _ r: TargetRegistry) {
         switch change {
         case .targets(let p):
-            let specs = r.pools[p].targets.map(\.spec)
             let key = config.pools[p].affinity.hashKey ?? hashKey
-            // Built once, off the data path, and shared by every worker.
-            let maglev = MaglevTable(targets: specs, key: key)
-            // Health: states are the effective ones (health combined with the
-            // operator's), sent under the lock so a health transition cannot
-            // be overtaken by an older state.
+            // Everything from the registry as it is now, under the lock, and
+            // sent under it: a publisher holding an older snapshot (the tick,
+            // a reload) must not overwrite a newer change an admin session
+            // already published. States are the effective ones (health
+            // combined with the operator's). Maglev is built once, off the
+            // data path, and shared by every worker.
             state.withLock { s in
                 s.health.book.sync(s.registry)
-                broadcast(.setTargets(pool: p, targets: specs, states: ControlPlane.effectiveStates(r, pool: p, s.health), maglev: maglev))
+                let specs = s.registry.pools[p].targets.map(\.spec)
+                let maglev = MaglevTable(targets: specs, key: key)
+                broadcast(.setTargets(pool: p, targets: specs, states: ControlPlane.effectiveStates(s.registry, pool: p, s.health),
+                                      maglev: maglev))
             }
         case .state(let p, let address, _):
             state.withLock { s in
@@ -121,16 +128,22 @@ public final class ControlPlane: Sendable {
     // MARK: - Reports
 
     /// Asks every worker for a fresh report and waits (bounded) for them.
+    /// Each caller gets the answers to its own request: `show affinity`, a
+    /// metrics scrape and the health tick may ask at the same time, with
+    /// different queries. A worker that does not answer in time is
+    /// represented by its latest periodic report.
     public func collect(_ query: PinQuery? = nil, entries: Bool = false, timeoutMs: Int = 2000) -> [WorkerReport] {
         let chans = channels.withLock { $0 }
-        let before = chans.map { $0.report.sequence }
-        for c in chans { c.post(.report(query, entries: entries)) }
+        let request = nextRequest.add(1, ordering: .relaxed).newValue
+        for c in chans { c.post(.report(query, entries: entries, request: request)) }
+        var out: [WorkerReport?] = Array(repeating: nil, count: chans.count)
         let deadline = ControlPlane.monotonicMs() + Millis(timeoutMs)
-        while ControlPlane.monotonicMs() < deadline {
-            if zip(chans, before).allSatisfy({ $0.report.sequence > $1 }) { break }
+        while true {
+            for (w, c) in chans.enumerated() where out[w] == nil { out[w] = c.takeAnswer(request) }
+            if !out.contains(where: { $0 == nil }) || ControlPlane.monotonicMs() >= deadline { break }
             usleep(1000)
         }
-        return chans.map(\.report)
+        return zip(out, chans).map { $0 ?? $1.report }
     }
 
     /// Per pool and target address: loads summed over the workers.
@@ -208,7 +221,13 @@ public final class ControlPlane: Sendable {
     /// Writes the state file atomically: a temporary file, fsync, rename,
     /// then fsync of the directory so the rename itself survives a crash.
     func persist() {
-        guard let path = stateFilePath, persisting.load(ordering: .acquiring) else { return }
+        guard let path = stateFilePath else { return }
+        // One writer at a time (admin, tick and takeover threads all
+        // persist): they share the temporary file, and renames landing out
+        // of order would leave an older registry in place.
+        persistLock.lock()
+        defer { persistLock.unlock() }
+        guard persisting.load(ordering: .acquiring) else { return }
         let r = registry
         let file = StateFile(registry: r, hashKey: generatedKey ? hashKey.hex : nil,
                              nowMs: ControlPlane.monotonicMs(), nowUnixMs: ControlPlane.unixMs())
@@ -223,7 +242,8 @@ public final class ControlPlane: Sendable {
     }
 
     /// Upgrade: stop (or resume) writing the state file.
-    func setPersisting(_ on: Bool) { persisting.store(on, ordering: .releasing) }
+    /// Under the persist lock: once it returns, no write is in flight.
+    func setPersisting(_ on: Bool) { persistLock.withLock { persisting.store(on, ordering: .releasing) } }
 
     public static func writeAtomically(_ data: Data, to path: String) throws {
         let tmp = path + ".tmp"

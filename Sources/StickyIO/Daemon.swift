@@ -287,8 +287,14 @@ public final class Daemon {
         }
         admin?.start(handler)
         remote?.start(remoteHandler)
+        let portsToRelease = (metrics: metrics, remote: remote, admin: admin)
         takeoverServer?.start(takeoverHooks(control: control, channels: channels, listeners: listeners,
-                                            workers: workers, adminLock: adminLock, upgrader: upgrader))
+                                            workers: workers, adminLock: adminLock, upgrader: upgrader,
+                                            releasePorts: {
+                                                portsToRelease.metrics?.stop()
+                                                portsToRelease.remote?.stop()
+                                                portsToRelease.admin?.handOnPath()
+                                            }))
         control.persist()
         // Health: active checks on their own event loop thread, off the rings.
         let prober = HealthProber(logger: logger, plan: { control.probePlan(pool: $0) },
@@ -347,13 +353,13 @@ public final class Daemon {
                           metadata: ["signal": "\(caught)", "deadline_ms": "\(config.timeouts.shutdownMs)"])
             break
         }
+        // First: a hand-over in progress ends (committed or rolled back)
+        // before the listeners close; only then is it known whether one did.
+        takeoverServer?.stop()
         let handedOver = handoff.handedOver.load(ordering: .acquiring)
         // After an upgrade the successor is the service: telling systemd
         // this process is stopping would stop the unit.
         if !handedOver { SystemdNotify.send("STOPPING=1") }
-        // First: a hand-over in progress ends (committed or rolled back)
-        // before the listeners close.
-        takeoverServer?.stop()
         admin?.stop()
         remote?.stop()
         prober.stop()
@@ -427,6 +433,12 @@ public final class Daemon {
     func reload(_ control: ControlPlane, _ lock: NSLock) {
         guard let reloader else {
             logger.notice("SIGHUP: no config file (quick mode); nothing to reload")
+            return
+        }
+        // The registry was already sent to a successor: a change now would
+        // be lost when it commits (admin changes are refused likewise).
+        if handoff.inProgress.load(ordering: .acquiring) {
+            logger.error("reload refused: an upgrade is handing over; reload the successor once it has taken over")
             return
         }
         SystemdNotify.send("RELOADING=1")

@@ -73,14 +73,14 @@ extension Daemon {
                         logger.warning("upgrade: the listener's steering keeps the old affinity mask until a restart",
                                        metadata: ["listener": "\(l.address)"])
                     }
-                    for w in 0..<workers { perWorker[w].append(.init(fd: received.listenerFDs[j][w], pool: pool)) }
+                    for w in 0..<workers { perWorker[w].append(.init(fd: received.listenerFDs[j][w], pool: pool, proxy: l.proxyProtocol)) }
                     continue
                 }
                 logger.notice("upgrade: binding a listener the running daemon did not have", metadata: ["listener": "\(l.address)"])
                 for w in 0..<workers {
                     let fd = try Sockets.listener(l.address, backlog: Int32(l.backlog))
                     opened.append(fd)
-                    perWorker[w].append(.init(fd: fd, pool: pool))
+                    perWorker[w].append(.init(fd: fd, pool: pool, proxy: l.proxyProtocol))
                     if w == 0 && workers > 1 {
                         try Sockets.attachSteering(fd, ipv6: !l.address.ip.isV4,
                                                    prefixLength: l.address.ip.isV4 ? a.maskV4 : a.maskV6, workers: workers)
@@ -149,7 +149,8 @@ extension Daemon {
 
     /// What the takeover socket's thread calls into.
     func takeoverHooks(control: ControlPlane, channels: [WorkerChannel], listeners: [[WorkerSettings.Listener]],
-                       workers: Int, adminLock: NSLock, upgrader: Upgrader) -> TakeoverServer.Hooks {
+                       workers: Int, adminLock: NSLock, upgrader: Upgrader,
+                       releasePorts: @escaping @Sendable () -> Void) -> TakeoverServer.Hooks {
         let logger = self.logger
         let config = self.config
         let flags = handoff
@@ -198,6 +199,9 @@ extension Daemon {
             rollback: { reason in rollback(reason) },
             commit: { pid in
                 flags.successorPid.store(pid, ordering: .relaxed)
+                // Before the successor hears `commit`: it binds the metrics
+                // and remote admin ports as soon as it does.
+                releasePorts()
                 // `upgrade`'s answer first: the main loop stops the admin
                 // socket once it sees the hand-over.
                 upgrader.committed(successorPid: pid)

@@ -387,6 +387,7 @@ final class TakeoverServer: @unchecked Sendable {
             return false
         }
         hooks.commit(hello.pid)
+        listener.handOnPath()
         do {
             try ch.send(.commit, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
         } catch {

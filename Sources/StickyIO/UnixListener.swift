@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 
 /// A listening Unix stream socket file, bound either at its path or, for an
 /// upgrade's successor, at a staged name beside it and renamed over the old
@@ -69,12 +70,22 @@ final class UnixListener: @unchecked Sendable {
         boundPath = path
     }
 
-    /// Closes the socket and removes its file if the file is still ours.
+    /// Closes the socket and removes its file if the file is still ours
+    /// and the path was not handed on.
     func close() {
         Glibc.close(fd)
-        if let id = identity, let now = UnixListener.identity(of: boundPath), now == id { unlink(boundPath) }
+        if !pathHandedOn.load(ordering: .acquiring), let id = identity,
+           let now = UnixListener.identity(of: boundPath), now == id {
+            unlink(boundPath)
+        }
         identity = nil
     }
+
+    /// An upgrade committed: the successor renames its own socket over the
+    /// path, so closing must leave the file alone. The identity check alone
+    /// would leave a window between the check and the unlink.
+    let pathHandedOn = Atomic<Bool>(false)
+    func handOnPath() { pathHandedOn.store(true, ordering: .releasing) }
 
     static func identity(of path: String) -> (dev: UInt64, ino: UInt64)? {
         var st = stat()

@@ -11,7 +11,9 @@ public struct WorkerSettings: Sendable {
         public var pool: Int
         /// Every connection must open with a PROXY header (docs/PROXY.md).
         public var proxy: ProxyAcceptConfig?
-        public init(fd: Int32, pool: Int, proxy: ProxyAcceptConfig? = nil) {
+        // No default for `proxy`: every place that makes listeners must say,
+        // or an adopted listener would silently stop requiring the header.
+        public init(fd: Int32, pool: Int, proxy: ProxyAcceptConfig?) {
             self.fd = fd
             self.pool = pool
             self.proxy = proxy
@@ -382,6 +384,7 @@ public final class Worker {
         case .acceptRetry:
             acceptRetryArmed = false
             retryParkedConnects()
+            serveBacklog()
             if !stopping { resumeAccepting() }
         default:
             let i = Int(ud.index)
@@ -458,10 +461,11 @@ public final class Worker {
     // MARK: - Accept
 
     func onAccept(_ l: Int, _ res: Int32, _ flags: UInt32) {
-        if flags & UInt32(IORING_CQE_F_MORE) == 0 {
-            acceptArmed[l] = false
-            if handoffBox != nil { completeHandoffExport() }
-        }
+        let last = flags & UInt32(IORING_CQE_F_MORE) == 0
+        if last { acceptArmed[l] = false }
+        // A hand-over waits for the last accept; export only once this
+        // completion's own client is placed, or its pin would be missed.
+        defer { if last && handoffBox != nil { completeHandoffExport() } }
         if res >= 0 {
             counters.accepted += 1
             descriptors += 1
@@ -529,7 +533,8 @@ public final class Worker {
     func resumeAccepting() {
         // Hysteresis: resume only with twice the reserve free, so a worker at
         // its descriptor budget does not flap between pausing and accepting.
-        guard acceptPaused, !handoffHeld, freeHead >= 0, !stopping, parkedConnects.isEmpty,
+        // The backlog first: new clients must not overtake ones already waiting.
+        guard acceptPaused, !handoffHeld, freeHead >= 0, !stopping, parkedConnects.isEmpty, acceptBacklog.isEmpty,
               descriptorsLeft >= 2 * Worker.descriptorReserve else { return }
         acceptPaused = false
         for l in listenerFDs.indices { armAccept(l) }
@@ -540,6 +545,21 @@ public final class Worker {
     /// room for its backend could only wait while holding a slot.
     func admit(_ fd: Int32, listener l: Int) {
         let pool = settings.listeners[l].pool
+        guard let peer = Sockets.peer(of: fd) else {
+            // The client already went away (ENOTCONN).
+            close(fd)
+            descriptors -= 1
+            return
+        }
+        let proxy = settings.listeners[l].proxy
+        if let proxy, !proxy.from.containsAddress(peer.ip) {
+            // Its header could claim any client address: refuse it before
+            // it costs a slot or a place in the backlog.
+            close(fd)
+            descriptors -= 1
+            proxyRejected(.notAllowed, peer: peer.ip)
+            return
+        }
         guard freeHead >= 0, descriptorsLeft >= 1 else {
             if acceptBacklog.count < settings.acceptBacklogMax {
                 acceptBacklog.append(fd)
@@ -551,21 +571,6 @@ public final class Worker {
                 descriptors -= 1
             }
             pauseAccepting()
-            return
-        }
-        guard let peer = Sockets.peer(of: fd) else {
-            // The client already went away (ENOTCONN).
-            close(fd)
-            descriptors -= 1
-            return
-        }
-        let proxy = settings.listeners[l].proxy
-        if let proxy, !proxy.from.containsAddress(peer.ip) {
-            // Its header could claim any client address: refuse it before
-            // it costs a slot.
-            close(fd)
-            descriptors -= 1
-            proxyRejected(.notAllowed, peer: peer.ip)
             return
         }
         let i = Int(freeHead)
@@ -671,11 +676,11 @@ public final class Worker {
         if failed < TargetMask.capacity { slots[i].excluded.insert(failed) }
         // Counted for metrics and passive detection (a preallocated array, no
         // allocation). The failover below is this connection's own remedy;
-        // the budget runs from accept (lastActive is not moved while
-        // connecting), so a client is not kept waiting on a dead pool.
+        // the budget runs from accept (PROXY header time included), so a
+        // client is not kept waiting on a dead pool.
         if failed < TargetMask.capacity { targetConnectFailures[pool * Worker.targetSlots + failed] &+= 1 }
         if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping
-            && now - slots[i].lastActive < settings.connectBudgetMs {
+            && now - slots[i].acceptedMs < settings.connectBudgetMs {
             counters.connectRetries += 1
             connect(i)
         } else {
@@ -1014,6 +1019,7 @@ public final class Worker {
             for i in 0..<slotCount where slots[i].state == .connecting || slots[i].state == .proxyHeader {
                 beginClose(i, .shutdown, reset: true)
             }
+            closeBacklog()
         }
     }
 
@@ -1047,8 +1053,8 @@ public final class Worker {
                 settings.shutdownTimeoutMs = shutdownMs
                 settings.connectBudgetMs = connectBudgetMs
                 connectTimeout.pointee = __kernel_timespec(tv_sec: connectMs / 1000, tv_nsec: (connectMs % 1000) * 1_000_000)
-            case .report(let query, let entries):
-                publishReport(query, entries: entries)
+            case .report(let query, let entries, let request):
+                publishReport(query, entries: entries, request: request)
             case .handoffPause(let box):
                 beginHandoff(box)
             case .handoffResume:
@@ -1074,7 +1080,16 @@ public final class Worker {
             listenerFDs[l] = -1
             acceptArmed[l] = false
         }
-        for fd in acceptBacklog { close(fd) }
+        // Clients in the backlog were accepted: they are served as slots
+        // free up (`release`), and only what is left at the deadline is cut.
+    }
+
+    /// Resets the clients still waiting in the backlog (the shutdown deadline).
+    func closeBacklog() {
+        for fd in acceptBacklog {
+            Sockets.setResetOnClose(fd)
+            close(fd)
+        }
         descriptors -= acceptBacklog.count
         acceptBacklog.removeAll()
         acceptBacklogListener.removeAll()
@@ -1101,7 +1116,7 @@ public final class Worker {
         }
     }
 
-    func publishReport(_ query: PinQuery?, entries countEntries: Bool) {
+    func publishReport(_ query: PinQuery?, entries countEntries: Bool, request: UInt64 = 0) {
         reportSequence += 1
         var r = WorkerReport()
         r.sequence = reportSequence
@@ -1133,6 +1148,7 @@ public final class Worker {
                 if r.pins.count >= q.limit { break }
             }
         }
+        if request != 0 { channel.answer(request, r) }
         channel.publish(r)
     }
 
@@ -1373,6 +1389,14 @@ public final class Worker {
     }
 
     /// Returns a slot whose every operation has completed to the free list.
+    func serveBacklog() {
+        while !acceptBacklog.isEmpty && freeHead >= 0 && descriptorsLeft >= 1 {
+            let fd = acceptBacklog.removeFirst()
+            let listener = acceptBacklogListener.removeFirst()
+            admit(fd, listener: listener)
+        }
+    }
+
     func release(_ i: Int) {
         precondition(slots[i].inflight == 0, "slot released with operations in flight")
         precondition(slots[i].clientFD < 0, "slot released with its client descriptor open")
@@ -1397,12 +1421,11 @@ public final class Worker {
         counters.active -= 1
         // Descriptors came back: parked connects first, they hold clients.
         retryParkedConnects()
-        // A free slot: then serve a connection accepted while full.
-        if !acceptBacklog.isEmpty && !stopping && descriptorsLeft >= 1 {
-            let fd = acceptBacklog.removeFirst()
-            let listener = acceptBacklogListener.removeFirst()
-            admit(fd, listener: listener)
-        }
+        // A free slot: then serve connections accepted while full, oldest
+        // first, until one takes the slot (a client that left or is refused
+        // takes none). Also while stopping: they were accepted, so they are
+        // served within the shutdown deadline like any open connection.
+        serveBacklog()
         if acceptBacklog.isEmpty { resumeAccepting() }
     }
 }

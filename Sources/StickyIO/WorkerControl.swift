@@ -43,7 +43,9 @@ public enum WorkerCommand: Sendable {
     case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis, connectBudgetMs: Millis)
     /// Publish a fresh report: with affinity pins if a query asks for them,
     /// and with per-target entry counts (a walk of the table) if `entries`.
-    case report(PinQuery?, entries: Bool)
+    /// A non-zero `request` also files it as that request's answer, so a
+    /// caller never reads a report made for someone else's query.
+    case report(PinQuery?, entries: Bool, request: UInt64)
     /// Upgrade: stop accepting (the listening sockets stay open, so the
     /// kernel keeps queueing clients), then put the affinity export in the
     /// box once no accept is armed (WorkerHandoff.swift).
@@ -128,4 +130,21 @@ public final class WorkerChannel: Sendable {
     public var report: WorkerReport { latest.withLock { $0 } }
 
     func publish(_ r: WorkerReport) { latest.withLock { $0 = r } }
+
+    /// Answers to `report` requests, by request id. Bounded: answers a
+    /// caller gave up on (it timed out) are dropped, oldest first.
+    let answers = Mutex<[UInt64: WorkerReport]>([:])
+    static let answersMax = 16
+
+    func answer(_ request: UInt64, _ r: WorkerReport) {
+        answers.withLock { box in
+            while box.count >= WorkerChannel.answersMax, let oldest = box.keys.min() { box[oldest] = nil }
+            box[request] = r
+        }
+    }
+
+    /// The answer to `request`, once; nil until the worker has made it.
+    func takeAnswer(_ request: UInt64) -> WorkerReport? {
+        answers.withLock { $0.removeValue(forKey: request) }
+    }
 }

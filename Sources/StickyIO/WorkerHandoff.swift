@@ -44,6 +44,7 @@ extension Worker {
     func endHandoff() {
         handoffHeld = false
         handoffBox = nil
+        serveBacklog()
         resumeAccepting()
     }
 

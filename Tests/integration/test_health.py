@@ -463,3 +463,61 @@ def test_down_and_back(run_stickyd, named_servers):
     with AdminClient(admin_path(d)) as c:
         stats = dict(line.split(": ", 1) for line in c.cmd("show stats").splitlines())
     assert int(stats["affinity_moves_target_down"]) >= len(on_a)
+
+
+def test_every_target_is_probed_beyond_the_in_flight_limit(run_stickyd, tmp_path):
+    """80 mute targets over two pools, more than the 64 probes allowed out
+    at once: every one is probed and taken down, none starved by the limit.
+    Mute, not refusing: a probe must stay out until its timeout, as a
+    blackholed pod's would, so that the limit is really reached."""
+    # One listener on every loopback address, its accept queue filled and
+    # never served: further SYNs are dropped and connects time out.
+    mute = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    mute.bind(("0.0.0.0", 0))
+    mute.listen(0)
+    port = mute.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):
+            f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            fillers.append(f)
+            f.settimeout(0.3)
+            f.connect((LOOPBACK, port))
+    except (socket.timeout, OSError):
+        pass  # the queue is full: this SYN was dropped
+    pools = {"a": [f"127.0.5.{i}:{port}" for i in range(1, 41)],
+             "b": [f"127.0.6.{i}:{port}" for i in range(1, 41)]}
+    lports = [free_port(), free_port()]
+    sock = tmp_path / "admin-many.sock"
+    lines = ["listeners:"]
+    for lp, name in zip(lports, pools):
+        lines.append(f"  - {{ address: {LOOPBACK}:{lp}, pool: {name} }}")
+    lines.append("pools:")
+    for name, addrs in pools.items():
+        lines.append(f"  - name: {name}")
+        lines.append("    health: { type: tcp, interval: 500ms, timeout: 250ms, rise: 1, fall: 1, passive: false }")
+        lines.append("    targets:")
+        lines += [f"      - {{ address: {a} }}" for a in addrs]
+    lines += [f"admin: {{ socket: {sock} }}", "state_dir: none", ""]
+    cfg = tmp_path / "many.yaml"
+    cfg.write_text("\n".join(lines))
+    d = run_stickyd(args=["--config", str(cfg), "--admin-socket", str(sock)], listen=[])
+    d.listen = [(LOOPBACK, lports[0])]
+
+    seen: dict = {}
+
+    def all_down() -> bool:
+        with AdminClient(str(sock)) as c:
+            for name in pools:
+                seen.update(targets_by_address(c, name))
+        return len(seen) == 80 and all(t["health"].startswith("down") for t in seen.values())
+
+    try:
+        wait_until(all_down, 20, interval=0.1, what="all 80 targets down")
+    except TimeoutError as exc:
+        up = [a for a, t in seen.items() if not t["health"].startswith("down")]
+        raise AssertionError(f"{exc}; {len(seen)} seen, still up: {up}") from None
+    finally:
+        for f in fillers:
+            f.close()
+        mute.close()

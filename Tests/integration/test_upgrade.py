@@ -179,6 +179,53 @@ def test_takeover_keeps_every_connection_placement_and_drain(run_stickyd, tmp_pa
     assert connect_from(pinned_to_drained[0], addr)[1] == "pod-3"
 
 
+def proxied_name(addr: tuple[str, int], source_ip: str, header_client: str) -> str:
+    """One connection carrying a PROXY v1 header for header_client: the
+    name of the pod that answers."""
+    s = socket.create_connection(addr, timeout=10, source_address=(source_ip, 0))
+    try:
+        s.sendall(f"PROXY TCP4 {header_client} 127.0.0.1 40000 {addr[1]}\r\nping\n".encode())
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply.decode().split()[0] if reply else ""
+    finally:
+        s.close()
+
+
+def test_takeover_keeps_proxy_protocol_listeners(run_stickyd, tmp_path, request):
+    """A successor takes PROXY listeners as PROXY listeners: the header is
+    still required and parsed (not forwarded as payload), and its client
+    keeps its target."""
+    pods = start_backends(3)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--proxy-from", "127.0.0.0/8"])
+    addr = old.addr
+    before = {f"198.51.100.{k}": proxied_name(addr, "127.0.0.2", f"198.51.100.{k}") for k in range(1, 21)}
+    assert all(n.startswith("pod-") for n in before.values()), before
+
+    new = successor(old, tmp_path, "stickyd-proxy-successor")
+    request.addfinalizer(new.stop)
+    new.wait_for_output(r"took over; accepting", 30)
+    old.expect_exit = True
+    assert old.wait(20) == 0
+
+    # Through the successor, from another socket source: same pods.
+    after = {c: proxied_name(addr, "127.0.0.3", c) for c in before}
+    assert after == before
+    # A connection without a header is still refused.
+    with socket.create_connection(addr, timeout=10) as c:
+        c.sendall(b"ping\n")
+        c.settimeout(10)
+        try:
+            assert c.recv(100) == b"", "bytes without a PROXY header were forwarded"
+        except ConnectionResetError:
+            pass
+
+
 def fake_successor(path: str) -> tuple[socket.socket, list[int]]:
     """Speaks the successor's side of the protocol up to (not including)
     ready: hello, then the sockets and state. Returns the connection and the

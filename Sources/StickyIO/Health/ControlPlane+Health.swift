@@ -93,7 +93,7 @@ extension ControlPlane {
         }
         // Ask for fresh reports for the next round (no wait: read then).
         if round && passive {
-            for c in chans { c.post(.report(nil, entries: false)) }
+            for c in chans { c.post(.report(nil, entries: false, request: 0)) }
         }
     }
 

@@ -31,8 +31,9 @@ public struct ProbeTarget: Sendable {
 /// task at its interval; each round probes every target of the pool
 /// (asked afresh, so targets added or removed at runtime are followed),
 /// skipping a target whose previous probe is still out. At most
-/// `inFlightMax` probes run at once; a round over that skips (and counts)
-/// the rest rather than queueing them.
+/// `inFlightMax` probes run at once; the rest wait in a queue and start as
+/// probes finish, so with many targets every one is still probed (a round
+/// that skipped the overflow would starve the same targets every time).
 public final class HealthProber: Sendable {
     public static let inFlightMax = 64
 
@@ -42,9 +43,19 @@ public final class HealthProber: Sendable {
     let plan: @Sendable (Int) -> [ProbeTarget]
     /// A probe's result: the target, ok, and why (for the transition log).
     let report: @Sendable (ProbeTarget, Bool, String) -> Void
-    let inFlight = Mutex<Set<String>>([])
+    /// Probes out, by target key, and probes waiting for a place.
+    struct Queue {
+        var inFlight: Set<String> = []
+        var waiting: [ProbeTarget] = []
+        var waitingKeys: Set<String> = []
+    }
+    let queue = Mutex<Queue>(Queue())
+    /// More than every target of every pool (64 × 64) could ask for.
+    static let waitingMax = 4096
     let tasks = Mutex<[RepeatedTask]>([])
-    /// Probes not started because `inFlightMax` were out.
+    /// Set by `stop`: no queued probe starts after it (the loop is going).
+    let stopping = Atomic<Bool>(false)
+    /// Probes dropped because the queue was full (never expected).
     public let skipped = Atomic<UInt64>(0)
 
     public init(logger: Logger, plan: @escaping @Sendable (Int) -> [ProbeTarget],
@@ -72,25 +83,56 @@ public final class HealthProber: Sendable {
     /// Stops the rounds and the event loop (bounded: probes in flight are
     /// closed with it).
     public func stop() {
+        stopping.store(true, ordering: .releasing)
         for t in tasks.withLock({ $0 }) { t.cancel() }
         try? group.syncShutdownGracefully()
     }
 
+    static func key(_ t: ProbeTarget) -> String { "\(t.pool) \(t.target)" }
+
+    /// Starts a probe of `t`, or queues it while `inFlightMax` are out. A
+    /// target already out or already waiting is not probed twice.
     func probe(_ t: ProbeTarget) {
-        let key = "\(t.pool) \(t.target)"
-        let admitted = inFlight.withLock { set -> Bool in
-            guard !set.contains(key), set.count < HealthProber.inFlightMax else { return false }
-            set.insert(key)
-            return true
+        let key = HealthProber.key(t)
+        let admitted = queue.withLock { q -> Bool in
+            guard !q.inFlight.contains(key), !q.waitingKeys.contains(key) else { return false }
+            if q.inFlight.count < HealthProber.inFlightMax {
+                q.inFlight.insert(key)
+                return true
+            }
+            if q.waiting.count < HealthProber.waitingMax {
+                q.waiting.append(t)
+                q.waitingKeys.insert(key)
+            } else {
+                skipped.wrappingAdd(1, ordering: .relaxed)
+            }
+            return false
         }
-        guard admitted else {
-            if inFlight.withLock({ !$0.contains(key) }) { skipped.wrappingAdd(1, ordering: .relaxed) }
-            return
+        if admitted { start(t, key: key) }
+    }
+
+    /// A probe finished: its place goes to the longest-waiting one.
+    func finished(_ key: String) {
+        let next = queue.withLock { q -> ProbeTarget? in
+            q.inFlight.remove(key)
+            guard !q.waiting.isEmpty else { return nil }
+            let t = q.waiting.removeFirst()
+            let k = HealthProber.key(t)
+            q.waitingKeys.remove(k)
+            q.inFlight.insert(k)
+            return t
         }
+        if let next, !stopping.load(ordering: .acquiring) {
+            // Not from inside the finished probe's callbacks: on the loop.
+            group.next().execute { [self] in start(next, key: HealthProber.key(next)) }
+        }
+    }
+
+    func start(_ t: ProbeTarget, key: String) {
         let el = group.next()
         let run = ProbeRun { [self] ok, reason in
-            inFlight.withLock { _ = $0.remove(key) }
             report(t, ok, reason)
+            finished(key)
         }
         run.setTimeout(el.scheduleTask(in: .milliseconds(t.config.timeoutMs)) {
             run.finish(ok: false, reason: "\(t.config.type.rawValue) check timed out after \(formatDuration(t.config.timeoutMs))")

@@ -34,11 +34,17 @@ public final class MetricsServer: Sendable {
                     open.count.subtract(1, ordering: .relaxed)
                     return child.close()
                 }
-                child.closeFuture.whenComplete { _ in open.count.subtract(1, ordering: .relaxed) }
+                // A whole connection (one request, one answer) gets
+                // `requestTimeout`, not an idle timer that each byte resets:
+                // a client trickling bytes must not keep its place.
+                let deadline = child.eventLoop.scheduleTask(in: MetricsServer.requestTimeout) { child.close(promise: nil) }
+                child.closeFuture.whenComplete { _ in
+                    deadline.cancel()
+                    open.count.subtract(1, ordering: .relaxed)
+                }
                 return child.eventLoop.makeCompletedFuture {
                     let sync = child.pipeline.syncOperations
                     try sync.addHandler(RequestBytesLimit(MetricsServer.requestBytesMax))
-                    try sync.addHandler(IdleStateHandler(readTimeout: MetricsServer.requestTimeout))
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
                     try sync.addHandler(MetricsHTTPHandler(exporter: exporter))
                 }
@@ -115,10 +121,6 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
                         length: body.count)
             }
         }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
     }
 
     func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ type: String, _ body: [UInt8],
