@@ -554,10 +554,12 @@ final class ConfigTests: XCTestCase {
             limits: { max_connections: 1000000, pipe_pool: 65536, pipe_size: 4KiB, buffer_count: 32768, buffer_size: 1MiB }
             timeouts: { connect: 1ms, idle: 29d, shutdown: 719h }
             admin: { socket: /\(String(repeating: "a", count: 106)) }
+            takeover_socket: /\(String(repeating: "t", count: 106))
             log: { level: critical }
             """), file: "test.yaml")
         XCTAssertEqual(config.limits.pipeSize, 4096)
         XCTAssertEqual(config.adminSocket?.utf8.count, 107)
+        XCTAssertEqual(config.takeoverSocketPath?.utf8.count, 107)
     }
 
     // MARK: admin.remote
