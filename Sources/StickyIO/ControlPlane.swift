@@ -582,5 +582,7 @@ enum AdminFormat {
 }
 
 public enum StickyVersion {
-    public static let string = "0.1.0"
+    /// The one place the version is written: `--version`, `show info`, and
+    /// the metrics endpoint's `stickyd_build_info` read it.
+    public static let string = "0.2.0"
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import StickyIO
 
 /// The operator's command-line tool. Admin subcommands join `subcommands`.
 @main
@@ -7,6 +8,7 @@ struct StickyCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stickyctl",
         abstract: "Control and benchmark stickyd.",
+        version: StickyVersion.string,
         subcommands: [Show.self, Add.self, SetWeight.self, Drain.self, Ready.self, Maint.self, Remove.self,
                       ClearAffinity.self, Replace.self, Upgrade.self, Raw.self, Bench.self]
     )

@@ -9,7 +9,7 @@ struct StickyD: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stickyd",
         abstract: "A Layer-4 sticky TCP load balancer on io_uring.",
-        version: "0.1.0",
+        version: StickyVersion.string,
         subcommands: [Serve.self, CheckConfig.self],
         defaultSubcommand: Serve.self
     )
