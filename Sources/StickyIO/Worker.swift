@@ -180,6 +180,11 @@ public final class Worker {
     var now: Millis = 0
     var stopping = false
     var stopDeadline: Millis = 0
+    /// Connections this worker admits at once: `slotCount` until a reload
+    /// lowers `limits.max_connections`.
+    var admitMax = 0
+    /// A slot is free and the limit allows one more connection.
+    var slotAvailable: Bool { freeHead >= 0 && counters.active < admitMax }
     var running = true
 
     let wakeFD: Int32
@@ -212,6 +217,7 @@ public final class Worker {
         // the CQ well above the SQ so bursts overflow rarely.
         ring = try Ring(entries: settings.ringEntries, cqEntries: max(settings.ringEntries * 8, 64))
         slotCount = settings.connectionsMax
+        admitMax = slotCount
         slots = .allocate(capacity: slotCount)
         slots.initialize(repeating: Slot(), count: slotCount)
         for i in 0..<slotCount { slots[i].next = i + 1 < slotCount ? Int32(i + 1) : -1 }
@@ -534,7 +540,7 @@ public final class Worker {
         // Hysteresis: resume only with twice the reserve free, so a worker at
         // its descriptor budget does not flap between pausing and accepting.
         // The backlog first: new clients must not overtake ones already waiting.
-        guard acceptPaused, !handoffHeld, freeHead >= 0, !stopping, parkedConnects.isEmpty, acceptBacklog.isEmpty,
+        guard acceptPaused, !handoffHeld, slotAvailable, !stopping, parkedConnects.isEmpty, acceptBacklog.isEmpty,
               descriptorsLeft >= 2 * Worker.descriptorReserve else { return }
         acceptPaused = false
         for l in listenerFDs.indices { armAccept(l) }
@@ -560,7 +566,7 @@ public final class Worker {
             proxyRejected(.notAllowed, peer: peer.ip)
             return
         }
-        guard freeHead >= 0, descriptorsLeft >= 1 else {
+        guard slotAvailable, descriptorsLeft >= 1 else {
             if acceptBacklog.count < settings.acceptBacklogMax {
                 acceptBacklog.append(fd)
                 acceptBacklogListener.append(l)
@@ -587,7 +593,7 @@ public final class Worker {
         slots[i].lastActive = now
         slots[i].listener = Int32(l)
         counters.active += 1
-        if freeHead < 0 { pauseAccepting() }
+        if !slotAvailable { pauseAccepting() }
         if proxy != nil {
             slots[i].state = .proxyHeader
             armProxyRecv(i)
@@ -1053,6 +1059,14 @@ public final class Worker {
                 settings.shutdownTimeoutMs = shutdownMs
                 settings.connectBudgetMs = connectBudgetMs
                 connectTimeout.pointee = __kernel_timespec(tv_sec: connectMs / 1000, tv_nsec: (connectMs % 1000) * 1_000_000)
+            case .setLimits(let connectionsMax, let connectRetries):
+                // Slots are made once, at start: a higher share waits for a
+                // restart (the control plane says so). A lower one takes
+                // effect as connections close; none is cut for it.
+                admitMax = min(max(1, connectionsMax), slotCount)
+                settings.connectRetries = connectRetries
+                serveBacklog()
+                resumeAccepting()
             case .report(let query, let entries, let request):
                 publishReport(query, entries: entries, request: request)
             case .handoffPause(let box):
@@ -1390,7 +1404,7 @@ public final class Worker {
 
     /// Returns a slot whose every operation has completed to the free list.
     func serveBacklog() {
-        while !acceptBacklog.isEmpty && freeHead >= 0 && descriptorsLeft >= 1 {
+        while !acceptBacklog.isEmpty && slotAvailable && descriptorsLeft >= 1 {
             let fd = acceptBacklog.removeFirst()
             let listener = acceptBacklogListener.removeFirst()
             admit(fd, listener: listener)

@@ -41,6 +41,10 @@ public enum WorkerCommand: Sendable {
     case clearAffinity(pool: Int?, scope: AffinityScope)
     /// A reload changed the timeouts.
     case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis, connectBudgetMs: Millis)
+    /// A reload changed the limits that can change at runtime: this
+    /// worker's share of `limits.max_connections` (at most the slots made
+    /// at start) and `connect_retries`.
+    case setLimits(connectionsMax: Int, connectRetries: Int)
     /// Publish a fresh report: with affinity pins if a query asks for them,
     /// and with per-target entry counts (a walk of the table) if `entries`.
     /// A non-zero `request` also files it as that request's answer, so a

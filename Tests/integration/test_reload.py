@@ -67,3 +67,57 @@ def test_sighup_applies_target_changes_and_survives_a_bad_file(stickyd_path, bac
     assert "adding or removing a pool needs a restart" in d.output()
     assert targets(sock)[a.addr]["weight"] == 2
     assert d.alive()
+
+
+def test_sighup_applies_max_connections_and_connect_retries(stickyd_path, backend, tmp_path, request):
+    """A lower max_connections holds new clients back (they are served as
+    others close, none is cut); one above the start value needs a restart."""
+    a = backend(echo_handler)
+    port = free_port()
+    cfg = tmp_path / "stickyd.yaml"
+
+    def write(max_conns: int, retries: int) -> None:
+        cfg.write_text(config(port, [(a.addr, 1)]) + "workers: 1\n"
+                       + f"limits: {{ max_connections: {max_conns} }}\nconnect_retries: {retries}\n")
+
+    write(4, 2)
+    sock = tmp_path / "admin.sock"
+    argv = [str(stickyd_path), "--config", str(cfg), "--admin-socket", str(sock), "--state-dir", "none"]
+    d = Stickyd(argv, "stickyd(reload-limits)", tmp_path / "stickyd.log", cwd=str(REPO))
+    d.listen = [(LOOPBACK, port)]
+    request.addfinalizer(d.stop)
+    d.wait_for_output("ready", timeout=20)
+
+    write(2, 0)
+    d.send_signal(signal.SIGHUP)
+    d.wait_for_output("reloaded", timeout=10)
+    assert "max_connections and connect_retries applied" in d.output()
+
+    held = [socket.create_connection((LOOPBACK, port), timeout=5) for _ in range(2)]
+    try:
+        for s in held:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+        third = socket.create_connection((LOOPBACK, port), timeout=5)
+        try:
+            third.sendall(b"y")
+            third.settimeout(0.5)
+            try:
+                early = third.recv(1)
+            except socket.timeout:
+                early = b""
+            assert early == b"", "a third connection was served over max_connections 2"
+            # One closes: the waiting client is served, not dropped.
+            held.pop().close()
+            third.settimeout(5)
+            assert third.recv(1) == b"y"
+        finally:
+            third.close()
+    finally:
+        for s in held:
+            s.close()
+
+    write(8, 0)
+    d.send_signal(signal.SIGHUP)
+    wait_until(lambda: d.output().count("reloaded") >= 2, timeout=10, what="second reload")
+    assert "max_connections above 4, the value at start" in d.output()
