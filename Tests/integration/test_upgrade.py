@@ -104,6 +104,16 @@ def start_backends(n: int) -> list[TcpServer]:
     return [TcpServer(make_named_handler(f"pod-{i + 1}"), name=f"pod-{i + 1}") for i in range(n)]
 
 
+def serving_two_pods(run_stickyd, request, clients: int):
+    """Two pods behind a 2-worker daemon, `clients` client IPs pinned.
+    Returns (pods, old daemon, its admin socket, {client IP: pod name})."""
+    pods = start_backends(2)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
+    pinned = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(clients)}
+    return pods, old, flag(old, "--admin-socket"), pinned
+
+
 def successor(old: Stickyd, tmp_path, label: str, extra=()) -> Stickyd:
     """The same command line as the running daemon, plus --takeover."""
     argv = list(old.argv) + ["--takeover", *extra]
@@ -259,11 +269,7 @@ def test_abandoned_takeover_rolls_back_and_no_client_is_refused(run_stickyd, tmp
     """A successor that takes the sockets and goes away before ready: the
     old daemon resumes accepting; a client that connected while accepting
     was paused waited in the queue and is served."""
-    pods = start_backends(2)
-    request.addfinalizer(lambda: [p.stop() for p in pods])
-    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
-    sock = flag(old, "--admin-socket")
-    pinned = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(16)}
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, 16)
 
     conn, fds = fake_successor(flag(old, "--takeover-socket"))
     for fd in fds:
@@ -292,13 +298,9 @@ def test_failed_successor_leaves_the_old_daemon_serving(run_stickyd, tmp_path, r
     """The successor cannot bind a listener its config adds: it exits non-zero
     with a clear message, and the old daemon serves on, placements and admin
     socket intact, with no failed connection meanwhile."""
-    pods = start_backends(2)
-    request.addfinalizer(lambda: [p.stop() for p in pods])
     blocker = socket.create_server((LOOPBACK, 0))
     request.addfinalizer(blocker.close)
-    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
-    sock = flag(old, "--admin-socket")
-    pinned = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(CLIENTS)}
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, CLIENTS)
 
     load = Load(old.addr).start()
     try:
@@ -429,11 +431,7 @@ def assert_still_serving(old: Stickyd, sock: str, pinned: dict[str, str]) -> Non
 
 
 def test_upgrade_to_a_missing_or_unusable_binary_is_refused(run_stickyd, tmp_path, request):
-    pods = start_backends(2)
-    request.addfinalizer(lambda: [p.stop() for p in pods])
-    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
-    sock = flag(old, "--admin-socket")
-    pinned = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(16)}
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, 16)
     not_executable = tmp_path / "stickyd-not-executable"
     not_executable.write_text("#!/bin/sh\nexit 0\n")
 
@@ -459,13 +457,9 @@ def test_upgrade_to_a_successor_that_fails_reports_it_and_keeps_serving(run_stic
     and the real binary whose extra listener cannot be bound (it takes the
     sockets, then fails: the hand-over is rolled back). Each answer gives the
     exit status; the old daemon serves on with no failed connection."""
-    pods = start_backends(2)
-    request.addfinalizer(lambda: [p.stop() for p in pods])
     blocker = socket.create_server((LOOPBACK, 0))
     request.addfinalizer(blocker.close)
-    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
-    sock = flag(old, "--admin-socket")
-    pinned = {client_ip(i): connect_from(client_ip(i), old.addr)[1] for i in range(CLIENTS)}
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, CLIENTS)
     exits_at_once = script(tmp_path, "stickyd-exit1", "exit 1\n")
     cannot_bind = script(tmp_path, "stickyd-cannot-bind",
                          f'exec "{old.argv[0]}" "$@" --listen {fmt_addr(LOOPBACK, blocker.getsockname()[1])}\n')
