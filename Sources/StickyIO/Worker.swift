@@ -133,6 +133,10 @@ public final class Worker {
     /// metrics show them, and the control plane feeds the deltas to
     /// passive health detection.
     var targetConnectFailures: [UInt64]
+    /// Scratch for reports: bytes of the connections still open, per pool
+    /// and target slot (made once, refilled by each report).
+    var openBytesUp: [UInt64]
+    var openBytesDown: [UInt64]
     let accessLog: AccessLogBuffer?
     /// Connections told to finish by a drain deadline: reset if still open
     /// at `deadline`.
@@ -240,6 +244,8 @@ public final class Worker {
         targetBytesDown = Array(repeating: 0, count: slotsTotal)
         targetConnections = Array(repeating: 0, count: slotsTotal)
         targetConnectFailures = Array(repeating: 0, count: slotsTotal)
+        openBytesUp = Array(repeating: 0, count: slotsTotal)
+        openBytesDown = Array(repeating: 0, count: slotsTotal)
         accessLog = settings.accessLog.map { AccessLogBuffer(sink: $0, poolNames: settings.pools.map(\.name)) }
         expiryBudget = settings.pools.map { max(1024, $0.affinity.capacity / 10) }
 
@@ -1138,6 +1144,21 @@ public final class Worker {
         r.counters.sqFullFlushes = ring.sqFullFlushes
         r.counters.descriptors = descriptors
         r.counters.descriptorBudget = settings.descriptorBudget
+        // Bytes of connections still open count too: a gRPC channel lives
+        // for hours, and its bytes must not appear only when it closes.
+        // Closed connections' bytes are in targetBytesUp/Down; a slot's move
+        // there at `release`, so closed + open never goes down.
+        for k in openBytesUp.indices {
+            openBytesUp[k] = 0
+            openBytesDown[k] = 0
+        }
+        for i in 0..<slotCount where slots[i].state != .free && slots[i].placed {
+            let k = Int(slots[i].pool) * Worker.targetSlots + Int(slots[i].placement.target)
+            openBytesUp[k] &+= slots[i].up.bytes
+            openBytesDown[k] &+= slots[i].down.bytes
+            r.counters.bytesUp &+= slots[i].up.bytes
+            r.counters.bytesDown &+= slots[i].down.bytes
+        }
         for p in policies.indices {
             var pr = PoolReport()
             pr.affinity = policies[p].counters
@@ -1146,8 +1167,9 @@ public final class Worker {
                 guard let a = policies[p].address(ofTarget: t) else { continue }
                 let k = p * Worker.targetSlots + t
                 pr.targets.append(TargetLoad(address: a, connections: policies[p].openConnections(target: t),
-                                             affinityEntries: countEntries ? entries[t] : 0, bytesUp: targetBytesUp[k],
-                                             bytesDown: targetBytesDown[k], connectionsTotal: targetConnections[k],
+                                             affinityEntries: countEntries ? entries[t] : 0,
+                                             bytesUp: targetBytesUp[k] &+ openBytesUp[k],
+                                             bytesDown: targetBytesDown[k] &+ openBytesDown[k], connectionsTotal: targetConnections[k],
                                              connectFailures: targetConnectFailures[k]))
             }
             r.pools.append(pr)

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from support import (LOOPBACK, connect, free_port, make_sink_then_reply_handler, recv_until_eof,
+from support import (LOOPBACK, connect, echo_handler, free_port, make_sink_then_reply_handler, recv_until_eof,
                      sha256, wait_until)
 
 SETTLE_TIMEOUT = 15.0  # seconds: workers publish at least every few ticks
@@ -162,6 +162,33 @@ def test_scrape_counts_the_traffic_sent(run_stickyd, backend):
     assert s.sum("stickyd_target_connections_active") == 0
     # Counters stay monotonic across scrapes.
     assert s.sum("stickyd_target_connections_total") == total + 2
+
+
+def test_bytes_of_open_connections_are_counted_before_they_close(run_stickyd, backend):
+    """A long-lived connection (a gRPC channel) shows its bytes while it is
+    open, and closing it neither adds them twice nor takes them away."""
+    b = backend(echo_handler)
+    mport = free_port()
+    d = run_stickyd([b.addr], args=["--metrics-listen", f"{LOOPBACK}:{mport}"])
+    payload = os.urandom(10_000)
+    c = connect(d.addr)
+    try:
+        c.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = c.recv(65536)
+            assert chunk, "echo ended early"
+            got += chunk
+        assert got == payload
+        s = settle(mport, lambda s: s.sum("stickyd_target_bytes_total", direction="client_to_target") == len(payload)
+                   and s.sum("stickyd_target_bytes_total", direction="target_to_client") == len(payload),
+                   "bytes of the open connection counted")
+        assert s.sum("stickyd_target_connections_active") == 1
+    finally:
+        c.close()
+    s = settle(mport, lambda s: s.sum("stickyd_connections_active") == 0, "the connection closed")
+    assert s.sum("stickyd_target_bytes_total", direction="client_to_target") == len(payload)
+    assert s.sum("stickyd_target_bytes_total", direction="target_to_client") == len(payload)
 
 
 def test_refused_connect_counts_against_the_dead_target(run_stickyd, backend):

@@ -153,9 +153,9 @@ public final class MetricsExporter: Sendable {
                     let tl = pl + [("target", "\(t.address)")]
                     count("stickyd_target_connections_total", "Connections established to the target.", tl, worker: w, t.connectionsTotal)
                     count("stickyd_target_connect_errors_total", "Connects to the target refused, failed or timed out.", tl, worker: w, t.connectFailures)
-                    count("stickyd_target_bytes_total", "Bytes forwarded, by direction; counted when a connection closes.",
+                    count("stickyd_target_bytes_total", "Bytes forwarded, by direction; open connections included.",
                           tl + [("direction", "client_to_target")], worker: w, t.bytesUp)
-                    count("stickyd_target_bytes_total", "Bytes forwarded, by direction; counted when a connection closes.",
+                    count("stickyd_target_bytes_total", "Bytes forwarded, by direction; open connections included.",
                           tl + [("direction", "target_to_client")], worker: w, t.bytesDown)
                 }
             }
