@@ -3,8 +3,8 @@
 /// fixed area, so neither allocates. Writes past `capacity` are dropped and
 /// flagged in `overflowed` instead of trapping.
 public struct ByteWriter {
-    public let base: UnsafeMutablePointer<UInt8>
-    public let capacity: Int
+    let out: UnsafeMutableBufferPointer<UInt8>
+    public var capacity: Int { out.count }
     public private(set) var count = 0
     public private(set) var overflowed = false
 
@@ -12,18 +12,13 @@ public struct ByteWriter {
     public static let timestampBytes = 24
 
     public init(_ base: UnsafeMutablePointer<UInt8>, capacity: Int) {
-        self.base = base
-        self.capacity = capacity
+        out = UnsafeMutableBufferPointer(start: base, count: capacity)
     }
 
-    /// Over raw memory; an empty buffer (no base address) takes nothing.
+    /// Over raw memory (an empty buffer takes nothing).
     public init(_ raw: UnsafeMutableRawBufferPointer) {
-        let typed = raw.bindMemory(to: UInt8.self)
-        self.init(typed.baseAddress ?? ByteWriter.nowhere, capacity: typed.baseAddress == nil ? 0 : typed.count)
+        out = raw.bindMemory(to: UInt8.self)
     }
-
-    /// Where an empty writer points: never written, since its capacity is 0.
-    nonisolated(unsafe) private static let nowhere = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
 
     // Big-endian integers, as the PROXY v2 header lays them out.
     public mutating func u16(_ v: UInt16) {
@@ -47,7 +42,7 @@ public struct ByteWriter {
             overflowed = true
             return
         }
-        base[count] = b
+        out[count] = b
         count += 1
     }
 
