@@ -277,7 +277,32 @@ class Call:
     cancelled: tuple[float, float] | None = None
 
 
-class GreeterLoad:
+class ClientThreads:
+    """One daemon thread per client running `self._run(i)` until stop():
+    the start and the bounded stop that every load generator here shares."""
+
+    def __init__(self, n: int, name: str) -> None:
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True, name=f"{name}-{i}")
+                        for i in range(n)]
+
+    def _run(self, i: int) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self, timeout: float) -> list[str]:
+        """Stop the clients; returns the names of threads still running after `timeout`."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in self.threads if t.is_alive()]
+
+
+class GreeterLoad(ClientThreads):
     """`n` greeter clients, each a thread with one long-lived channel through
     its own relay, calling SayHello every 20-50 ms with a per-call deadline."""
 
@@ -293,14 +318,8 @@ class GreeterLoad:
         self.seed = seed
         self.lock = threading.Lock()
         self.calls: list[Call] = []
-        self.stop_event = threading.Event()
         self.crashes: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True, name=f"greeter-client-{i}")
-                        for i in range(len(relays))]
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
+        super().__init__(len(relays), "greeter-client")
 
     def _run(self, i: int) -> None:
         import grpc
@@ -373,13 +392,6 @@ class GreeterLoad:
                                    f"after {timeout:.0f}s: {slow}")
             time.sleep(0.05)
 
-    def stop(self, timeout: float) -> list[str]:
-        """Stop the clients; returns the names of threads still running after `timeout`."""
-        self.stop_event.set()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in self.threads if t.is_alive()]
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from admin_support import AdminClient, client_ip, connect_from, targets_by_address
-from rollout_support import REPLY, GreeterLoad, Relay
+from rollout_support import REPLY, ClientThreads, GreeterLoad, Relay
 from support import LOOPBACK, fmt_addr, free_port, wait_until
 
 grpc = pytest.importorskip("grpc", reason="grpcio missing: run `make deps`")
@@ -140,7 +140,7 @@ def named_servers():
         s.stop()
 
 
-class FreshChannelLoad:
+class FreshChannelLoad(ClientThreads):
     """`n` clients, each with its own relay (source IP 127.0.2.<i>), making
     one gRPC call per new channel (a new TCP connection through stickyd
     each time): what a connection failure looks like to a client.
@@ -151,12 +151,7 @@ class FreshChannelLoad:
         self.calls_max = calls_max
         self.lock = threading.Lock()
         self.calls: list[tuple[int, float, float, str | None, str | None]] = []
-        self.stop_event = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(len(relays))]
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
+        super().__init__(len(relays), "fresh-channel-client")
 
     def _run(self, i: int) -> None:
         import helloworld_pb2
@@ -180,13 +175,6 @@ class FreshChannelLoad:
             with self.lock:
                 self.calls.append((i, t0, time.monotonic(), pod, code))
             self.stop_event.wait(0.03)
-
-    def stop(self, timeout: float) -> list[str]:
-        self.stop_event.set()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in self.threads if t.is_alive()]
 
     def snapshot(self):
         with self.lock:

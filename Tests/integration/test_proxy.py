@@ -16,7 +16,7 @@ import struct
 import pytest
 
 from admin_support import admin, parse_fields
-from support import (LOOPBACK, ConnRecord, TcpServer, echo_roundtrip, recv_exactly, wait_closed,
+from support import (LOOPBACK, ConnRecord, TcpServer, echo_handler, echo_roundtrip, recv_exactly, wait_closed,
                      wait_until)
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -72,12 +72,7 @@ def named_echo(name: str, expect_header: bool = False):
     def handler(server: TcpServer, conn: socket.socket, rec: ConnRecord) -> None:
         header = read_proxy_header(conn) if expect_header else "-"
         conn.sendall(f"{name} {header}\n".encode())
-        while True:
-            data = conn.recv(1 << 16)
-            if not data:
-                conn.shutdown(socket.SHUT_WR)
-                return
-            conn.sendall(data)
+        echo_handler(server, conn, rec)
     return handler
 
 
