@@ -40,11 +40,24 @@ let package = Package(
             name: "StickyCore",
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
-        // The io_uring data path: rings, slots, forwarding engines.
+        // The data plane: the io_uring rings, connection slots, forwarding
+        // engines and the worker loop. It owns the ring and never imports
+        // NIO or TLS: the control plane talks to it through WorkerCommand
+        // mailboxes and WorkerReport snapshots only.
         .target(
-            name: "StickyIO",
+            name: "StickyDataPlane",
             dependencies: [
-                "CURing", "CURingShim", "CTLSShim", "StickyCore",
+                "CURing", "CURingShim", "StickyCore",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The control plane: registry publishing, reload, drains, the admin
+        // service, health probes, metrics, takeover and upgrade. Its NIO
+        // threads never touch a ring.
+        .target(
+            name: "StickyControlPlane",
+            dependencies: [
+                "CURingShim", "CTLSShim", "StickyCore", "StickyDataPlane",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -58,7 +71,7 @@ let package = Package(
         .executableTarget(
             name: "stickyd",
             dependencies: [
-                "StickyCore", "StickyIO",
+                "StickyCore", "StickyControlPlane", "StickyDataPlane",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -67,11 +80,12 @@ let package = Package(
         .executableTarget(
             name: "stickyctl",
             dependencies: [
-                "StickyCore", "StickyIO", "CURing", "CURingShim",
+                "StickyCore", "StickyControlPlane", "StickyDataPlane", "CURing", "CURingShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "StickyCoreTests", dependencies: ["StickyCore"]),
-        .testTarget(name: "StickyIOTests", dependencies: ["StickyIO", "StickyCore", "CURing", "CURingShim"]),
+        .testTarget(name: "StickyDataPlaneTests", dependencies: ["StickyDataPlane", "StickyCore", "CURing", "CURingShim"]),
+        .testTarget(name: "StickyControlPlaneTests", dependencies: ["StickyControlPlane", "StickyDataPlane", "StickyCore"]),
     ]
 )

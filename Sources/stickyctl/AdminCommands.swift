@@ -2,7 +2,8 @@ import ArgumentParser
 import Foundation
 import Glibc
 import StickyCore
-import StickyIO
+import StickyControlPlane
+import StickyDataPlane
 
 /// Exit statuses scripts can rely on (docs/ADMIN.md, "stickyctl").
 enum CtlExit {

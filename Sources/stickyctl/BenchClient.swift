@@ -2,7 +2,8 @@ import CURing
 import CURingShim
 import Glibc
 import StickyCore
-import StickyIO
+import StickyControlPlane
+import StickyDataPlane
 import Synchronization
 
 /// Set by SIGINT/SIGTERM: stop starting connections, finish those in flight,

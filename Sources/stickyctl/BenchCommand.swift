@@ -2,7 +2,8 @@ import ArgumentParser
 import CURing
 import Glibc
 import StickyCore
-import StickyIO
+import StickyControlPlane
+import StickyDataPlane
 
 /// `stickyctl bench`: the affinity benchmark. `run` (the default) measures;
 /// `serve` runs the identity backends it measures against.

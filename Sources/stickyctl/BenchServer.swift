@@ -2,7 +2,8 @@ import CURing
 import CURingShim
 import Glibc
 import StickyCore
-import StickyIO
+import StickyControlPlane
+import StickyDataPlane
 import Synchronization
 
 /// Counters one serve worker publishes for `--stats` and the final summary.

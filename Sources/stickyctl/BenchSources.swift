@@ -1,7 +1,8 @@
 import CURing
 import Glibc
 import StickyCore
-import StickyIO
+import StickyControlPlane
+import StickyDataPlane
 
 /// The client source addresses of `stickyctl bench`: from `--sources`
 /// (addresses and CIDR blocks, comma-separated), `--source-list FILE` (one

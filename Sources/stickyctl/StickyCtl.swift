@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
-import StickyIO
+import StickyControlPlane
+import StickyDataPlane
 
 /// The operator's command-line tool. Admin subcommands join `subcommands`.
 @main

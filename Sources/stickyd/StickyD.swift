@@ -2,7 +2,8 @@ import ArgumentParser
 import Glibc
 import Logging
 import StickyCore
-import StickyIO
+import StickyControlPlane
+import StickyDataPlane
 
 @main
 struct StickyD: ParsableCommand {

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Logging
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// The remote admin listener: the admin socket's line protocol over TCP

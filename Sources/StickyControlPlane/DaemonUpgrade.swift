@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// `upgrade [BINARY]` (docs/ADMIN.md): the running daemon starts its own

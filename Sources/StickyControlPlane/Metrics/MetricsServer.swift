@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// The Prometheus endpoint: `GET /metrics` on its own one-thread NIO event

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import StickyDataPlane
 import Synchronization
 
 /// A listening Unix stream socket file, bound either at its path or, for an

@@ -82,6 +82,17 @@ public struct TargetLoad: Sendable, Equatable {
     /// Refused or timed-out connects to the target, cumulative: metrics,
     /// and passive health detection.
     public var connectFailures: UInt64 = 0
+
+    public init(address: SocketAddress, connections: Int = 0, affinityEntries: Int = 0, bytesUp: UInt64 = 0,
+                bytesDown: UInt64 = 0, connectionsTotal: UInt64 = 0, connectFailures: UInt64 = 0) {
+        self.address = address
+        self.connections = connections
+        self.affinityEntries = affinityEntries
+        self.bytesUp = bytesUp
+        self.bytesDown = bytesDown
+        self.connectionsTotal = connectionsTotal
+        self.connectFailures = connectFailures
+    }
 }
 
 public struct PoolReport: Sendable {
@@ -148,7 +159,7 @@ public final class WorkerChannel: Sendable {
     }
 
     /// The answer to `request`, once; nil until the worker has made it.
-    func takeAnswer(_ request: UInt64) -> WorkerReport? {
+    public func takeAnswer(_ request: UInt64) -> WorkerReport? {
         answers.withLock { $0.removeValue(forKey: request) }
     }
 }

@@ -4,7 +4,7 @@ import Glibc
 import StickyCore
 import XCTest
 
-@testable import StickyIO
+@testable import StickyDataPlane
 
 final class RingTests: XCTestCase {
     /// A ring of one entry: every second `sqe()` finds the queue full and

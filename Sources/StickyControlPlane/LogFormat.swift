@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import StickyCore
+import StickyDataPlane
 
 /// The daemon's own log lines on stderr, as logfmt or JSON, one write(2)
 /// per line so lines from different threads never interleave.

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import StickyDataPlane
 
 /// The sd_notify protocol, spoken directly: one datagram to the Unix socket
 /// named by $NOTIFY_SOCKET. Doing it by hand keeps libsystemd out of the

@@ -1,6 +1,7 @@
 import Glibc
 import Prometheus
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// Turns the workers' reports and the target registry into Prometheus

@@ -4,6 +4,7 @@ import Logging
 import Metrics
 import Prometheus
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// Runs the workers for one config: binds the listeners, starts one thread

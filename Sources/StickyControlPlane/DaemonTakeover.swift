@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// What an upgrade has done, shared by the main, admin and takeover threads.

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// The control plane: owns the target registry, answers admin commands,

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// Who is on the other end of an admin connection (SO_PEERCRED).

@@ -1,5 +1,6 @@
 import Logging
 import StickyCore
+import StickyDataPlane
 
 /// The control plane's health state, kept in `ControlPlane.State` so that
 /// a transition and the registry are read and published under one lock.

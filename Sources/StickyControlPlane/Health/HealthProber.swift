@@ -5,6 +5,7 @@ import NIOHPACK
 import NIOHTTP2
 import NIOPosix
 import StickyCore
+import StickyDataPlane
 import Synchronization
 
 /// One target to probe, as the control plane describes it each round.

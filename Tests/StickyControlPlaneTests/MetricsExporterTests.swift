@@ -3,7 +3,8 @@ import Prometheus
 import StickyCore
 import XCTest
 
-@testable import StickyIO
+@testable import StickyControlPlane
+@testable import StickyDataPlane
 
 /// The exporter's arithmetic, fed hand-made worker reports: no workers, no
 /// sockets, the control plane only as the holder of the target registry.

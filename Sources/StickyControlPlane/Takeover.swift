@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import StickyCore
+import StickyDataPlane
 
 /// The zero-downtime upgrade's wire protocol (docs/OPERATIONS.md,
 /// "Upgrade"; docs/ARCHITECTURE.md, "Upgrade").
