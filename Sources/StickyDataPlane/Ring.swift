@@ -126,8 +126,26 @@ public final class Ring {
         io_uring_cq_advance(ring, UInt32(count))
     }
 
-    /// One completion, copied out of the CQ.
-    public typealias Completion = (userData: UInt64, res: Int32, flags: UInt32)
+    /// One completion, copied out of the CQ, in the ring's terms: callers
+    /// never read an `io_uring_cqe`.
+    public struct Completion {
+        public var userData: UInt64
+        public var res: Int32
+        public var flags: UInt32
+        @inlinable
+        public init(userData: UInt64, res: Int32, flags: UInt32) {
+            self.userData = userData
+            self.res = res
+            self.flags = flags
+        }
+        /// More completions will come for this submission (a multishot
+        /// operation still armed); the slot keeps it counted in flight.
+        @inlinable public var more: Bool { flags & UInt32(IORING_CQE_F_MORE) != 0 }
+        /// The provided buffer a recv filled, if it took one.
+        @inlinable public var bufferID: UInt16? {
+            flags & UInt32(IORING_CQE_F_BUFFER) != 0 ? UInt16(truncatingIfNeeded: flags >> 16) : nil
+        }
+    }
 
     /// Reaps up to `max` ready completions into `scratch`, advances the CQ,
     /// then calls `body` for each: completions are copied out first, so a
@@ -141,7 +159,7 @@ public final class Ring {
         let n = peekBatch(cqes, max: UInt32(max))
         for i in 0..<n {
             let c = cqes[i]!.pointee
-            scratch[i] = (c.user_data, c.res, c.flags)
+            scratch[i] = Completion(userData: c.user_data, res: c.res, flags: c.flags)
         }
         advance(n)
         for i in 0..<n { body(scratch[i]) }
@@ -157,5 +175,212 @@ public final class Ring {
         reg.bgid = group
         let rc = io_uring_register_buf_ring(ring, &reg, 0)
         guard rc == 0 else { throw SystemError("io_uring_register_buf_ring", errno: -rc) }
+    }
+}
+
+/// Durations for timeout entries, in memory that outlives them: the kernel
+/// reads a timespec when the entry is submitted, not when it is prepared.
+public final class TimeoutTable {
+    @usableFromInline let specs: UnsafeMutablePointer<__kernel_timespec>
+    public let count: Int
+
+    public init(count: Int, ms: Int64 = 0) {
+        precondition(count >= 1, "a timeout table holds at least one duration")
+        self.count = count
+        specs = .allocate(capacity: count)
+        specs.initialize(repeating: TimeoutTable.spec(ms), count: count)
+    }
+
+    deinit { specs.deallocate() }
+
+    @inline(__always)
+    static func spec(_ ms: Int64) -> __kernel_timespec {
+        __kernel_timespec(tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000)
+    }
+
+    /// Sets duration `i`; entries submitted from now on read the new value.
+    @inline(__always)
+    public func set(_ i: Int = 0, ms: Int64) {
+        precondition(i >= 0 && i < count, "timeout index out of range")
+        specs[i] = TimeoutTable.spec(ms)
+    }
+
+    @inline(__always)
+    func pointer(_ i: Int) -> UnsafeMutablePointer<__kernel_timespec> {
+        precondition(i >= 0 && i < count, "timeout index out of range")
+        return specs + i
+    }
+}
+
+/// A reaper that owns its scratch: the worker loop's view of the CQ.
+public final class CompletionBatch {
+    public let capacity: Int
+    @usableFromInline let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
+    @usableFromInline let scratch: UnsafeMutablePointer<Ring.Completion>
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        cqes = .allocate(capacity: capacity)
+        scratch = .allocate(capacity: capacity)
+    }
+
+    deinit {
+        cqes.deallocate()
+        scratch.deallocate()
+    }
+
+    /// Reaps one batch from `ring` and hands each completion to `body`.
+    @inlinable
+    public func reap(_ ring: Ring, _ body: (Ring.Completion) -> Void) -> Int {
+        ring.reap(cqes, scratch, max: capacity, body)
+    }
+}
+
+// MARK: - Typed submissions
+//
+// The only place that prepares SQEs. Each call names the operation, takes
+// the user_data the completion will carry, and says how it links to the
+// next entry; chains that must land whole reserve their room first, so a
+// link is never split across two io_uring_enter calls.
+
+extension Ring {
+    /// How an entry is tied to the one after it.
+    public enum Link {
+        case none
+        /// The next entry runs only if this one succeeds (IOSQE_IO_LINK).
+        case soft
+        /// The next entry runs whatever this one's result (IOSQE_IO_HARDLINK).
+        case hard
+
+        @usableFromInline var sqeFlags: UInt8 {
+            switch self {
+            case .none: return 0
+            case .soft: return UInt8(sticky_iosqe_io_link)
+            case .hard: return UInt8(sticky_iosqe_io_hardlink)
+            }
+        }
+    }
+
+    @inlinable
+    func finish(_ s: UnsafeMutablePointer<io_uring_sqe>, _ userData: UInt64, _ link: Link) {
+        if link != .none { s.pointee.flags |= link.sqeFlags }
+        io_uring_sqe_set_data64(s, userData)
+    }
+
+    /// An 8-byte read (the worker's eventfd).
+    public func read(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: UInt32, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_read(s, fd, buffer, count, 0)
+        finish(s, userData, .none)
+    }
+
+    /// A relative timeout of duration `index` of `table`.
+    public func timeout(_ table: TimeoutTable, _ index: Int = 0, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_timeout(s, table.pointer(index), 0, 0)
+        finish(s, userData, .none)
+    }
+
+    /// An accept on a listening socket: multishot hands over the whole
+    /// queue; a single accept takes one client.
+    public func accept(_ fd: Int32, multishot: Bool, userData: UInt64) {
+        let s = sqe()
+        let flags = Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if multishot {
+            io_uring_prep_multishot_accept(s, fd, nil, nil, flags)
+        } else {
+            io_uring_prep_accept(s, fd, nil, nil, flags)
+        }
+        finish(s, userData, .none)
+    }
+
+    /// An operation, hard-linked to a timeout that cancels it (the linked
+    /// timeout's own completion carries `timeoutUserData`). Both land in one
+    /// submission.
+    @inlinable
+    func withLinkedTimeout(_ timespec: UnsafeMutablePointer<__kernel_timespec>, timeoutUserData: UInt64,
+                           _ prepare: (UnsafeMutablePointer<io_uring_sqe>) -> Void, userData: UInt64) {
+        reserve(2)
+        let s = sqe()
+        prepare(s)
+        finish(s, userData, .soft)
+        let t = sqe()
+        io_uring_prep_link_timeout(t, timespec, 0)
+        finish(t, timeoutUserData, .none)
+    }
+
+    /// A connect bounded by a linked timeout.
+    public func connect(_ fd: Int32, to address: UnsafePointer<sockaddr_storage>, length: UInt32,
+                        timeout: TimeoutTable, _ index: Int = 0, userData: UInt64, timeoutUserData: UInt64) {
+        withLinkedTimeout(timeout.pointer(index), timeoutUserData: timeoutUserData, { s in
+            UnsafeRawPointer(address).withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                io_uring_prep_connect(s, fd, $0, length)
+            }
+        }, userData: userData)
+    }
+
+    /// A one-shot recv into caller memory, bounded by a linked timeout.
+    public func recv(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int,
+                     timeout: TimeoutTable, _ index: Int = 0, userData: UInt64, timeoutUserData: UInt64) {
+        withLinkedTimeout(timeout.pointer(index), timeoutUserData: timeoutUserData, { s in
+            io_uring_prep_recv(s, fd, buffer, count, 0)
+        }, userData: userData)
+    }
+
+    /// A multishot recv that takes its buffers from a provided-buffer ring.
+    public func recvMultishot(_ fd: Int32, bufferGroup: UInt16, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_recv_multishot(s, fd, nil, 0, 0)
+        s.pointee.flags |= UInt8(sticky_iosqe_buffer_select)
+        s.pointee.buf_group = bufferGroup
+        finish(s, userData, .none)
+    }
+
+    /// A send that never raises SIGPIPE.
+    public func send(_ fd: Int32, from buffer: UnsafeRawPointer, count: Int, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_send(s, fd, buffer, count, Int32(MSG_NOSIGNAL))
+        finish(s, userData, .none)
+    }
+
+    /// A readiness poll that stays armed (multishot).
+    public func pollMultishot(_ fd: Int32, events: UInt32, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_poll_multishot(s, fd, events)
+        finish(s, userData, .none)
+    }
+
+    /// A one-shot readiness poll.
+    public func poll(_ fd: Int32, events: UInt32, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_poll_add(s, fd, events)
+        finish(s, userData, .none)
+    }
+
+    /// Cancels the operation submitted with `target` as its user_data.
+    public func cancel(_ target: UInt64, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_cancel64(s, target, 0)
+        finish(s, userData, .none)
+    }
+
+    /// Cancels every operation on `fd`, then closes it. A pending poll or
+    /// recv holds a reference to the socket, so close(2) alone would leave
+    /// it open; the hard link runs the close even when nothing was pending.
+    public func cancelAndClose(_ fd: Int32, cancelUserData: UInt64, closeUserData: UInt64) {
+        reserve(2)
+        let c = sqe()
+        io_uring_prep_cancel_fd(c, fd, UInt32(IORING_ASYNC_CANCEL_ALL))
+        finish(c, cancelUserData, .hard)
+        let s = sqe()
+        io_uring_prep_close(s, fd)
+        finish(s, closeUserData, .none)
+    }
+
+    /// An operation that does nothing (tests, and waking the ring).
+    public func nop(userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_nop(s)
+        finish(s, userData, .none)
     }
 }

@@ -1,3 +1,4 @@
+import CURing
 import CURingShim
 import Glibc
 import StickyCore
@@ -104,11 +105,17 @@ public enum Sockets {
         _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
     }
 
+    /// socket(2) for a stream socket of `family`: non-blocking and
+    /// close-on-exec. -1 (errno set) when none can be made.
+    public static func stream(family: Int32) -> Int32 {
+        socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
     /// socket(2) + setsockopt + bind(2) + listen(2) for one worker's member
     /// of a SO_REUSEPORT group. Non-blocking and close-on-exec.
     public static func listener(_ address: SocketAddress, backlog: Int32) throws -> Int32 {
         let family = address.ip.isV4 ? AF_INET : AF_INET6
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = stream(family: family)
         guard fd >= 0 else { throw SystemError("socket", errno: errno) }
         func fail(_ call: String) -> SystemError {
             let e = SystemError(call, errno: errno)

@@ -33,10 +33,8 @@ extension Worker {
     func completeHandoffExport() {
         guard let box = handoffBox, !acceptArmed.contains(true) else { return }
         handoffBox = nil
-        let pools = policies.indices.map { p in
-            AffinityExport.Pool(name: settings.pools[p].name, pins: policies[p].exportPins(now: now))
-        }
-        box.export.withLock { $0 = AffinityExport(pools: pools) }
+        let exported = pools.map { AffinityExport.Pool(name: $0.name, pins: $0.balancer.exportPins(now: now)) }
+        box.export.withLock { $0 = AffinityExport(pools: exported) }
     }
 
     /// The upgrade was rolled back: accept again (unless the worker is full
@@ -52,12 +50,12 @@ extension Worker {
     func importAffinity(_ imported: AffinityExport) {
         let now = Worker.clock()
         for pool in imported.pools {
-            guard let p = settings.pools.firstIndex(where: { $0.name == pool.name }) else {
+            guard let target = pools.first(where: { $0.name == pool.name }) else {
                 logger.warning("upgrade: affinity of a pool the config no longer has; dropped",
                                metadata: ["pool": "\(pool.name)", "entries": "\(pool.pins.count)"])
                 continue
             }
-            let r = policies[p].importPins(pool.pins, now: now)
+            let r = target.balancer.importPins(pool.pins, now: now)
             if r.imported != pool.pins.count {
                 logger.notice("upgrade: some affinity entries were not taken over", metadata: [
                     "worker": "\(settings.index)", "pool": "\(pool.name)", "imported": "\(r.imported)",

@@ -88,7 +88,7 @@ final class BenchServeWorker: @unchecked Sendable {
             ring.submitAndWait(timeoutMs: 200)
             while true {
                 let n = ring.reap(cqes, batch, max: BenchServeWorker.batchMax) { c in
-                    let (ud, res, flags) = c
+                    let ud = c.userData, res = c.res, flags = c.flags
                     let l = Int(UInt32(truncatingIfNeeded: ud))
                     switch Op(rawValue: ud >> 56) {
                     case .accept:

@@ -1,0 +1,122 @@
+import Glibc
+import Logging
+import StickyCore
+
+// Step 7, copy engine: a multishot recv into the provided-buffer ring,
+// a FIFO of buffers per direction, one send in flight per direction.
+
+extension Worker {
+    func armRecv(_ i: Int, client: Bool) {
+        let fd = client ? slots[i].clientFD : slots[i].backendFD
+        ring.recvMultishot(fd, bufferGroup: BufferRing.group, userData: userData(client ? .recvClient : .recvBackend, i))
+        slots[i].inflight += 1
+        if client { slots[i].up.receiving = true } else { slots[i].down.receiving = true }
+    }
+
+    /// Queued buffers above which a direction stops receiving: bounds what
+    /// one slow reader can pin of the shared ring.
+    static let queueHighWater: UInt16 = 8
+
+    func onRecv(_ i: Int, client: Bool, _ res: Int32, buffer: UInt16?, more: Bool) {
+        guard let buffers else { preconditionFailure("recv completion on a worker without a buffer ring") }
+        precondition(slots[i].state == .open || slots[i].state == .closing, "recv on a slot that is neither open nor closing")
+        let down = !client
+        var d = down ? slots[i].down : slots[i].up
+        if !more { d.receiving = false }
+        var outcome: CloseReason = .none
+        if let bid = buffer {
+            // A buffer taken is recycled or queued whatever the slot's
+            // state, or the ring would lose it.
+            buffers.taken()
+            if res > 0 && slots[i].state == .open {
+                bufferLength[Int(bid)] = UInt32(res)
+                bufferNext[Int(bid)] = Direction.noBuffer
+                if d.queueTail == Direction.noBuffer { d.queueHead = bid } else { bufferNext[Int(d.queueTail)] = bid }
+                d.queueTail = bid
+                d.queuedBuffers += 1
+            } else {
+                buffers.recycle(bid)
+                resourcesFreed = true
+            }
+        } else if res == 0 {
+            d.sourceEOF = true
+        } else if res == -ENOBUFS {
+            d.starved = true
+            counters.bufferStarvations += 1
+            waiting.append((Int32(i), slots[i].generation, down))
+        } else if res < 0 && res != -ECANCELED {
+            outcome = .reset
+        }
+        if down { slots[i].down = d } else { slots[i].up = d }
+        guard slots[i].state == .open else { return }
+        if outcome != .none {
+            beginClose(i, outcome, reset: true)
+            return
+        }
+        if res > 0 { touch(i) }
+        flush(i, down: down)
+    }
+
+    /// Sends the head of a direction's queue if nothing is in flight, passes
+    /// EOF on once the queue is empty, and applies receive backpressure.
+    func flush(_ i: Int, down: Bool) {
+        guard let buffers else { preconditionFailure("copy engine without a buffer ring") }
+        guard slots[i].state == .open else { return }
+        var d = down ? slots[i].down : slots[i].up
+        let dst = down ? slots[i].clientFD : slots[i].backendFD
+        if !d.sending && d.queueHead != Direction.noBuffer {
+            let bid = d.queueHead
+            ring.send(dst, from: buffers.address(bid) + Int(d.headOffset),
+                      count: Int(bufferLength[Int(bid)] - d.headOffset), userData: userData(down ? .sendClient : .sendBackend, i))
+            slots[i].inflight += 1
+            d.sending = true
+        }
+        if !d.sending && d.queueHead == Direction.noBuffer && d.sourceEOF && !d.finished {
+            shutdown(dst, Int32(SHUT_WR))
+            d.finished = true
+        }
+        // Backpressure: stop receiving while the queue is long; resume when
+        // it has drained.
+        if d.queuedBuffers >= Worker.queueHighWater && d.receiving && !d.recvPaused {
+            d.recvPaused = true
+            ring.cancel(userData(down ? .recvBackend : .recvClient, i), userData: userData(.cancel, i))
+            slots[i].inflight += 1
+        } else if !d.receiving && !d.sourceEOF && !d.starved && d.queuedBuffers == 0 {
+            d.recvPaused = false
+            if down { slots[i].down = d } else { slots[i].up = d }
+            armRecv(i, client: !down)
+            d = down ? slots[i].down : slots[i].up
+        }
+        if down { slots[i].down = d } else { slots[i].up = d }
+        if slots[i].up.finished && slots[i].down.finished { beginClose(i, .done) }
+    }
+
+    func onSend(_ i: Int, toClient: Bool, _ res: Int32) {
+        guard let buffers else { preconditionFailure("send completion on a worker without a buffer ring") }
+        precondition(slots[i].state == .open || slots[i].state == .closing, "send on a slot that is neither open nor closing")
+        let down = toClient
+        var d = down ? slots[i].down : slots[i].up
+        d.sending = false
+        if res > 0 {
+            d.headOffset += UInt32(res)
+            d.bytes += UInt64(res)
+            let bid = d.queueHead
+            if d.headOffset >= bufferLength[Int(bid)] {
+                d.queueHead = bufferNext[Int(bid)]
+                if d.queueHead == Direction.noBuffer { d.queueTail = Direction.noBuffer }
+                d.queuedBuffers -= 1
+                d.headOffset = 0
+                buffers.recycle(bid)
+                resourcesFreed = true
+            }
+        }
+        if down { slots[i].down = d } else { slots[i].up = d }
+        guard slots[i].state == .open else { return }
+        if res < 0 {
+            beginClose(i, .reset, reset: true)
+            return
+        }
+        touch(i)
+        flush(i, down: down)
+    }
+}
