@@ -99,19 +99,35 @@ integration: proto ## Run the integration tests (pytest); STICKYD_BIN defaults t
 	STICKYD_BIN="$${STICKYD_BIN:-$(CURDIR)/.build/debug/stickyd}" \
 	  $(PYTHON) -m pytest $(PYTEST_ARGS) Tests/integration
 
-# The parser and the files it needs, built as one module with libFuzzer and
-# ASan (the toolchain ships both); new inputs go to a working corpus under
-# .build, the committed seeds stay as they are, crashes go to crashes/.
-FUZZ_PROXY     := Fuzz/ProxyParser
-FUZZ_PROXY_BIN := .build/fuzz/proxy-parser
-FUZZ_PROXY_SRC := $(FUZZ_PROXY)/FuzzProxyParser.swift Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
-                  $(wildcard Sources/StickyCore/Proxy/*.swift)
+# Fuzz targets: each is a harness in Fuzz/<Dir>/ built with the StickyCore
+# files it needs as one module, with libFuzzer and ASan (the toolchain ships
+# both). New inputs go to a working corpus under .build/fuzz, the committed
+# seeds in Fuzz/<Dir>/corpus stay as they are, crashes go to
+# Fuzz/<Dir>/crashes/ (ignored by git). To add a target: name it in
+# FUZZ_TARGETS and give its FUZZ_DIR_ and FUZZ_SRC_.
+FUZZ_TARGETS := proxy-parser h2-tracker
+FUZZ_DIR_proxy-parser := Fuzz/ProxyParser
+FUZZ_SRC_proxy-parser := Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
+                         $(wildcard Sources/StickyCore/Proxy/*.swift)
+FUZZ_DIR_h2-tracker   := Fuzz/H2Tracker
+FUZZ_SRC_h2-tracker   := Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
+                         $(wildcard Sources/StickyCore/HTTP2/*.swift)
+.PHONY: $(addprefix fuzz-,$(FUZZ_TARGETS))
 
-fuzz: ## Fuzz the PROXY header parser for FUZZ_SECONDS (default 60); crashes in Fuzz/ProxyParser/crashes/
-	mkdir -p .build/fuzz/corpus-proxy $(FUZZ_PROXY)/crashes
-	$(SWIFTC) -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld $(FUZZ_PROXY_SRC) -o $(FUZZ_PROXY_BIN)
-	$(FUZZ_PROXY_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_PROXY)/crashes/ .build/fuzz/corpus-proxy $(FUZZ_PROXY)/corpus
+fuzz: $(addprefix fuzz-,$(FUZZ_TARGETS)) ## Build and run every fuzz target for FUZZ_SECONDS each (default 60); crashes in Fuzz/*/crashes/
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t: $$(awk '/stat::number_of_executed_units/ {print $$2}' .build/fuzz/$$t.log) executions in $(FUZZ_SECONDS)s"; \
+	done
+
+# One target: `make fuzz-h2-tracker FUZZ_SECONDS=30`. The log is kept for the
+# summary `make fuzz` prints.
+$(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
+	mkdir -p .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/crashes
+	$(SWIFTC) -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld \
+	  $(wildcard $(FUZZ_DIR_$*)/*.swift) $(FUZZ_SRC_$*) -o .build/fuzz/$*
+	.build/fuzz/$* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_DIR_$*)/crashes/ .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/corpus 2>&1 \
+	  | tee .build/fuzz/$*.log
 
 bench: deps build ## Compare stickyd with direct, HAProxy and nginx (Benchmarks/compare/run.sh)
 	bash Benchmarks/compare/run.sh
