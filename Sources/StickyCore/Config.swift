@@ -450,7 +450,7 @@ public struct StickyConfig: Sendable, Equatable {
         try validateObservability(failure, firstUse: firstUse)
 
         if !Self.logLevels.contains(logLevel) {
-            throw failure("log.level", "log.level must be one of \(Self.logLevels.joined(separator: ", ")), got '\(logLevel)'\(suggestion(for: logLevel, among: Self.logLevels))")
+            throw failure("log.level", notOneOf("log.level", logLevel, Self.logLevels))
         }
     }
 }
@@ -546,6 +546,12 @@ func checkName(_ name: String, what: String) -> String? {
     }
     if Bounds.nameLength.contains(name.count) && plain { return nil }
     return "\(what) '\(name)' must be 1 to \(Bounds.nameLength.upperBound) characters of letters, digits, '.', '_' and '-'"
+}
+
+/// "NAME must be one of a, b, got 'x' (did you mean 'a'?)": the one wording
+/// for a value outside a fixed set of words, wherever it is checked.
+func notOneOf(_ name: String, _ value: String, _ words: [String]) -> String {
+    "\(name) must be one of \(words.joined(separator: ", ")), got '\(value)'\(suggestion(for: value, among: words))"
 }
 
 /// " (did you mean 'x'?)" for the closest candidate, or "" when none is close.
