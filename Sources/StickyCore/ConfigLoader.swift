@@ -269,7 +269,8 @@ private struct NodeReader {
     }
 
     private mutating func pool(_ node: Node, path: String) throws -> PoolConfig {
-        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets", "affinity", "send_proxy", "health"])
+        let keys = try fields(node, path: path, what: "pool", prefix: "",
+                              known: ["name", "targets", "affinity", "send_proxy", "health", "protocol", "max_connection_age"])
         let name = try string(required("name", in: keys), name: "name")
         let targetNodes = try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
         var targets: [TargetSpec] = []
@@ -284,6 +285,19 @@ private struct NodeReader {
             pool.sendProxy = ProxyVersion(rawValue: text)
         }
         if let node = keys["health"] { pool.health = try health(node, path: "\(path).health") }
+        if let node = keys["protocol"] { pool.wireProtocol = try choice(node, name: "protocol") }
+        if let node = keys["max_connection_age"] {
+            // Whether the pool may have one, and its range, are validate's.
+            let text = try scalar(node, name: "max_connection_age", expected: "a duration or off")
+            if text == "off" || text == "false" {
+                pool.maxConnectionAgeMs = nil
+            } else {
+                guard let ms = parseDuration(text) else {
+                    throw failure(node, "max_connection_age must be a duration such as 30m, or off, got '\(text)'")
+                }
+                pool.maxConnectionAgeMs = ms
+            }
+        }
         return pool
     }
 
