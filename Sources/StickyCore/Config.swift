@@ -10,6 +10,18 @@ public enum ForwardingEngine: String, Sendable, CaseIterable {
     case copy
 }
 
+/// What a pool's targets speak, as far as stickyd reads it.
+public enum PoolProtocol: String, Sendable, CaseIterable {
+    /// Bytes that stickyd never looks into. Also the right choice for TLS,
+    /// gRPC with TLS included: nothing in it can be read.
+    case tcp
+    /// Cleartext HTTP/2 (gRPC without TLS). stickyd follows the frame
+    /// headers of the target→client bytes (`H2FrameTracker`) so that it can
+    /// end a connection gracefully with a GOAWAY: when its target drains,
+    /// and at `max_connection_age` (docs/HTTP2.md).
+    case h2c
+}
+
 public struct ListenerConfig: Sendable, Equatable {
     /// The kernel's default somaxconn cap; a burst of new clients larger than
     /// this is refused by the kernel before the daemon ever sees it.
@@ -63,14 +75,41 @@ public struct PoolConfig: Sendable, Equatable {
     public var sendProxy: ProxyVersion?
     /// Active checks, passive detection and damping (docs/HEALTH.md).
     public var health: HealthConfig
+    /// `protocol` in the file (a Swift keyword, hence the name). A
+    /// connection keeps it from accept to close, so a reload may not change
+    /// it (`TargetRegistry.reload` refuses).
+    public var wireProtocol: PoolProtocol
+    /// `max_connection_age`: nil (`off`) or at least a second; only with
+    /// `protocol: h2c`. Each connection's own limit is this ±10%
+    /// (`connectionAgeMs(random:)`).
+    public var maxConnectionAgeMs: Millis?
 
     public init(name: String, targets: [TargetSpec], affinity: AffinityConfig = AffinityConfig(),
-                sendProxy: ProxyVersion? = nil, health: HealthConfig = HealthConfig()) {
+                sendProxy: ProxyVersion? = nil, health: HealthConfig = HealthConfig(),
+                wireProtocol: PoolProtocol = .tcp, maxConnectionAgeMs: Millis? = nil) {
         self.name = name
         self.targets = targets
         self.affinity = affinity
         self.sendProxy = sendProxy
         self.health = health
+        self.wireProtocol = wireProtocol
+        self.maxConnectionAgeMs = maxConnectionAgeMs
+    }
+
+    /// How far a connection's age limit may stray from `maxConnectionAgeMs`,
+    /// either way: as gRPC's MaxConnectionAge, so that connections opened
+    /// together (a restart, a burst of clients) do not all reach their age,
+    /// and reconnect, together.
+    public static let connectionAgeJitter = 0.1
+
+    /// One connection's age limit, nil when `max_connection_age` is off:
+    /// `maxConnectionAgeMs` moved by up to ±10%, chosen by `random` (any 64
+    /// bits; the data plane draws one per connection). The age limit is
+    /// when the data plane asks `AffinityBalancer.rebalanceForAge`.
+    public func connectionAgeMs(random: UInt64) -> Millis? {
+        guard let age = maxConnectionAgeMs else { return nil }
+        let spread = Millis(Double(age) * PoolConfig.connectionAgeJitter)
+        return age - spread + Millis(random % UInt64(2 * spread + 1))
     }
 }
 
@@ -256,6 +295,20 @@ public struct StickyConfig: Sendable, Equatable {
         pools.first { $0.name == name }
     }
 
+    /// The engine that forwards `pool`'s connections: `engine`, except that
+    /// an h2c pool's go through the copy engine (both directions), because
+    /// splice moves bytes from socket to socket through the kernel and
+    /// never shows them to the frame tracker.
+    public func engine(for pool: PoolConfig) -> ForwardingEngine {
+        pool.wireProtocol == .h2c ? .copy : engine
+    }
+
+    /// Whether workers set up the provided-buffer ring: the copy engine
+    /// needs it, and so does any h2c pool under `engine: splice`.
+    public var needsBufferRing: Bool {
+        pools.contains { engine(for: $0) == .copy }
+    }
+
     /// The pool name quick mode uses, so admin commands can address it.
     public static let quickPoolName = "default"
 
@@ -375,6 +428,14 @@ public struct StickyConfig: Sendable, Equatable {
             if let problem = pool.health.validate() {
                 throw failure("\(at).health.\(problem.key)", "\(who): \(problem.message)")
             }
+            if let age = pool.maxConnectionAgeMs {
+                guard pool.wireProtocol == .h2c else {
+                    throw failure("\(at).max_connection_age", "\(who): max_connection_age needs protocol: h2c; it ends a connection with an HTTP/2 GOAWAY, which a \(pool.wireProtocol.rawValue) pool cannot send")
+                }
+                if age < Bounds.connectionAgeMinMs || age >= Bounds.timeoutCeiling {
+                    throw failure("\(at).max_connection_age", "\(who): max_connection_age must be at least \(formatDuration(Bounds.connectionAgeMinMs)) and less than \(formatDuration(Bounds.timeoutCeiling)), or off, got \(formatDuration(age))")
+                }
+            }
         }
 
         let limitChecks: [(String, IntBound, Int)] = [
@@ -450,7 +511,7 @@ public struct StickyConfig: Sendable, Equatable {
         try validateObservability(failure, firstUse: firstUse)
 
         if !Self.logLevels.contains(logLevel) {
-            throw failure("log.level", "log.level must be one of \(Self.logLevels.joined(separator: ", ")), got '\(logLevel)'\(suggestion(for: logLevel, among: Self.logLevels))")
+            throw failure("log.level", notOneOf("log.level", logLevel, Self.logLevels))
         }
     }
 }
@@ -536,6 +597,9 @@ enum Bounds {
     /// already a stuck peer holding a slot.
     static let proxyTimeoutMaxMs: Millis = 60_000
     static let nameLength = 1...64
+    /// Every age check may end a connection: under a second, clients would
+    /// spend their time reconnecting.
+    static let connectionAgeMinMs: Millis = 1_000
 }
 
 /// Pool and target names appear in admin commands, which split on spaces,
@@ -546,6 +610,12 @@ func checkName(_ name: String, what: String) -> String? {
     }
     if Bounds.nameLength.contains(name.count) && plain { return nil }
     return "\(what) '\(name)' must be 1 to \(Bounds.nameLength.upperBound) characters of letters, digits, '.', '_' and '-'"
+}
+
+/// "NAME must be one of a, b, got 'x' (did you mean 'a'?)": the one wording
+/// for a value outside a fixed set of words, wherever it is checked.
+func notOneOf(_ name: String, _ value: String, _ words: [String]) -> String {
+    "\(name) must be one of \(words.joined(separator: ", ")), got '\(value)'\(suggestion(for: value, among: words))"
 }
 
 /// " (did you mean 'x'?)" for the closest candidate, or "" when none is close.

@@ -164,14 +164,7 @@ private struct NodeReader {
             },
             pools: pools)
 
-        if let node = top["engine"] {
-            let text = try string(node, name: "engine")
-            let names = ForwardingEngine.allCases.map(\.rawValue)
-            guard let engine = ForwardingEngine(rawValue: text) else {
-                throw failure(node, "engine must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
-            }
-            config.engine = engine
-        }
+        if let node = top["engine"] { config.engine = try choice(node, name: "engine") }
         if let node = top["workers"] { config.workers = try int(node, name: "workers") }
         if let node = top["connect_retries"] { config.connectRetries = try int(node, name: "connect_retries") }
 
@@ -226,14 +219,7 @@ private struct NodeReader {
         if let node = top["log"] {
             let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level", "format", "access"])
             if let node = log["level"] { config.logLevel = try string(node, name: "log.level") }
-            if let node = log["format"] {
-                let text = try string(node, name: "log.format")
-                let names = LogFormat.allCases.map(\.rawValue)
-                guard let format = LogFormat(rawValue: text) else {
-                    throw failure(node, "log.format must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
-                }
-                config.observability.logFormat = format
-            }
+            if let node = log["format"] { config.observability.logFormat = try choice(node, name: "log.format") }
             if let node = log["access"] {
                 let text = try string(node, name: "log.access")
                 guard let destination = AccessLogDestination(text) else {
@@ -283,7 +269,8 @@ private struct NodeReader {
     }
 
     private mutating func pool(_ node: Node, path: String) throws -> PoolConfig {
-        let keys = try fields(node, path: path, what: "pool", prefix: "", known: ["name", "targets", "affinity", "send_proxy", "health"])
+        let keys = try fields(node, path: path, what: "pool", prefix: "",
+                              known: ["name", "targets", "affinity", "send_proxy", "health", "protocol", "max_connection_age"])
         let name = try string(required("name", in: keys), name: "name")
         let targetNodes = try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
         var targets: [TargetSpec] = []
@@ -293,14 +280,24 @@ private struct NodeReader {
         var pool = PoolConfig(name: name, targets: targets)
         if let node = keys["affinity"] { pool.affinity = try affinity(node, path: "\(path).affinity") }
         if let node = keys["send_proxy"] {
-            let text = try string(node, name: "send_proxy")
-            let names = ["none"] + ProxyVersion.allCases.map(\.rawValue)
-            guard text == "none" || ProxyVersion(rawValue: text) != nil else {
-                throw failure(node, "send_proxy must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
-            }
+            // nil, the default, is written `none`.
+            let text = try choice(node, name: "send_proxy", among: ["none"] + ProxyVersion.allCases.map(\.rawValue))
             pool.sendProxy = ProxyVersion(rawValue: text)
         }
         if let node = keys["health"] { pool.health = try health(node, path: "\(path).health") }
+        if let node = keys["protocol"] { pool.wireProtocol = try choice(node, name: "protocol") }
+        if let node = keys["max_connection_age"] {
+            // Whether the pool may have one, and its range, are validate's.
+            let text = try scalar(node, name: "max_connection_age", expected: "a duration or off")
+            if text == "off" || text == "false" {
+                pool.maxConnectionAgeMs = nil
+            } else {
+                guard let ms = parseDuration(text) else {
+                    throw failure(node, "max_connection_age must be a duration such as 30m, or off, got '\(text)'")
+                }
+                pool.maxConnectionAgeMs = ms
+            }
+        }
         return pool
     }
 
@@ -314,14 +311,7 @@ private struct NodeReader {
                                       "revive_after", "damping"])
         var h = HealthConfig()
         h.type = .tcp
-        if let node = keys["type"] {
-            let text = try string(node, name: "health.type")
-            let names = HealthCheckType.allCases.map(\.rawValue)
-            guard let type = HealthCheckType(rawValue: text) else {
-                throw failure(node, "health.type must be one of \(names.joined(separator: ", ")), got '\(text)'\(suggestion(for: text, among: names))")
-            }
-            h.type = type
-        }
+        if let node = keys["type"] { h.type = try choice(node, name: "health.type") }
         if let node = keys["interval"] { h.intervalMs = try duration(node, name: "health.interval") }
         if let node = keys["timeout"] { h.timeoutMs = try duration(node, name: "health.timeout") }
         if let node = keys["rise"] { h.rise = try int(node, name: "health.rise") }
@@ -491,6 +481,22 @@ private struct NodeReader {
 
     private func string(_ node: Node, name: String) throws -> String {
         try scalar(node, name: name, expected: "a string")
+    }
+
+    /// A word from a fixed set; anything else is refused with the set and
+    /// the closest word (`notOneOf`).
+    private func choice(_ node: Node, name: String, among words: [String]) throws -> String {
+        let text = try string(node, name: name)
+        guard words.contains(text) else { throw failure(node, notOneOf(name, text, words)) }
+        return text
+    }
+
+    /// A case of a string enum, written as its raw value.
+    private func choice<E>(_ node: Node, name: String, as _: E.Type = E.self) throws -> E
+    where E: RawRepresentable & CaseIterable, E.RawValue == String {
+        let text = try choice(node, name: name, among: E.allCases.map(\.rawValue))
+        // `choice` just checked that `text` is one of the raw values.
+        return E(rawValue: text)!
     }
 
     private func int(_ node: Node, name: String) throws -> Int {

@@ -135,6 +135,10 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "PROXY header written to every pool's targets: v1, v2 or none.")
     var sendProxy: String?
 
+    // `protocol` is a Swift keyword, hence the property's name.
+    @Option(name: .customLong("protocol"), help: "What every pool's targets speak: tcp, or h2c (cleartext HTTP/2: a drain ends connections with a GOAWAY).")
+    var wireProtocol: PoolProtocol?
+
     @Option(name: .long, help: ArgumentHelp("io_uring submission queue size (testing).", visibility: .hidden))
     var ringEntries: UInt32 = 1024
 
@@ -212,6 +216,9 @@ struct Serve: ParsableCommand {
             }
             for p in cfg.pools.indices { cfg.pools[p].sendProxy = ProxyVersion(rawValue: sendProxy) }
         }
+        if let wireProtocol {
+            for p in cfg.pools.indices { cfg.pools[p].wireProtocol = wireProtocol }
+        }
         try cfg.validate(file: config ?? "<command line>")
         return cfg
     }
@@ -285,6 +292,7 @@ struct Serve: ParsableCommand {
 
 extension ForwardingEngine: ExpressibleByArgument {}
 extension LogFormat: ExpressibleByArgument {}
+extension PoolProtocol: ExpressibleByArgument {}
 
 // Parsed once and never mutated: SIGHUP re-reads the config file with the
 // same command-line overrides from the main thread.

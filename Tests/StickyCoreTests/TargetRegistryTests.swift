@@ -37,4 +37,22 @@ final class TargetRegistryTests: XCTestCase {
         XCTAssertTrue(e.message.contains("needs a restart"), e.message)
         XCTAssertEqual(r, before)
     }
+
+    /// Open connections were set up for their pool's protocol (engine,
+    /// frame tracker) and cannot follow a change.
+    func testReloadRefusesAChangedProtocolAndChangesNothing() throws {
+        var r = TargetRegistry(config: config([spec("10.0.0.1:80")]))
+        XCTAssertEqual(r.pools[0].wireProtocol, .tcp)
+        var h2c = config([spec("10.0.0.1:80"), spec("10.0.0.2:80")])
+        h2c.pools[0].wireProtocol = .h2c
+        let before = r
+        guard case .failure(let e) = r.reload(h2c, now: 0) else { return XCTFail("accepted a protocol change") }
+        XCTAssertEqual(e.message, "pool 'web': protocol changed (running: tcp; file: h2c); open connections cannot change protocol, so this needs a restart or an upgrade (docs/OPERATIONS.md)")
+        XCTAssertEqual(r, before, "not even the added target")
+
+        var running = TargetRegistry(config: h2c)
+        XCTAssertEqual(running.pools[0].wireProtocol, .h2c)
+        h2c.pools[0].maxConnectionAgeMs = 60_000
+        XCTAssertEqual(try running.reload(h2c, now: 0).get().added.count, 0, "the same protocol reloads")
+    }
 }

@@ -445,28 +445,13 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     @usableFromInline mutating func choose(hash: UInt64, excluding: TargetMask) -> Int? {
         let candidates = takesNew & ~excluding.bits
         guard candidates != 0, maglev.size > 0 else { return nil }
-        // Load and weight over the candidates: the kept totals, unless the
-        // pool-wide view applies (shared counts) or a connect failure
-        // excluded some; then a loop over at most 64 bits.
-        var load = newLoad
-        var weight = newWeight
-        if sharedLoads != nil || candidates != takesNew {
-            load = 0
-            weight = 0
-            var m = candidates
-            while m != 0 {
-                let s = m.trailingZeroBitCount
-                load += sharedLoads?[s] ?? loads[s]
-                weight += weights[s]
-                m &= m &- 1
-            }
-        }
+        let (load, weight) = loadAndWeight(over: candidates)
         // c × (L + 1) / W: a target's bound is this times its weight.
         let perWeight = config.balanceFactor.map { $0 * Double(load + 1) / Double(weight) }
         var pos = maglev.slot(hash)
         var passedOver = false
         for _ in 0..<AffinityBalancer.spillWalkMax {
-            let t = Int(slotOfMaglevIndex[Int(maglev.slots[pos])])
+            let t = maglevTarget(pos)
             if candidates & 1 << UInt64(t) != 0 {
                 if let per = perWeight, let shared = sharedLoads {
                     // Pool-wide: take the place atomically, or walk on.
@@ -483,19 +468,61 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
                     return t
                 }
             }
-            pos = pos + 1 == maglev.size ? 0 : pos + 1
+            pos = nextMaglevSlot(pos)
         }
-        // Fallback: the candidate with the fewest connections per weight.
+        if passedOver { counts.spills &+= 1 }
+        return leastLoaded(candidates)
+    }
+
+    /// Connections and weight over the targets in `mask`: the kept totals
+    /// when the mask is the targets that take new clients and this
+    /// balancer sees every connection; otherwise (pool-wide shared counts,
+    /// or targets excluded after a failed connect) a loop over at most 64
+    /// bits.
+    func loadAndWeight(over mask: UInt64) -> (load: Int, weight: Int) {
+        if sharedLoads == nil && mask == takesNew { return (newLoad, newWeight) }
+        var load = 0
+        var weight = 0
+        var m = mask
+        while m != 0 {
+            let s = m.trailingZeroBitCount
+            load += self.load(of: s)
+            weight += weights[s]
+            m &= m &- 1
+        }
+        return (load, weight)
+    }
+
+    /// A target's connections as bounded load sees them: pool-wide when
+    /// workers share a pool.
+    @inline(__always)
+    func load(of target: Int) -> Int {
+        sharedLoads?[target] ?? loads[target]
+    }
+
+    /// The target at a Maglev table position.
+    @inline(__always)
+    func maglevTarget(_ pos: Int) -> Int {
+        Int(slotOfMaglevIndex[Int(maglev.slots[pos])])
+    }
+
+    /// The next position of a walk: a client's second, third... choices.
+    @inline(__always)
+    func nextMaglevSlot(_ pos: Int) -> Int {
+        pos + 1 == maglev.size ? 0 : pos + 1
+    }
+
+    /// The target in `candidates` (not empty) with the fewest connections
+    /// per weight, counting the one about to be placed: where a walk that
+    /// found no target under its bound falls back to.
+    func leastLoaded(_ candidates: UInt64) -> Int {
         var best = -1
         var m = candidates
         while m != 0 {
             let s = m.trailingZeroBitCount
-            let ls = sharedLoads?[s] ?? loads[s]
-            let lb = best < 0 ? 0 : sharedLoads?[best] ?? loads[best]
-            if best < 0 || (ls + 1) * weights[best] < (lb + 1) * weights[s] { best = s }
+            if best < 0 || (load(of: s) + 1) * weights[best] < (load(of: best) + 1) * weights[s] { best = s }
             m &= m &- 1
         }
-        if passedOver { counts.spills &+= 1 }
         return best
     }
 

@@ -55,6 +55,11 @@ public enum MoveReason: Int, Sendable, CaseIterable, CustomStringConvertible {
     /// The connect to its target failed just now, and the data path asked
     /// for another one.
     case connectFailed
+    /// One of its h2c connections reached `max_connection_age` while its
+    /// target held more than `balance_factor` × its share of the pool's
+    /// connections (`AffinityBalancer.rebalanceForAge`): the one case where
+    /// a pinned client is moved for load.
+    case age
 
     public var description: String {
         switch self {
@@ -63,6 +68,7 @@ public enum MoveReason: Int, Sendable, CaseIterable, CustomStringConvertible {
         case .targetMaint: return "target_maint"
         case .targetRemoved: return "target_removed"
         case .connectFailed: return "connect_failed"
+        case .age: return "age"
         }
     }
 }
@@ -75,6 +81,7 @@ public struct MoveCounts: Sendable, Equatable {
     public var targetMaint: UInt64 = 0
     public var targetRemoved: UInt64 = 0
     public var connectFailed: UInt64 = 0
+    public var age: UInt64 = 0
 
     public init() {}
 
@@ -86,6 +93,7 @@ public struct MoveCounts: Sendable, Equatable {
             case .targetMaint: return targetMaint
             case .targetRemoved: return targetRemoved
             case .connectFailed: return connectFailed
+            case .age: return age
             }
         }
         set {
@@ -95,9 +103,10 @@ public struct MoveCounts: Sendable, Equatable {
             case .targetMaint: targetMaint = newValue
             case .targetRemoved: targetRemoved = newValue
             case .connectFailed: connectFailed = newValue
+            case .age: age = newValue
             }
         }
     }
 
-    public var total: UInt64 { targetDown + targetDrained + targetMaint + targetRemoved + connectFailed }
+    public var total: UInt64 { targetDown + targetDrained + targetMaint + targetRemoved + connectFailed + age }
 }

@@ -44,9 +44,12 @@ public struct PoolRecord: Sendable, Equatable {
     /// Config targets removed at runtime: kept so a restart does not bring
     /// them back from the config file.
     public var removedConfigTargets: [SocketAddress] = []
-    public init(name: String, targets: [TargetRecord]) {
+    /// The pool's `protocol` at start; fixed for the process (see `reload`).
+    public var wireProtocol: PoolProtocol
+    public init(name: String, targets: [TargetRecord], wireProtocol: PoolProtocol = .tcp) {
         self.name = name
         self.targets = targets
+        self.wireProtocol = wireProtocol
     }
 }
 
@@ -80,7 +83,8 @@ public struct TargetRegistry: Sendable, Equatable {
 
     public init(config: StickyConfig) {
         pools = config.pools.map { p in
-            PoolRecord(name: p.name, targets: p.targets.map { TargetRecord(spec: $0, origin: .config) })
+            PoolRecord(name: p.name, targets: p.targets.map { TargetRecord(spec: $0, origin: .config) },
+                       wireProtocol: p.wireProtocol)
         }
     }
 
@@ -224,11 +228,20 @@ extension TargetRegistry {
     /// and so are config targets an operator removed at runtime.
     ///
     /// Pools must be the same set, by name: adding or removing a pool
-    /// needs a restart (workers size their tables per pool at start).
+    /// needs a restart (workers size their tables per pool at start). A
+    /// pool's `protocol` must stay too: each open connection was set up for
+    /// it (an h2c connection is forwarded by the copy engine with a frame
+    /// tracker, a tcp one perhaps by splice without), and cannot switch.
+    /// Refusing the whole reload says so at once, where applying it to new
+    /// connections only would leave a pool of mixed connections, and a drain
+    /// that sends GOAWAY to some of them.
     public mutating func reload(_ config: StickyConfig, now: Millis) -> Result<ReloadPlan, RegistryError> {
         let names = pools.map(\.name)
         guard config.pools.map(\.name) == names else {
             return .failure(RegistryError("pools changed (running: \(names.joined(separator: ", ")); file: \(config.pools.map(\.name).joined(separator: ", "))); adding or removing a pool needs a restart"))
+        }
+        for (p, pool) in config.pools.enumerated() where pool.wireProtocol != pools[p].wireProtocol {
+            return .failure(RegistryError("pool '\(pool.name)': protocol changed (running: \(pools[p].wireProtocol.rawValue); file: \(pool.wireProtocol.rawValue)); open connections cannot change protocol, so this needs a restart or an upgrade (docs/OPERATIONS.md)"))
         }
         var plan = ReloadPlan()
         var next = self
