@@ -91,8 +91,13 @@ public final class ControlPlane: Sendable {
             let a = affinity(pool: p, workers: workers)
             let specs = r.pools[p].targets.map(\.spec)
             let states = state.withLock { ControlPlane.effectiveStates(r, pool: p, $0.health) }
-            return PoolSetup(name: r.pools[p].name, targets: specs, states: states,
-                             affinity: a, maglev: MaglevTable(targets: specs, key: a.hashKey!), sharedLoads: SharedLoads())
+            var setup = PoolSetup(name: r.pools[p].name, targets: specs, states: states,
+                                  affinity: a, maglev: MaglevTable(targets: specs, key: a.hashKey!), sharedLoads: SharedLoads())
+            let pool = config.pools[p]
+            setup.engine = config.engine(for: pool)
+            setup.h2c = pool.wireProtocol == .h2c
+            setup.maxConnectionAgeMs = pool.maxConnectionAgeMs ?? 0
+            return setup
         }
     }
 
@@ -160,6 +165,9 @@ public final class ControlPlane: Sendable {
                     sum.bytesDown &+= t.bytesDown
                     sum.connectionsTotal &+= t.connectionsTotal
                     sum.connectFailures &+= t.connectFailures
+                    sum.goawaysSent &+= t.goawaysSent
+                    sum.goawayClosed &+= t.goawayClosed
+                    sum.openAtDeadline &+= t.openAtDeadline
                     out[p, default: [:]][t.address] = sum
                 }
             }
@@ -174,10 +182,12 @@ public final class ControlPlane: Sendable {
     public func tick() {
         let now = ControlPlane.monotonicMs()
         let expired = state.withLock { $0.registry.expireDrains(now: now) }
-        for (p, address) in expired {
+        for (p, address, mode) in expired {
             logger.notice("drain deadline reached; closing remaining connections",
-                          metadata: ["target": "\(address)", "grace_ms": "\(config.drain.graceMs)"])
-            broadcast(.closeTarget(pool: p, address: address, graceMs: config.drain.graceMs))
+                          metadata: ["target": "\(address)", "grace_ms": "\(config.drain.graceMs)", "mode": "\(mode)"])
+            // A sticky drain kept its clients on purpose: at its deadline
+            // they are moved, and h2c ones are asked to leave with a GOAWAY.
+            broadcast(.closeTarget(pool: p, address: address, graceMs: config.drain.graceMs, graceful: mode == .sticky))
         }
         // Targets a reload dropped leave once their cut connections are gone.
         let (removed, r) = state.withLock { s in
@@ -377,7 +387,7 @@ public final class ControlPlane: Sendable {
             return mutate { $0.remove(pool: pool, address: address, force: force, openConnections: open) }
                 .map { _ in
                     if force && open > 0 {
-                        broadcast(.closeTarget(pool: p, address: address, graceMs: 0))
+                        broadcast(.closeTarget(pool: p, address: address, graceMs: 0, graceful: false))
                         return .ok("removed \(address); \(open) connection(s) reset")
                     }
                     return .ok("removed \(address)")
@@ -454,6 +464,8 @@ public final class ControlPlane: Sendable {
             c.proxySendFailures += w.proxySendFailures
             for k in c.proxyRejected.indices { c.proxyRejected[k] += w.proxyRejected[k] }
             for k in c.closed.indices { c.closed[k] += w.closed[k] }
+            for k in c.goawaysSent.indices { c.goawaysSent[k] += w.goawaysSent[k] }
+            for k in c.h2Untracked.indices { c.h2Untracked[k] += w.h2Untracked[k] }
         }
         var a = AffinityCounters()
         for r in reports {
@@ -492,6 +504,10 @@ public final class ControlPlane: Sendable {
         for reason in CloseReason.allCases where reason != .none {
             fields.append(("closed_\(reason.metricName)", c.closed[Int(reason.rawValue)]))
         }
+        for cause in GoawayCause.allCases { fields.append(("goaways_sent_\(cause.metricName)", c.goawaysSent[cause.rawValue])) }
+        for reason in H2TrackerStop.allCases {
+            fields.append(("h2_untracked_\(reason.metricName)", c.h2Untracked[Int(reason.rawValue)]))
+        }
         return AdminAnswer(text: fields.map { "\($0.0): \($0.1)" }.joined(separator: "\n"),
                            json: AdminFormat.json(Dictionary(uniqueKeysWithValues: fields.map { ($0.0, $0.1) })))
     }
@@ -521,7 +537,7 @@ public final class ControlPlane: Sendable {
                 let health = healthFields(pool: p, record: t, now: now)
                 rows.append([pr.name, "\(t.spec.address)", t.spec.name ?? "-", stateText, "\(t.spec.weight)",
                              "\(l.connections)", "\(l.affinityEntries)", "\(l.connectionsTotal)",
-                             "\(l.bytesUp)", "\(l.bytesDown)", drainText, health.text, health.changes])
+                             "\(l.bytesUp)", "\(l.bytesDown)", drainText, health.text, health.changes, "\(l.goawaysSent)"])
                 var o: [String: Any] = [
                     "pool": pr.name, "address": "\(t.spec.address)", "state": stateText.split(separator: "(").first.map(String.init) ?? stateText,
                     "weight": t.spec.weight, "connections": l.connections, "affinity_entries": l.affinityEntries,
@@ -533,12 +549,15 @@ public final class ControlPlane: Sendable {
                 if let left = drainLeftMs { o["drain_remaining_ms"] = left }
                 if let d = t.drain { o["drain_expired"] = d.expired }
                 o["connect_failures"] = l.connectFailures
+                o["goaways_sent"] = l.goawaysSent
+                o["goaway_closed"] = l.goawayClosed
+                o["open_at_deadline"] = l.openAtDeadline
                 o.merge(health.json) { a, _ in a }
                 objects.append(o)
             }
         }
         let header = ["POOL", "ADDRESS", "NAME", "STATE", "WEIGHT", "CONNS", "AFFINITY", "TOTAL", "BYTES_IN", "BYTES_OUT", "DRAIN_LEFT",
-                      "HEALTH", "HEALTH_CHANGES"]
+                      "HEALTH", "HEALTH_CHANGES", "GOAWAYS"]
         return AdminAnswer(text: AdminFormat.table(header, rows), json: AdminFormat.json(["targets": objects]))
     }
 

@@ -107,9 +107,14 @@ public struct PoolConfig: Sendable, Equatable {
     /// bits; the data plane draws one per connection). The age limit is
     /// when the data plane asks `AffinityBalancer.rebalanceForAge`.
     public func connectionAgeMs(random: UInt64) -> Millis? {
-        guard let age = maxConnectionAgeMs else { return nil }
-        let spread = Millis(Double(age) * PoolConfig.connectionAgeJitter)
-        return age - spread + Millis(random % UInt64(2 * spread + 1))
+        maxConnectionAgeMs.map { PoolConfig.connectionAgeMs($0, random: random) }
+    }
+
+    /// `ageMs` moved by up to ±10%, chosen by `random`: the one rule, for
+    /// the config and for the data plane, which holds only the number.
+    public static func connectionAgeMs(_ ageMs: Millis, random: UInt64) -> Millis {
+        let spread = Millis(Double(ageMs) * PoolConfig.connectionAgeJitter)
+        return ageMs - spread + Millis(random % UInt64(2 * spread + 1))
     }
 }
 

@@ -64,7 +64,9 @@ extension Worker {
         guard slots[i].state == .open else { return }
         var d = down ? slots[i].down : slots[i].up
         let dst = down ? slots[i].clientFD : slots[i].backendFD
-        if !d.sending && d.queueHead != Direction.noBuffer {
+        if !d.sending && down && slots[i].h2c {
+            sendTracked(i, &d, to: dst, buffers: buffers)
+        } else if !d.sending && d.queueHead != Direction.noBuffer {
             let bid = d.queueHead
             ring.send(dst, from: buffers.address(bid) + Int(d.headOffset),
                       count: Int(bufferLength[Int(bid)] - d.headOffset), userData: userData(down ? .sendClient : .sendBackend, i))
@@ -106,6 +108,7 @@ extension Worker {
                 if d.queueHead == Direction.noBuffer { d.queueTail = Direction.noBuffer }
                 d.queuedBuffers -= 1
                 d.headOffset = 0
+                d.trackedEnd = 0
                 buffers.recycle(bid)
                 resourcesFreed = true
             }

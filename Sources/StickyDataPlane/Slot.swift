@@ -51,6 +51,10 @@ struct Direction {
     var queuedBuffers: UInt16 = 0
     /// Bytes of the head buffer already sent (a short send).
     var headOffset: UInt32 = 0
+    /// h2c, target→client: bytes of the head buffer the frame tracker has
+    /// read, and so may be sent; a send never goes past them, so a GOAWAY
+    /// can follow exactly at a frame boundary (Http2Goaway.swift).
+    var trackedEnd: UInt32 = 0
     /// A send is in flight: at most one per direction, or the stream reorders.
     var sending = false
     /// A multishot recv is armed on the source.
@@ -103,6 +107,16 @@ struct Slot {
     /// How this connection's bytes move: the worker's engine, or the copy
     /// engine for a pool whose bytes must be seen (docs/HTTP2.md).
     var engine: ForwardingEngine = .copy
+    /// h2c pools: the target→client frame tracker is live for this
+    /// connection. Cleared when tracking stops; it then runs as plain TCP.
+    var h2c = false
+    var h2 = H2FrameTracker()
+    var goaway = GoawayState.none
+    /// Bytes of the GOAWAY frame already sent (a short send).
+    var goawaySent: UInt8 = 0
+    /// When an h2c connection's pin is next checked for `max_connection_age`
+    /// (0: never).
+    var ageCheckAt: Millis = 0
 
     /// Moves to `next`, asserting the move is one the life of a
     /// connection allows (`SlotState.allows`).
@@ -111,6 +125,22 @@ struct Slot {
         precondition(SlotState.allows(from: state, to: next), "slot moved \(state) → \(next)")
         state = next
     }
+}
+
+/// Where a connection is with stickyd's GOAWAY (docs/HTTP2.md).
+enum GoawayState: UInt8 {
+    case none
+    /// Its target is leaving (drain, maint, down, removed): to be written
+    /// at the next frame boundary.
+    case wantedDrain
+    /// It reached `max_connection_age` and its pin moved: likewise.
+    case wantedAge
+    /// Being written.
+    case sending
+    /// Written whole: the client opens no new streams on this connection.
+    case sent
+
+    var wanted: Bool { self == .wantedDrain || self == .wantedAge }
 }
 
 extension SlotState {

@@ -23,6 +23,8 @@ public enum Op: UInt8 {
     /// timeout (the time left of the listener's `proxy_protocol.timeout`).
     case proxyRecv = 18
     case proxyTimeout = 19
+    /// h2c: stickyd's GOAWAY frame, sent to the client (Http2Goaway.swift).
+    case sendGoaway = 20
 }
 
 /// `user_data` layout, 64 bits:

@@ -95,6 +95,8 @@ public final class Worker {
     /// Per listener: `proxy_protocol.timeout`, counted from the accept
     /// (`lastActive` until the header is whole), or 0 without one.
     let proxyTimeoutMs: [Millis]
+    /// h2c: the GOAWAY frames this worker writes (Http2Goaway.swift).
+    let goawayFrames = GoawayFrames()
 
     static let batchMax = 256
 
@@ -217,18 +219,18 @@ public final class Worker {
             serveBacklog()
             if !stopping { resumeAccepting() }
         default:
-            let i = Int(ud.index)
+            let i = Int(ud.index & ~Worker.ageBit)
             precondition(i < slotCount, "completion for a slot out of range")
             precondition(slots[i].generation & UserData.generationMask == ud.generation,
                          "completion for a reused slot: an operation outlived its connection")
-            onSlotCompletion(i, ud.op, c)
+            onSlotCompletion(i, ud.op, c, ageGoaway: ud.index & Worker.ageBit != 0)
         }
     }
 
     /// A connection's completion. The slot's state is checked by each
     /// handler on entry; a slot is released here once it is closing and
     /// its last operation has completed.
-    func onSlotCompletion(_ i: Int, _ op: Op, _ c: Ring.Completion) {
+    func onSlotCompletion(_ i: Int, _ op: Op, _ c: Ring.Completion, ageGoaway: Bool = false) {
         let res = c.res, more = c.more
         if !more { slots[i].inflight -= 1 }
         switch op {
@@ -246,6 +248,8 @@ public final class Worker {
             onRecv(i, client: op == .recvClient, res, buffer: c.bufferID, more: more)
         case .sendClient, .sendBackend:
             onSend(i, toClient: op == .sendClient, res)
+        case .sendGoaway:
+            onGoawaySent(i, res, cause: ageGoaway ? .age : .drain)
         default:
             preconditionFailure("unexpected operation \(op) on a connection slot")
         }

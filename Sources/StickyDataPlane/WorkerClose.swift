@@ -92,6 +92,11 @@ extension Worker {
             let t = Int(slots[i].placement.target)
             pools[pool].figures[t].bytesUp &+= slots[i].up.bytes
             pools[pool].figures[t].bytesDown &+= slots[i].down.bytes
+            // The client left after stickyd's GOAWAY, as asked (a cut at a
+            // deadline or an idle timeout is counted apart).
+            if slots[i].goaway == .sent && (slots[i].closeReason == .done || slots[i].closeReason == .reset) {
+                pools[pool].figures[t].goawayClosed &+= 1
+            }
         }
         if accessLog != nil { recordAccess(i) }
         counters.bytesUp &+= slots[i].up.bytes

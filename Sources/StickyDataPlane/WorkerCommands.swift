@@ -14,10 +14,12 @@ extension Worker {
                 beginStop()
             case .setTargets(let pool, let targets, let states, let maglev):
                 pools[pool].setTargets(targets, states: states, maglev: maglev)
+                endLeavingConnections(pool: pool)
             case .setState(let pool, let address, let state):
                 pools[pool].balancer.setState(address: address, state: state)
-            case .closeTarget(let pool, let address, let graceMs):
-                cutTarget(pool: pool, address: address, graceMs: graceMs)
+                endLeavingConnections(pool: pool)
+            case .closeTarget(let pool, let address, let graceMs, let graceful):
+                cutTarget(pool: pool, address: address, graceMs: graceMs, graceful: graceful)
             case .clearAffinity(let pool, let scope):
                 for p in pools.indices where pool == nil || pool == p {
                     pools[p].balancer.clearAffinity(scope, now: now)
@@ -52,6 +54,7 @@ extension Worker {
         armTick()
         channel.heartbeat.wrappingAdd(1, ordering: .relaxed)
         for pool in pools { pool.balancer.expire(now: now, slots: pool.expiryBudget) }
+        checkConnectionAges()
         if !cutList.isEmpty {
             var keep: [(slot: Int32, generation: UInt32, deadline: Millis)] = []
             for c in cutList {
@@ -101,15 +104,26 @@ extension Worker {
         // free up (`release`), and only what is left at the deadline is cut.
     }
 
-    /// A drain deadline passed: FIN both ways now (clients see an orderly
-    /// end, and HTTP/2 peers get to finish a frame), reset after the grace.
-    func cutTarget(pool: Int, address: SocketAddress, graceMs: Millis) {
-        guard let t = pools[pool].target(of: address) else { return }
-        for i in 0..<slotCount where slots[i].pool == Int32(pool) && slots[i].placement.target == Int32(t) {
+    /// A drain deadline passed. Plain TCP gets FIN both ways now (clients
+    /// see an orderly end, and HTTP/2 peers get to finish a frame). After a
+    /// sticky drain (`graceful`), the target's pins are dropped, so its
+    /// clients are placed elsewhere on their next connection, and an h2c
+    /// connection gets a GOAWAY instead of a FIN. Whatever is still open
+    /// `graceMs` later is reset.
+    func cutTarget(pool p: Int, address: SocketAddress, graceMs: Millis, graceful: Bool) {
+        let pool = pools[p]
+        guard let t = pool.target(of: address) else { return }
+        if graceful { pool.balancer.setState(address: address, state: .draining(.strict)) }
+        for i in 0..<slotCount where slots[i].pool == Int32(p) && slots[i].placement.target == Int32(t) {
             switch slots[i].state {
             case .open:
-                shutdown(slots[i].clientFD, Int32(SHUT_WR))
-                shutdown(slots[i].backendFD, Int32(SHUT_WR))
+                if slots[i].h2c { pool.figures[t].openAtDeadline &+= 1 }
+                if graceful && slots[i].h2c {
+                    requestGoaway(i, .drain)
+                } else {
+                    shutdown(slots[i].clientFD, Int32(SHUT_WR))
+                    shutdown(slots[i].backendFD, Int32(SHUT_WR))
+                }
                 counters.drainCuts += 1
                 cutList.append((Int32(i), slots[i].generation, now + graceMs))
             case .connecting:
@@ -119,4 +133,5 @@ extension Worker {
             }
         }
     }
+
 }

@@ -86,7 +86,13 @@ extension Worker {
     func startForwarding(_ i: Int) {
         precondition(slots[i].state == .open, "forwarding a slot that is not open")
         idleAppend(i)
-        slots[i].engine = settings.engine
+        let pool = Int(slots[i].pool)
+        slots[i].engine = settings.pools[pool].engine
+        if pools[pool].h2c {
+            slots[i].h2c = true
+            slots[i].h2 = H2FrameTracker()
+            slots[i].ageCheckAt = ageCheckTime(i, pool: pools[pool])
+        }
         switch slots[i].engine {
         case .splice:
             armPoll(i, client: true)

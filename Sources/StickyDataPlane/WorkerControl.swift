@@ -15,6 +15,14 @@ public struct PoolSetup: Sendable {
     public var maglev: MaglevTable
     /// One per pool, shared by every worker: bounded load is pool-wide.
     public var sharedLoads: SharedLoads
+    /// The engine that forwards the pool's connections
+    /// (`StickyConfig.engine(for:)`: the copy engine for h2c pools).
+    public var engine: ForwardingEngine = .copy
+    /// The pool's targets speak cleartext HTTP/2: follow the target→client
+    /// frames, so a leaving target's connections can get a GOAWAY.
+    public var h2c = false
+    /// h2c: a connection this old has its pin re-checked for load (0: off).
+    public var maxConnectionAgeMs: Millis = 0
 
     public init(name: String, targets: [TargetSpec], states: [TargetState], affinity: AffinityConfig,
                 maglev: MaglevTable, sharedLoads: SharedLoads) {
@@ -35,9 +43,11 @@ public enum WorkerCommand: Sendable {
     /// New target list for a pool (membership or weights changed).
     case setTargets(pool: Int, targets: [TargetSpec], states: [TargetState], maglev: MaglevTable)
     case setState(pool: Int, address: SocketAddress, state: TargetState)
-    /// A strict drain's deadline passed: send FIN both ways on the target's
-    /// connections now, and reset what is still open `graceMs` later.
-    case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis)
+    /// A drain's deadline passed: end the target's connections now and
+    /// reset what is still open `graceMs` later. `graceful` (a sticky
+    /// drain's deadline): its pins are dropped and h2c connections get a
+    /// GOAWAY; otherwise, and for plain TCP, FIN both ways.
+    case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis, graceful: Bool)
     case clearAffinity(pool: Int?, scope: AffinityScope)
     /// A reload changed the timeouts.
     case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis, connectBudgetMs: Millis)
@@ -82,6 +92,11 @@ public struct TargetLoad: Sendable, Equatable {
     /// Refused or timed-out connects to the target, cumulative: metrics,
     /// and passive health detection.
     public var connectFailures: UInt64 = 0
+    /// h2c: GOAWAYs stickyd wrote to the target's clients; connections the
+    /// client then closed; connections still open at a drain's deadline.
+    public var goawaysSent: UInt64 = 0
+    public var goawayClosed: UInt64 = 0
+    public var openAtDeadline: UInt64 = 0
 
     public init(address: SocketAddress, connections: Int = 0, affinityEntries: Int = 0, bytesUp: UInt64 = 0,
                 bytesDown: UInt64 = 0, connectionsTotal: UInt64 = 0, connectFailures: UInt64 = 0) {

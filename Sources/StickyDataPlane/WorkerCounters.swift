@@ -39,5 +39,10 @@ public struct WorkerCounters: Sendable {
     /// The header (and early payload) could not be written to the target
     /// in one non-blocking send.
     public var proxySendFailures: UInt64 = 0
+    /// h2c: connections whose target→client stream stopped being tracked
+    /// (and went on as plain TCP), by `H2TrackerStop`.
+    public var h2Untracked: [UInt64] = Array(repeating: 0, count: H2TrackerStop.allCases.count)
+    /// h2c: GOAWAY frames stickyd wrote, by why (`GoawayCause`).
+    public var goawaysSent: [UInt64] = Array(repeating: 0, count: GoawayCause.allCases.count)
     public init() {}
 }

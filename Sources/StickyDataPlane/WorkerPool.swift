@@ -10,6 +10,11 @@ struct TargetFigures {
     /// Refused or timed-out connects, cumulative: metrics show them, and
     /// the control plane feeds the deltas to passive health detection.
     var connectFailures: UInt64 = 0
+    /// h2c (docs/HTTP2.md): GOAWAYs written, connections the client closed
+    /// after one, and connections still open at a drain's deadline.
+    var goawaysSent: UInt64 = 0
+    var goawayClosed: UInt64 = 0
+    var openAtDeadline: UInt64 = 0
 }
 
 /// One pool as a worker holds it: the balancer that places its clients,
@@ -32,6 +37,9 @@ final class WorkerPool {
     var figures: [TargetFigures]
     /// How many affinity slots the expiry sweep visits per tick.
     let expiryBudget: Int
+    /// The pool speaks h2c (PoolSetup.h2c), and its connection age limit.
+    let h2c: Bool
+    let maxConnectionAgeMs: Millis
 
     init(_ setup: PoolSetup, shareLoads: Bool) throws {
         name = setup.name
@@ -46,6 +54,8 @@ final class WorkerPool {
         addressLengths = Array(repeating: 0, count: WorkerPool.targetsMax)
         figures = Array(repeating: TargetFigures(), count: WorkerPool.targetsMax)
         expiryBudget = max(1024, setup.affinity.capacity / 10)
+        h2c = setup.h2c
+        maxConnectionAgeMs = setup.h2c ? setup.maxConnectionAgeMs : 0
         syncAddresses()
     }
 
@@ -78,6 +88,14 @@ final class WorkerPool {
                 addressLengths[t] = 0
             }
         }
+    }
+
+    /// Whether a client on target `t` must leave it: the target is gone,
+    /// or in a state whose pinned clients are moved (strict drain, maint,
+    /// down). Those are the connections an h2c GOAWAY ends.
+    func mustLeave(target t: Int) -> Bool {
+        guard let state = balancer.state(ofTarget: t) else { return true }
+        return !state.acceptsPinned
     }
 
     /// The target index of `address`, also for a target the balancer keeps

@@ -40,6 +40,9 @@ extension Worker {
                                              bytesUp: f.bytesUp &+ open[p][t].bytesUp,
                                              bytesDown: f.bytesDown &+ open[p][t].bytesDown,
                                              connectionsTotal: f.connections, connectFailures: f.connectFailures))
+                pr.targets[pr.targets.count - 1].goawaysSent = f.goawaysSent
+                pr.targets[pr.targets.count - 1].goawayClosed = f.goawayClosed
+                pr.targets[pr.targets.count - 1].openAtDeadline = f.openAtDeadline
             }
             r.pools.append(pr)
         }

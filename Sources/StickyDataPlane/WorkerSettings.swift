@@ -58,5 +58,10 @@ public struct WorkerSettings: Sendable {
 
     /// The engines this worker's connections use: pipes and the buffer
     /// ring are made only for those.
-    var enginesInUse: Set<ForwardingEngine> { [engine] }
+    /// The engines this worker's pools use: pipes and the buffer ring are
+    /// made only for those (an h2c pool uses the copy engine whatever
+    /// `engine` says; docs/CONFIG.md, `protocol`).
+    var enginesInUse: Set<ForwardingEngine> {
+        Set(pools.map(\.engine)).union(pools.isEmpty ? [engine] : [])
+    }
 }

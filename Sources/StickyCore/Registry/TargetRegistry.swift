@@ -189,14 +189,14 @@ public struct TargetRegistry: Sendable, Equatable {
     /// Drains whose deadline has passed and that were not yet expired;
     /// marks them expired. The caller tells the workers to close what is
     /// left on each.
-    public mutating func expireDrains(now: Millis) -> [(pool: Int, address: SocketAddress)] {
-        var out: [(Int, SocketAddress)] = []
+    public mutating func expireDrains(now: Millis) -> [(pool: Int, address: SocketAddress, mode: DrainMode)] {
+        var out: [(Int, SocketAddress, DrainMode)] = []
         for p in pools.indices {
             for t in pools[p].targets.indices {
                 guard var d = pools[p].targets[t].drain, !d.expired, now >= d.deadlineMs else { continue }
                 d.expired = true
                 pools[p].targets[t].drain = d
-                out.append((p, pools[p].targets[t].spec.address))
+                out.append((p, pools[p].targets[t].spec.address, d.mode))
             }
         }
         return out
