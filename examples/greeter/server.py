@@ -50,6 +50,17 @@ class Greeter(helloworld_pb2_grpc.GreeterServicer):
         log.debug("call %d from %s: name=%r", n, context.peer(), request.name)
         return helloworld_pb2.HelloReply(message=f"Hello, {request.name}! (from {self.pod})")
 
+    def SayHelloStream(self, request, context):  # noqa: N802 - gRPC's name
+        # Bounded: at most 10,000 replies, at most 10 s apart.
+        count = min(request.count or 1, 10_000)
+        interval = min(request.interval_ms, 10_000) / 1000.0
+        for i in range(count):
+            if i and not context.is_active():
+                return
+            if i and interval:
+                threading.Event().wait(interval)
+            yield helloworld_pb2.HelloReply(message=f"Hello, {request.name} #{i + 1}! (from {self.pod})")
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
