@@ -18,18 +18,6 @@ final class PoolProtocolConfigTests: XCTestCase {
         """
     }
 
-    func error(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> ConfigError? {
-        do {
-            _ = try ConfigLoader.parse(text, file: "test.yaml")
-            XCTFail("expected a config error", file: file, line: line)
-        } catch let e as ConfigError {
-            return e
-        } catch {
-            XCTFail("not a ConfigError: \(error)", file: file, line: line)
-        }
-        return nil
-    }
-
     func testDefaults() throws {
         let pool = try ConfigLoader.parse(config(), file: "test.yaml").pools[0]
         XCTAssertEqual(pool.wireProtocol, .tcp)
@@ -66,7 +54,7 @@ final class PoolProtocolConfigTests: XCTestCase {
             ("misspelt key", config("    max_conection_age: 30m\n"), 7, 5, "did you mean 'max_connection_age'"),
         ]
         for (name, text, line, column, fragment) in cases {
-            guard let e = error(text) else { continue }
+            guard let e = configError(text) else { continue }
             XCTAssertEqual(e.line, line, "\(name): \(e)")
             XCTAssertEqual(e.column, column, "\(name): \(e)")
             XCTAssertTrue(e.message.contains(fragment), "\(name): '\(e.message)' lacks '\(fragment)'")
