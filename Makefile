@@ -111,7 +111,7 @@ FUZZ_SRC_proxy-parser := Sources/StickyCore/Address.swift Sources/StickyCore/Byt
                          $(wildcard Sources/StickyCore/Proxy/*.swift)
 FUZZ_DIR_h2-tracker   := Fuzz/H2Tracker
 FUZZ_SRC_h2-tracker   := Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
-                         $(wildcard Sources/StickyCore/HTTP2/*.swift)
+                         Sources/StickyCore/SplitMix64.swift $(wildcard Sources/StickyCore/HTTP2/*.swift)
 .PHONY: $(addprefix fuzz-,$(FUZZ_TARGETS))
 
 fuzz: $(addprefix fuzz-,$(FUZZ_TARGETS)) ## Build and run every fuzz target for FUZZ_SECONDS each (default 60); crashes in Fuzz/*/crashes/

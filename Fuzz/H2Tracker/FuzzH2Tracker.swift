@@ -5,7 +5,7 @@
 //   swiftc -sanitize=fuzzer,address -parse-as-library -O \
 //     Fuzz/H2Tracker/FuzzH2Tracker.swift Sources/StickyCore/HTTP2/*.swift \
 //     Sources/StickyCore/ByteWriter.swift Sources/StickyCore/Address.swift \
-//     -o .build/fuzz/h2-tracker
+//     Sources/StickyCore/SplitMix64.swift -o .build/fuzz/h2-tracker
 //
 // The input is a target's byte stream. Besides "never traps", it checks:
 // - fed whole, everything is consumed;
@@ -101,18 +101,6 @@ func fnv1a(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
     var h: UInt64 = 0xcbf2_9ce4_8422_2325
     for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
     return h
-}
-
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 @inline(__always)

@@ -104,8 +104,9 @@ public struct PoolConfig: Sendable, Equatable {
 
     /// One connection's age limit, nil when `max_connection_age` is off:
     /// `maxConnectionAgeMs` moved by up to ±10%, chosen by `random` (any 64
-    /// bits; the data plane draws one per connection). The age limit is
-    /// when the data plane asks `AffinityBalancer.rebalanceForAge`.
+    /// bits; the data plane draws one per connection, from a per-worker
+    /// `SplitMix64`). The age limit is when the data plane asks
+    /// `AffinityBalancer.rebalanceForAge`.
     public func connectionAgeMs(random: UInt64) -> Millis? {
         maxConnectionAgeMs.map { PoolConfig.connectionAgeMs($0, random: random) }
     }

@@ -289,14 +289,8 @@ private struct NodeReader {
         if let node = keys["max_connection_age"] {
             // Whether the pool may have one, and its range, are validate's.
             let text = try scalar(node, name: "max_connection_age", expected: "a duration or off")
-            if text == "off" || text == "false" {
-                pool.maxConnectionAgeMs = nil
-            } else {
-                guard let ms = parseDuration(text) else {
-                    throw failure(node, "max_connection_age must be a duration such as 30m, or off, got '\(text)'")
-                }
-                pool.maxConnectionAgeMs = ms
-            }
+            let off = text == "off" || text == "false"
+            pool.maxConnectionAgeMs = off ? nil : try duration(node, name: "max_connection_age")
         }
         return pool
     }

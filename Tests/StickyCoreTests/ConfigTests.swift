@@ -4,26 +4,13 @@ import XCTest
 final class ConfigTests: XCTestCase {
     // MARK: Helpers
 
-    /// The error `text` fails with, or a test failure when it parses.
-    private func error(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> ConfigError? {
-        do {
-            _ = try ConfigLoader.parse(text, file: "test.yaml")
-            XCTFail("expected a config error", file: file, line: line)
-        } catch let error as ConfigError {
-            return error
-        } catch {
-            XCTFail("expected a ConfigError, got \(error)", file: file, line: line)
-        }
-        return nil
-    }
-
     /// Asserts that `text` fails at `line` (and `column`, when given) with a
     /// message containing every one of `fragments`.
     private func assertError(
         _ text: String, line expectedLine: Int?, column: Int? = nil, _ fragments: String...,
         file: StaticString = #filePath, line: UInt = #line
     ) {
-        guard let error = error(text, file: file, line: line) else { return }
+        guard let error = configError(text, file: file, line: line) else { return }
         XCTAssertEqual(error.file, "test.yaml", file: file, line: line)
         XCTAssertEqual(error.line, expectedLine, "\(error)", file: file, line: line)
         if let column { XCTAssertEqual(error.column, column, "\(error)", file: file, line: line) }
@@ -366,7 +353,7 @@ final class ConfigTests: XCTestCase {
     }
 
     func testEmptyFile() {
-        guard let error = error("# nothing here\n") else { return }
+        guard let error = configError("# nothing here\n") else { return }
         XCTAssertNil(error.line)
         XCTAssertTrue(error.message.contains("needs at least 'listeners' and 'pools'"))
     }
@@ -453,7 +440,7 @@ final class ConfigTests: XCTestCase {
                 pool: gretter
             pools: [ { name: greeter, targets: [ { address: 127.0.0.1:8081 } ] } ]
             """, line: 3, column: 11, "no pool named 'gretter'", "did you mean 'greeter'?")
-        guard let error = error("""
+        guard let error = configError("""
             listeners: [ { address: 127.0.0.1:7001, pool: x } ]
             pools: [ { name: a, targets: [ { address: 127.0.0.1:8081 } ] } ]
             """) else { return }

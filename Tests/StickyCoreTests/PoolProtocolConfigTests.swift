@@ -18,18 +18,6 @@ final class PoolProtocolConfigTests: XCTestCase {
         """
     }
 
-    func error(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> ConfigError? {
-        do {
-            _ = try ConfigLoader.parse(text, file: "test.yaml")
-            XCTFail("expected a config error", file: file, line: line)
-        } catch let e as ConfigError {
-            return e
-        } catch {
-            XCTFail("not a ConfigError: \(error)", file: file, line: line)
-        }
-        return nil
-    }
-
     func testDefaults() throws {
         let pool = try ConfigLoader.parse(config(), file: "test.yaml").pools[0]
         XCTAssertEqual(pool.wireProtocol, .tcp)
@@ -60,12 +48,13 @@ final class PoolProtocolConfigTests: XCTestCase {
              "pool 'greeter': max_connection_age must be at least 1s and less than 30d, or off, got 500ms"),
             ("age too long", config("    protocol: h2c\n    max_connection_age: 30d\n"), 8, 25, "less than 30d"),
             ("age not a duration", config("    protocol: h2c\n    max_connection_age: soon\n"), 8, 25,
-             "max_connection_age must be a duration such as 30m, or off, got 'soon'"),
-            ("age without a unit", config("    protocol: h2c\n    max_connection_age: 1800\n"), 8, 25, "a duration such as 30m"),
+             "max_connection_age must be a whole number with a unit (250ms, 5s, 2m, 3h, 1d), got 'soon'"),
+            ("age without a unit", config("    protocol: h2c\n    max_connection_age: 1800\n"), 8, 25, "a whole number with a unit"),
+            ("age empty", config("    protocol: h2c\n    max_connection_age:\n"), 8, 24, "max_connection_age must be a duration or off, got nothing"),
             ("misspelt key", config("    max_conection_age: 30m\n"), 7, 5, "did you mean 'max_connection_age'"),
         ]
         for (name, text, line, column, fragment) in cases {
-            guard let e = error(text) else { continue }
+            guard let e = configError(text) else { continue }
             XCTAssertEqual(e.line, line, "\(name): \(e)")
             XCTAssertEqual(e.column, column, "\(name): \(e)")
             XCTAssertTrue(e.message.contains(fragment), "\(name): '\(e.message)' lacks '\(fragment)'")

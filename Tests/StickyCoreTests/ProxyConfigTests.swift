@@ -16,18 +16,6 @@ final class ProxyConfigTests: XCTestCase {
         """
     }
 
-    func error(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> ConfigError? {
-        do {
-            _ = try ConfigLoader.parse(text, file: "test.yaml")
-            XCTFail("expected a config error", file: file, line: line)
-        } catch let e as ConfigError {
-            return e
-        } catch {
-            XCTFail("not a ConfigError: \(error)", file: file, line: line)
-        }
-        return nil
-    }
-
     func testKeysAreRead() throws {
         let c = try ConfigLoader.parse(config(listenerExtra: """
                 proxy_protocol:
@@ -69,7 +57,7 @@ final class ProxyConfigTests: XCTestCase {
             ("bad send_proxy", config(poolExtra: "    send_proxy: v3\n"), 7, 17, ["send_proxy must be one of none, v1, v2"]),
         ]
         for (name, text, line, column, fragments) in cases {
-            guard let e = error(text) else { continue }
+            guard let e = configError(text) else { continue }
             XCTAssertEqual(e.line, line, "\(name): \(e)")
             if let column { XCTAssertEqual(e.column, column, "\(name): \(e)") }
             for f in fragments { XCTAssertTrue(e.message.contains(f), "\(name): '\(e.message)' lacks '\(f)'") }
