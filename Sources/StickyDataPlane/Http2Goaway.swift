@@ -155,16 +155,13 @@ extension Worker {
     // MARK: - max_connection_age
 
     /// When connection `i` is next checked for its age: the pool's
-    /// `max_connection_age` with ±10% jitter (`PoolConfig.connectionAgeMs`),
-    /// so channels opened together do not all end together. The jitter
-    /// comes from the slot, its generation and the clock: no random state.
+    /// `max_connection_age` with ±10% jitter (`PoolConfig.connectionAgeMs`,
+    /// drawn from the worker's `SplitMix64`), so channels opened together
+    /// do not all end together.
     func ageCheckTime(_ i: Int, pool: WorkerPool) -> Millis {
         let age = pool.maxConnectionAgeMs
         guard age > 0 else { return 0 }
-        var h = UInt64(i) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(slots[i].generation) &* 0xC2B2_AE3D_27D4_EB4F
-        h ^= UInt64(bitPattern: now) &* 0xFF51_AFD7_ED55_8CCD
-        h ^= h >> 29
-        return now + PoolConfig.connectionAgeMs(age, random: h)
+        return now + PoolConfig.connectionAgeMs(age, random: jitter.next())
     }
 
     /// The tick's check: a connection past its age has its client's pin

@@ -95,8 +95,11 @@ public final class Worker {
     /// Per listener: `proxy_protocol.timeout`, counted from the accept
     /// (`lastActive` until the header is whole), or 0 without one.
     let proxyTimeoutMs: [Millis]
-    /// h2c: the GOAWAY frames this worker writes (Http2Goaway.swift).
+    /// h2c: the GOAWAY frames this worker writes (Http2Goaway.swift), and
+    /// the generator that jitters each connection's `max_connection_age`
+    /// (seeded once from the system generator; no syscall per draw).
     let goawayFrames = GoawayFrames()
+    var jitter = SplitMix64(seed: UInt64.random(in: .min ... .max))
 
     static let batchMax = 256
 
