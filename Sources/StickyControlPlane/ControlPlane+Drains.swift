@@ -1,0 +1,23 @@
+import StickyCore
+import StickyDataPlane
+
+extension ControlPlane {
+    /// Called periodically: drains whose deadline passed get their
+    /// remaining connections closed (FIN now, reset after the grace).
+    public func tick() {
+        let now = ControlPlane.monotonicMs()
+        let expired = state.withLock { $0.registry.expireDrains(now: now) }
+        for (p, address) in expired {
+            logger.notice("drain deadline reached; closing remaining connections",
+                          metadata: ["target": "\(address)", "grace_ms": "\(config.drain.graceMs)"])
+            broadcast(.closeTarget(pool: p, address: address, graceMs: config.drain.graceMs))
+        }
+        // Targets a reload dropped leave once their cut connections are gone.
+        let (removed, r) = state.withLock { s in
+            (s.registry.removeExpiredReloadDrains(now: now, graceMs: config.drain.graceMs), s.registry)
+        }
+        for p in removed { publish(.targets(pool: p), r) }
+        if !expired.isEmpty || !removed.isEmpty { persist() }
+        healthTick(now: now)
+    }
+}
