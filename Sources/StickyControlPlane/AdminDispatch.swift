@@ -22,7 +22,7 @@ extension ControlPlane {
     }
 
     func execute(_ command: AdminCommand) -> Result<AdminAnswer, RegistryError> {
-        let now = ControlPlane.monotonicMs()
+        let now = clock.nowMs()
         switch command {
         case .help:
             return .success(AdminAnswer(text: AdminGrammar.synopsis.joined(separator: "\n"),

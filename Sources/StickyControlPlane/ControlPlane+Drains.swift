@@ -5,7 +5,7 @@ extension ControlPlane {
     /// Called periodically: drains whose deadline passed get their
     /// remaining connections closed (FIN now, reset after the grace).
     public func tick() {
-        let now = ControlPlane.monotonicMs()
+        let now = clock.nowMs()
         let expired = state.withLock { $0.registry.expireDrains(now: now) }
         for (p, address) in expired {
             logger.notice("drain deadline reached; closing remaining connections",

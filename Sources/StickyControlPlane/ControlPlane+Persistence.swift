@@ -15,7 +15,7 @@ extension ControlPlane {
         guard persisting.load(ordering: .acquiring) else { return }
         let r = registry
         let file = StateFile(registry: r, hashKey: generatedKey ? hashKey.hex : nil,
-                             nowMs: ControlPlane.monotonicMs(), nowUnixMs: ControlPlane.unixMs())
+                             nowMs: clock.nowMs(), nowUnixMs: clock.unixMs())
         do {
             try AtomicFile.write(try file.encoded(), to: path)
             state.withLock { $0.lastPersistError = nil }

@@ -6,7 +6,7 @@ extension ControlPlane {
     /// `TargetRegistry.reload`) and timeouts. What needs a restart
     /// (listeners, pools, engine, workers, limits) is reported, not applied.
     public func reload(_ new: StickyConfig) -> Result<String, RegistryError> {
-        let now = ControlPlane.monotonicMs()
+        let now = clock.nowMs()
         let outcome = state.withLock { s -> (Result<ReloadPlan, RegistryError>, TargetRegistry) in
             (s.registry.reload(new, now: now), s.registry)
         }

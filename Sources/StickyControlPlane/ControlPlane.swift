@@ -32,6 +32,9 @@ public final class ControlPlane: Sendable {
     let logger: Logger
     let state: Mutex<State>
     let channels: Mutex<[WorkerChannel]>
+    /// The control plane's time: drain deadlines, uptime, health timers and
+    /// the state file read it, and tests drive it by hand.
+    let clock: any MillisClock
     let startedWallSec: Int
     let startedMs: Millis
     /// Off while an upgrade hands over and after it did: the successor
@@ -43,32 +46,28 @@ public final class ControlPlane: Sendable {
     let persistLock = NSLock()
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
-                stateFilePath: String?, logger: Logger) {
+                stateFilePath: String?, logger: Logger, clock: any MillisClock = SystemClock()) {
         self.config = config
         self.hashKey = hashKey
         self.generatedKey = generatedKey
         self.stateFilePath = stateFilePath
         self.logger = logger
+        self.clock = clock
         var r = registry
         r.drainModeDefault = config.drain.mode
         r.drainTimeoutMsDefault = config.drain.timeoutMs
         state = Mutex(State(registry: r, health: HealthState(config: config, registry: r)))
         channels = Mutex([])
-        startedWallSec = time(nil)
-        startedMs = ControlPlane.monotonicMs()
+        startedWallSec = Int(clock.unixMs() / 1000)
+        startedMs = clock.nowMs()
     }
 
-    public static func monotonicMs() -> Millis {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-        return Millis(ts.tv_sec) * 1000 + Millis(ts.tv_nsec / 1_000_000)
-    }
+    /// The system's monotonic clock, for code that keeps real deadlines
+    /// whatever clock the control plane was given (the main loop, takeover,
+    /// upgrade).
+    public static func monotonicMs() -> Millis { SystemClock().nowMs() }
 
-    static func unixMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec / 1_000_000)
-    }
+    static func unixMs() -> Int64 { SystemClock().unixMs() }
 
     public func attach(_ workerChannels: [WorkerChannel]) {
         channels.withLock { $0 = workerChannels }

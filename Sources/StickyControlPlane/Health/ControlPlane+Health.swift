@@ -50,7 +50,7 @@ extension ControlPlane {
 
     /// An active probe's result (the prober's thread).
     public func probeResult(_ t: ProbeTarget, ok: Bool, reason: String) {
-        let now = ControlPlane.monotonicMs()
+        let now = clock.nowMs()
         state.withLock { s in
             if let tr = s.health.book.probe(pool: t.pool, address: t.target, ok: ok, reason: reason, now: now) {
                 applyHealth(tr, pool: t.pool, address: t.target, &s)

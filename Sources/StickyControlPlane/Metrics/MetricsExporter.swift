@@ -65,7 +65,7 @@ public final class MetricsExporter: Sendable {
     public func scrape() -> [UInt8] {
         let reports = control.collect()
         let (targets, health) = control.registryAndHealth
-        let now = ControlPlane.monotonicMs()
+        let now = control.clock.nowMs()
         state.withLock { s in update(&s, reports: reports, registry: targets, health: health, now: now) }
         return registry.emitToBuffer()
     }
