@@ -1,25 +1,31 @@
-import Glibc
+import Dispatch
 import StickyCore
 import StickyDataPlane
 
 extension ControlPlane {
-    /// Asks every worker for a fresh report and waits (bounded) for them.
-    /// Each caller gets the answers to its own request: `show affinity`, a
-    /// metrics scrape and the health tick may ask at the same time, with
-    /// different queries. A worker that does not answer in time is
-    /// represented by its latest periodic report.
-    public func collect(_ query: PinQuery? = nil, entries: Bool = false, timeoutMs: Int = 2000) -> [WorkerReport] {
+    /// Asks every worker for a fresh report and waits (bounded by
+    /// `reportTimeoutMs`) for them. Each caller gets the answers to its own
+    /// request: `show affinity`, a metrics scrape and the health tick may
+    /// ask at the same time, with different queries. A worker that does not
+    /// answer in time is represented by its latest periodic report.
+    ///
+    /// The wait is real time, whatever clock the control plane was given:
+    /// it bounds how long an admin session or a scrape can hang on a stuck
+    /// worker.
+    public func collect(_ query: PinQuery? = nil, entries: Bool = false) -> [WorkerReport] {
         let chans = channels.withLock { $0 }
+        guard !chans.isEmpty else { return [] }
         let request = nextRequest.add(1, ordering: .relaxed).newValue
-        for c in chans { c.post(.report(query, entries: entries, request: request)) }
-        var out: [WorkerReport?] = Array(repeating: nil, count: chans.count)
-        let deadline = ControlPlane.monotonicMs() + Millis(timeoutMs)
-        while true {
-            for (w, c) in chans.enumerated() where out[w] == nil { out[w] = c.takeAnswer(request) }
-            if !out.contains(where: { $0 == nil }) || ControlPlane.monotonicMs() >= deadline { break }
-            usleep(1000)
+        // Each worker's answer signals once; the wait sleeps until then.
+        let arrived = DispatchSemaphore(value: 0)
+        for c in chans {
+            c.expect(request) { arrived.signal() }
+            c.post(.report(query, entries: entries, request: request))
         }
-        return zip(out, chans).map { $0 ?? $1.report }
+        let deadline = DispatchTime.now() + .milliseconds(reportTimeoutMs)
+        var waiting = chans.count
+        while waiting > 0, arrived.wait(timeout: deadline) == .success { waiting -= 1 }
+        return chans.map { $0.takeAnswer(request) ?? $0.report }
     }
 
     /// Per pool and target address: loads summed over the workers.

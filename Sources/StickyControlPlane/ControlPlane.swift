@@ -35,6 +35,8 @@ public final class ControlPlane: Sendable {
     /// The control plane's time: drain deadlines, uptime, health timers and
     /// the state file read it, and tests drive it by hand.
     let clock: any MillisClock
+    /// How long `collect` waits for the workers' answers.
+    let reportTimeoutMs: Int
     let startedWallSec: Int
     let startedMs: Millis
     /// Off while an upgrade hands over and after it did: the successor
@@ -46,13 +48,14 @@ public final class ControlPlane: Sendable {
     let persistLock = NSLock()
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
-                stateFilePath: String?, logger: Logger, clock: any MillisClock = SystemClock()) {
+                stateFilePath: String?, logger: Logger, clock: any MillisClock = SystemClock(), reportTimeoutMs: Int = 2000) {
         self.config = config
         self.hashKey = hashKey
         self.generatedKey = generatedKey
         self.stateFilePath = stateFilePath
         self.logger = logger
         self.clock = clock
+        self.reportTimeoutMs = reportTimeoutMs
         var r = registry
         r.drainModeDefault = config.drain.mode
         r.drainTimeoutMsDefault = config.drain.timeoutMs
