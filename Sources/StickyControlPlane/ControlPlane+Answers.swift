@@ -7,8 +7,8 @@ extension ControlPlane {
     func info(now: Millis) -> AdminAnswer {
         let r = registry
         let reports = collect()
-        let active = reports.reduce(0) { $0 + $1.counters.active }
-        let accepted = reports.reduce(UInt64(0)) { $0 + $1.counters.accepted }
+        let active = reports.reduce(0) { $0 &+ $1.counters[.active] }
+        let accepted = reports.reduce(0) { $0 &+ $1.counters[.accepted] }
         let persistError = state.withLock { $0.lastPersistError }
         let fields: [(String, String)] = [
             ("version", StickyVersion.string),
@@ -28,67 +28,32 @@ extension ControlPlane {
                            json: AdminFormat.json(Dictionary(uniqueKeysWithValues: fields)))
     }
 
+    /// `show stats`: every field of `CounterTable` with a `stat` key, in
+    /// the table's order, summed over the workers (and their pools).
     func stats() -> AdminAnswer {
         let reports = collect()
-        var c = WorkerCounters()
-        for r in reports {
-            let w = r.counters
-            c.accepted += w.accepted
-            c.active += w.active
-            c.rejectedFull += w.rejectedFull
-            c.acceptErrors += w.acceptErrors
-            c.acceptPauses += w.acceptPauses
-            c.descriptorExhaustion += w.descriptorExhaustion
-            c.connectErrors += w.connectErrors
-            c.connectTimeouts += w.connectTimeouts
-            c.connectRetries += w.connectRetries
-            c.bytesUp += w.bytesUp
-            c.bytesDown += w.bytesDown
-            c.pipeWaits += w.pipeWaits
-            c.bufferStarvations += w.bufferStarvations
-            c.drainCuts += w.drainCuts
-            c.proxyHeadersReceived += w.proxyHeadersReceived
-            c.proxyHeadersSent += w.proxyHeadersSent
-            c.proxySendFailures += w.proxySendFailures
-            for k in c.proxyRejected.indices { c.proxyRejected[k] += w.proxyRejected[k] }
-            for k in c.closed.indices { c.closed[k] += w.closed[k] }
-        }
-        var a = AffinityCounters()
-        for r in reports {
-            for p in r.pools {
-                a.hits += p.affinity.hits
-                a.misses += p.affinity.misses
-                a.spills += p.affinity.spills
-                a.expirations += p.affinity.expirations
-                a.evictions += p.affinity.evictions
-                a.unrecorded += p.affinity.unrecorded
-                a.noTarget += p.affinity.noTarget
-                a.size += p.affinity.size
-                for reason in MoveReason.allCases { a.moves[reason] += p.affinity.moves[reason] }
+        var workers = WorkerCounters()
+        for r in reports { workers.add(r.counters) }
+        let pools = reports.flatMap { $0.pools.map(\.affinity) }
+        var fields: [(String, UInt64)] = []
+        for f in CounterTable.fields {
+            guard let key = f.stat else { continue }
+            switch f.source {
+            case .worker(let c):
+                fields.append((key, workers[c]))
+            case .workerFamily(let family):
+                for (label, value) in workers.series(family) { fields.append(("\(key)_\(label)", value)) }
+            case .affinity(let a):
+                fields.append((key, pools.reduce(0) { $0 &+ a.value(in: $1) }))
+            case .affinityMoves:
+                var sums = AffinityCounters().moveSeries
+                for p in pools {
+                    for (i, m) in p.moveSeries.enumerated() { sums[i].value &+= m.value }
+                }
+                for (label, value) in sums { fields.append(("\(key)_\(label)", value)) }
+            case .target, .process:
+                preconditionFailure("show stats has no per-target or process fields: \(key)")
             }
-        }
-        var fields: [(String, UInt64)] = [
-            ("connections_accepted", c.accepted), ("connections_active", UInt64(c.active)),
-            ("connections_rejected_full", c.rejectedFull), ("accept_errors", c.acceptErrors),
-            ("accept_pauses", c.acceptPauses), ("descriptor_exhaustion", c.descriptorExhaustion),
-            ("connect_errors", c.connectErrors), ("connect_timeouts", c.connectTimeouts),
-            ("connect_retries", c.connectRetries), ("bytes_client_to_target", c.bytesUp),
-            ("bytes_target_to_client", c.bytesDown), ("pipe_waits", c.pipeWaits),
-            ("buffer_starvations", c.bufferStarvations), ("drain_deadline_cuts", c.drainCuts),
-            ("affinity_hits", a.hits), ("affinity_misses", a.misses), ("affinity_spills", a.spills),
-            ("affinity_expirations", a.expirations), ("affinity_evictions", a.evictions),
-            ("affinity_unrecorded", a.unrecorded), ("affinity_no_target", a.noTarget),
-            ("affinity_entries", UInt64(a.size)),
-        ]
-        for reason in MoveReason.allCases { fields.append(("affinity_moves_\(reason)", a.moves[reason])) }
-        fields.append(("proxy_headers_received", c.proxyHeadersReceived))
-        fields.append(("proxy_headers_sent", c.proxyHeadersSent))
-        fields.append(("proxy_send_failures", c.proxySendFailures))
-        for reason in ProxyRejection.allCases {
-            fields.append(("proxy_rejected_\(reason.metricName)", c.proxyRejected[Int(reason.rawValue)]))
-        }
-        for reason in CloseReason.allCases where reason != .none {
-            fields.append(("closed_\(reason.metricName)", c.closed[Int(reason.rawValue)]))
         }
         return AdminAnswer(text: fields.map { "\($0.0): \($0.1)" }.joined(separator: "\n"),
                            json: AdminFormat.json(Dictionary(uniqueKeysWithValues: fields.map { ($0.0, $0.1) })))

@@ -61,46 +61,28 @@ public struct WorkerSettings: Sendable {
     public init() {}
 }
 
-/// Counters a worker keeps; the control plane reads copies.
+/// Counters a worker keeps; the control plane reads copies. Each scalar is
+/// a `WorkerCounter` (StickyCore), named and described once in
+/// `CounterTable`; the families are indexed by this module's reason enums.
 public struct WorkerCounters: Sendable {
-    public var accepted: UInt64 = 0
-    public var active = 0
-    public var rejectedFull: UInt64 = 0
-    public var acceptErrors: UInt64 = 0
-    public var acceptPauses: UInt64 = 0
-    public var descriptorExhaustion: UInt64 = 0
-    public var connectErrors: UInt64 = 0
-    public var connectTimeouts: UInt64 = 0
-    public var connectRetries: UInt64 = 0
-    public var bytesUp: UInt64 = 0
-    public var bytesDown: UInt64 = 0
+    public var values = CounterValues()
+    /// Connections closed, by `CloseReason`.
     public var closed: [UInt64] = Array(repeating: 0, count: CloseReason.allCases.count)
-    public var pipeWaits: UInt64 = 0
-    public var bufferStarvations: UInt64 = 0
-    public var sqFullFlushes = 0
-    /// Connections given FIN by a strict drain's deadline.
-    public var drainCuts: UInt64 = 0
-    // Loop figures for metrics: plain counters, bumped once per loop turn
-    // or per batch of completions, never per operation.
-    /// Turns of the loop (one io_uring_enter wait each).
-    public var loopIterations: UInt64 = 0
-    /// Completions reaped.
-    public var completions: UInt64 = 0
-    /// Descriptors held now (set when a report is made) and the budget.
-    public var descriptors = 0
-    public var descriptorBudget = 0
-    /// Access log lines written, and lines lost to a failed write.
-    public var accessLogLines: UInt64 = 0
-    public var accessLogDrops: UInt64 = 0
-    /// PROXY headers received whole, and written to targets.
-    public var proxyHeadersReceived: UInt64 = 0
-    public var proxyHeadersSent: UInt64 = 0
     /// Connections closed for their PROXY header, by `ProxyRejection`.
     public var proxyRejected: [UInt64] = Array(repeating: 0, count: ProxyRejection.allCases.count)
-    /// The header (and early payload) could not be written to the target
-    /// in one non-blocking send.
-    public var proxySendFailures: UInt64 = 0
     public init() {}
+
+    public subscript(_ counter: WorkerCounter) -> UInt64 {
+        get { values[counter] }
+        set { values[counter] = newValue }
+    }
+
+    /// Adds another worker's figures (the control plane's sums), wrapping.
+    public mutating func add(_ other: WorkerCounters) {
+        values.add(other.values)
+        for k in closed.indices { closed[k] &+= other.closed[k] }
+        for k in proxyRejected.indices { proxyRejected[k] &+= other.proxyRejected[k] }
+    }
 }
 
 /// One event loop: one ring, one thread, its own listeners (one per
@@ -188,7 +170,7 @@ public final class Worker {
     /// lowers `limits.max_connections`.
     var admitMax = 0
     /// A slot is free and the limit allows one more connection.
-    var slotAvailable: Bool { freeHead >= 0 && counters.active < admitMax }
+    var slotAvailable: Bool { freeHead >= 0 && counters[.active] < admitMax }
     var running = true
 
     let wakeFD: Int32
@@ -367,18 +349,18 @@ public final class Worker {
         while running {
             ring.submitAndWait(timeoutMs: nil)
             now = Worker.clock()
-            counters.loopIterations &+= 1
+            counters[.loopIterations] &+= 1
             while true {
                 let n = ring.reap(cqes, batch, max: Worker.batchMax) { c in
                     dispatch(UserData(raw: c.userData), c.res, c.flags)
                 }
                 if n == 0 { break }
-                counters.completions &+= UInt64(n)
+                counters[.completions] &+= UInt64(n)
                 if resourcesFreed { serveWaiting() }
             }
-            if stopping && counters.active == 0 && acceptBacklog.isEmpty { running = false }
+            if stopping && counters[.active] == 0 && acceptBacklog.isEmpty { running = false }
         }
-        counters.sqFullFlushes = ring.sqFullFlushes
+        counters[.sqFullFlushes] = UInt64(clamping: ring.sqFullFlushes)
         flushAccessLog()
     }
 
@@ -479,28 +461,28 @@ public final class Worker {
         // completion's own client is placed, or its pin would be missed.
         defer { if last && handoffBox != nil { completeHandoffExport() } }
         if res >= 0 {
-            counters.accepted += 1
+            counters[.accepted] += 1
             descriptors += 1
             admit(res, listener: l)
             if descriptorsLeft < Worker.descriptorReserve {
                 // Near the budget: pause before the kernel hands us clients
                 // we could not give a backend socket.
-                if !acceptPaused { counters.descriptorExhaustion += 1 }
+                if !acceptPaused { counters[.descriptorExhaustion] += 1 }
                 pauseAccepting()
             }
         } else if res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM {
             // Out of descriptors or memory: stop accepting for a while
             // instead of spinning on the error, and say so (rarely).
-            counters.descriptorExhaustion += 1
-            if counters.descriptorExhaustion & (counters.descriptorExhaustion - 1) == 0 {
+            counters[.descriptorExhaustion] += 1
+            if counters[.descriptorExhaustion] & (counters[.descriptorExhaustion] - 1) == 0 {
                 logger.warning("accept paused: out of descriptors or memory",
-                               metadata: ["errno": "\(-res)", "times": "\(counters.descriptorExhaustion)"])
+                               metadata: ["errno": "\(-res)", "times": "\(counters[.descriptorExhaustion])"])
             }
             pauseAccepting()
             armAcceptRetry()
             return
         } else if res != -ECANCELED {
-            counters.acceptErrors += 1
+            counters[.acceptErrors] += 1
         }
         if !acceptArmed[l] && !acceptPaused && !stopping { armAccept(l) }
     }
@@ -516,7 +498,7 @@ public final class Worker {
     func pauseAccepting() {
         guard !acceptPaused else { return }
         acceptPaused = true
-        counters.acceptPauses += 1
+        counters[.acceptPauses] += 1
         for l in listenerFDs.indices where acceptArmed[l] {
             let s = ring.sqe()
             io_uring_prep_cancel64(s, UserData(op: .accept, generation: 0, index: UInt32(l)).raw, 0)
@@ -577,7 +559,7 @@ public final class Worker {
                 acceptBacklog.append(fd)
                 acceptBacklogListener.append(l)
             } else {
-                counters.rejectedFull += 1
+                counters[.rejectedFull] += 1
                 Sockets.setResetOnClose(fd)
                 close(fd)
                 descriptors -= 1
@@ -598,7 +580,7 @@ public final class Worker {
         slots[i].acceptedMs = now
         slots[i].lastActive = now
         slots[i].listener = Int32(l)
-        counters.active += 1
+        counters[.active] += 1
         if !slotAvailable { pauseAccepting() }
         if proxy != nil {
             slots[i].state = .proxyHeader
@@ -628,7 +610,7 @@ public final class Worker {
             // and park the client (it keeps its connection) until one frees,
             // up to the connect timeout; accepting pauses meanwhile.
             policies[pool].connectFailed(p, client: slots[i].client, now: now)
-            counters.descriptorExhaustion += 1
+            counters[.descriptorExhaustion] += 1
             if now - slots[i].lastActive >= settings.connectTimeoutMs {
                 beginClose(i, .resources, reset: true)
                 return
@@ -679,7 +661,7 @@ public final class Worker {
         }
         // A refused or timed-out connect: this target failed this client.
         // -ECANCELED here means the linked timeout fired first.
-        if res == -ECANCELED { counters.connectTimeouts += 1 } else { counters.connectErrors += 1 }
+        if res == -ECANCELED { counters[.connectTimeouts] += 1 } else { counters[.connectErrors] += 1 }
         close(slots[i].backendFD)
         slots[i].backendFD = -1
         descriptors -= 1
@@ -693,7 +675,7 @@ public final class Worker {
         if failed < TargetMask.capacity { targetConnectFailures[pool * Worker.targetSlots + failed] &+= 1 }
         if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping
             && now - slots[i].acceptedMs < settings.connectBudgetMs {
-            counters.connectRetries += 1
+            counters[.connectRetries] += 1
             connect(i)
         } else {
             beginClose(i, .connectFailed)
@@ -791,7 +773,7 @@ public final class Worker {
             if d.pipe < 0 {
                 guard let p = pipes.acquire(mayCreate: pipeDescriptorsLeft >= 2) else {
                     d.awaitingPipe = true
-                    counters.pipeWaits += 1
+                    counters[.pipeWaits] += 1
                     waiting.append((Int32(i), slots[i].generation, down))
                     break loop
                 }
@@ -866,7 +848,7 @@ public final class Worker {
             d.sourceEOF = true
         } else if res == -ENOBUFS {
             d.starved = true
-            counters.bufferStarvations += 1
+            counters[.bufferStarvations] += 1
             waiting.append((Int32(i), slots[i].generation, down))
         } else if res < 0 && res != -ECANCELED {
             outcome = .reset
@@ -1126,7 +1108,7 @@ public final class Worker {
             case .open:
                 shutdown(slots[i].clientFD, Int32(SHUT_WR))
                 shutdown(slots[i].backendFD, Int32(SHUT_WR))
-                counters.drainCuts += 1
+                counters[.drainCuts] += 1
                 cutList.append((Int32(i), slots[i].generation, now + graceMs))
             case .connecting:
                 beginClose(i, .drainDeadline, reset: true)
@@ -1141,9 +1123,9 @@ public final class Worker {
         var r = WorkerReport()
         r.sequence = reportSequence
         r.counters = counters
-        r.counters.sqFullFlushes = ring.sqFullFlushes
-        r.counters.descriptors = descriptors
-        r.counters.descriptorBudget = settings.descriptorBudget
+        r.counters[.sqFullFlushes] = UInt64(clamping: ring.sqFullFlushes)
+        r.counters[.descriptors] = UInt64(clamping: descriptors)
+        r.counters[.descriptorBudget] = UInt64(clamping: settings.descriptorBudget)
         // Bytes of connections still open count too: a gRPC channel lives
         // for hours, and its bytes must not appear only when it closes.
         // Closed connections' bytes are in targetBytesUp/Down; a slot's move
@@ -1156,8 +1138,8 @@ public final class Worker {
             let k = Int(slots[i].pool) * Worker.targetSlots + Int(slots[i].placement.target)
             openBytesUp[k] &+= slots[i].up.bytes
             openBytesDown[k] &+= slots[i].down.bytes
-            r.counters.bytesUp &+= slots[i].up.bytes
-            r.counters.bytesDown &+= slots[i].down.bytes
+            r.counters[.bytesUp] &+= slots[i].up.bytes
+            r.counters[.bytesDown] &+= slots[i].down.bytes
         }
         for p in policies.indices {
             var pr = PoolReport()
@@ -1256,7 +1238,7 @@ public final class Worker {
         case .invalid(let reason):
             rejectProxy(i, ProxyRejection(reason))
         case .complete(let header):
-            counters.proxyHeadersReceived += 1
+            counters[.proxyHeadersReceived] += 1
             slots[i].proxyConsumed = UInt16(header.consumed)
             // LOCAL, UNKNOWN and AF_UNSPEC carry no source: the socket's
             // peer (already in `client`) stands.
@@ -1322,11 +1304,11 @@ public final class Worker {
         }
         let sent = send(slots[i].backendFD, out.baseAddress, length, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
         guard sent == length else {
-            counters.proxySendFailures += 1
+            counters[.proxySendFailures] += 1
             beginClose(i, .reset, reset: true)
             return false
         }
-        if version != nil { counters.proxyHeadersSent += 1 }
+        if version != nil { counters[.proxyHeadersSent] += 1 }
         slots[i].up.bytes += UInt64(early)
         return true
     }
@@ -1420,8 +1402,8 @@ public final class Worker {
     func flushAccessLog() {
         guard let log = accessLog else { return }
         log.flush()
-        counters.accessLogLines = log.lines
-        counters.accessLogDrops = log.dropped
+        counters[.accessLogLines] = log.lines
+        counters[.accessLogDrops] = log.dropped
     }
 
     /// Returns a slot whose every operation has completed to the free list.
@@ -1445,8 +1427,8 @@ public final class Worker {
             targetBytesDown[k] &+= slots[i].down.bytes
         }
         if accessLog != nil { recordAccess(i) }
-        counters.bytesUp &+= slots[i].up.bytes
-        counters.bytesDown &+= slots[i].down.bytes
+        counters[.bytesUp] &+= slots[i].up.bytes
+        counters[.bytesDown] &+= slots[i].down.bytes
         counters.closed[Int(slots[i].closeReason.rawValue)] += 1
         returnResources(slots[i].up)
         returnResources(slots[i].down)
@@ -1454,7 +1436,7 @@ public final class Worker {
         slots[i].state = .free
         slots[i].next = freeHead
         freeHead = Int32(i)
-        counters.active -= 1
+        counters[.active] -= 1
         // Descriptors came back: parked connects first, they hold clients.
         retryParkedConnects()
         // A free slot: then serve connections accepted while full, oldest

@@ -105,18 +105,9 @@ extension ControlPlane {
         let effective = s.health.book.effectiveState(pool: p, record: record)
         logger.notice(tr.to == .down ? "target down" : "target up", metadata: [
             "pool": "\(s.registry.pools[p].name)", "target": "\(address)", "reason": "\(tr.reason)",
-            "check": "\(config.pools[p].health.type.rawValue)", "state": "\(ControlPlane.stateName(effective))",
+            "check": "\(config.pools[p].health.type.rawValue)", "state": "\(effective.label)",
         ])
         broadcast(.setState(pool: p, address: address, state: effective))
-    }
-
-    static func stateName(_ s: TargetState) -> String {
-        switch s {
-        case .ready: return "ready"
-        case .down: return "down"
-        case .maint: return "maint"
-        case .draining(let m): return "draining(\(m.rawValue))"
-        }
     }
 
     /// `show targets`' health cells: the HEALTH column text and JSON fields.
@@ -131,8 +122,7 @@ extension ControlPlane {
         let json: [String: Any] = [
             "health": t.status.rawValue, "health_check": t.config.type.rawValue,
             "health_transitions": t.transitions, "health_hold_ms": hold, "health_reason": t.lastReason,
-            "effective_state": ControlPlane.stateName(h.book.effectiveState(pool: p, record: record))
-                .split(separator: "(").first.map(String.init) ?? "",
+            "effective_state": h.book.effectiveState(pool: p, record: record).name.rawValue,
         ]
         return (text, "\(t.transitions)", json)
     }
