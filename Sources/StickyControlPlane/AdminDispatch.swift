@@ -10,25 +10,23 @@ extension ControlPlane {
         case .success(let r): request = r
         case .failure(let e):
             let json = line.split(separator: " ").first == "json"
-            return AdminReply(json ? AdminFormat.jsonError(e.message) : "error: \(e.message)")
+            return AdminReply(AdminFormat.render(ErrorAnswer(e.message), json: json))
         }
-        let result = execute(request.command)
-        switch result {
+        switch execute(request.command) {
         case .success(let answer):
-            return AdminReply(request.json ? answer.json : answer.text, close: request.command == .quit)
+            return AdminReply(AdminFormat.render(answer, json: request.json), close: request.command == .quit)
         case .failure(let e):
-            return AdminReply(request.json ? AdminFormat.jsonError(e.message) : "error: \(e.message)")
+            return AdminReply(AdminFormat.render(ErrorAnswer(e.message), json: request.json))
         }
     }
 
-    func execute(_ command: AdminCommand) -> Result<AdminAnswer, RegistryError> {
+    func execute(_ command: AdminCommand) -> Result<any AdminAnswer, RegistryError> {
         let now = clock.nowMs()
         switch command {
         case .help:
-            return .success(AdminAnswer(text: AdminGrammar.synopsis.joined(separator: "\n"),
-                                        json: AdminFormat.json(["commands": AdminGrammar.synopsis])))
+            return .success(HelpAnswer(commands: AdminGrammar.synopsis))
         case .quit:
-            return .success(AdminAnswer(text: "bye", json: AdminFormat.json(["result": "bye"])))
+            return .success(ResultAnswer.bye)
         case .upgrade:
             // The daemon answers it before the lock (DaemonUpgrade.swift):
             // it waits for a hand-over that itself needs the lock.
@@ -39,36 +37,47 @@ extension ControlPlane {
             return .success(stats())
         case .showTargets(let pool):
             let r = registry
-            return r.poolIndex(pool).map { _ in targets(r, pool: pool, now: now) }.flatMapError { e in
-                pool == nil && r.pools.count > 1 ? .success(targets(r, pool: nil, now: now)) : .failure(e)
+            switch r.poolIndex(pool) {
+            case .success: return .success(targets(r, pool: pool, now: now))
+            // Without a pool name, several pools are all listed.
+            case .failure where pool == nil && r.pools.count > 1: return .success(targets(r, pool: nil, now: now))
+            case .failure(let e): return .failure(e)
             }
         case .showAffinity(let pool, let client, let limit):
             let r = registry
             return ControlPlane.poolFilter(r, pool).map { pi in
                 affinity(r, pool: pi, client: client, limit: limit ?? 100, now: now)
             }
+        case .clearAffinity, .addTarget, .setWeight, .drain, .ready, .maint, .remove:
+            return change(command, now: now).map { ResultAnswer.ok($0) }
+        }
+    }
+
+    /// The commands that change something. Success is the `ok:` message.
+    func change(_ command: AdminCommand, now: Millis) -> Result<String, RegistryError> {
+        switch command {
         case .clearAffinity(let pool, let scope):
             return ControlPlane.poolFilter(registry, pool).map { pi in
                 broadcast(.clearAffinity(pool: pi, scope: scope))
-                return .ok("affinity cleared (entries with open connections stay until they close)")
+                return "affinity cleared (entries with open connections stay until they close)"
             }
         case .addTarget(let pool, let address, let weight, let name):
             return mutate { $0.add(pool: pool, address: address, weight: weight, name: name) }
-                .map { _ in .ok("added \(address)") }
+                .map { _ in "added \(address)" }
         case .setWeight(let pool, let address, let weight):
             return mutate { $0.setWeight(pool: pool, address: address, weight: weight) }
-                .map { _ in .ok("weight of \(address) set to \(weight)") }
+                .map { _ in "weight of \(address) set to \(weight)" }
         case .drain(let pool, let address, let mode, let timeoutMs):
             return mutate { $0.drain(pool: pool, address: address, mode: mode, timeoutMs: timeoutMs, now: now) }
                 .map { _ in
                     let m = mode ?? config.drain.mode
                     let t = timeoutMs ?? config.drain.timeoutMs
-                    return .ok("draining \(address) (mode \(m.rawValue), deadline in \(formatDuration(t)))")
+                    return "draining \(address) (mode \(m.rawValue), deadline in \(formatDuration(t)))"
                 }
         case .ready(let pool, let address):
-            return mutate { $0.setState(pool: pool, address: address, .ready) }.map { _ in .ok("\(address) is ready") }
+            return mutate { $0.setState(pool: pool, address: address, .ready) }.map { _ in "\(address) is ready" }
         case .maint(let pool, let address):
-            return mutate { $0.setState(pool: pool, address: address, .maint) }.map { _ in .ok("\(address) is in maintenance") }
+            return mutate { $0.setState(pool: pool, address: address, .maint) }.map { _ in "\(address) is in maintenance" }
         case .remove(let pool, let address, let force):
             let p: Int
             switch registry.locate(pool, address) {
@@ -80,10 +89,12 @@ extension ControlPlane {
                 .map { _ in
                     if force && open > 0 {
                         broadcast(.closeTarget(pool: p, address: address, graceMs: 0))
-                        return .ok("removed \(address); \(open) connection(s) reset")
+                        return "removed \(address); \(open) connection(s) reset"
                     }
-                    return .ok("removed \(address)")
+                    return "removed \(address)"
                 }
+        case .help, .quit, .upgrade, .showInfo, .showStats, .showTargets, .showAffinity:
+            preconditionFailure("\(command) changes nothing")
         }
     }
 
@@ -105,4 +116,13 @@ extension ControlPlane {
         }
         return outcome.0
     }
+}
+
+/// Renders answers in the form the request asked for.
+enum AdminFormat {
+    static func render(_ answer: some AdminAnswer, json: Bool) -> String {
+        json ? AdminJSON.encode(answer) : answer.text
+    }
+
+    static func jsonError(_ message: String) -> String { AdminJSON.encode(ErrorAnswer(message)) }
 }

@@ -110,20 +110,19 @@ extension ControlPlane {
         broadcast(.setState(pool: p, address: address, state: effective))
     }
 
-    /// `show targets`' health cells: the HEALTH column text and JSON fields.
-    func healthFields(pool p: Int, record: TargetRecord, now: Millis) -> (text: String, changes: String, json: [String: Any]) {
+    /// `show targets`' health fields for one target. A target health does
+    /// not track reads as up.
+    func addHealth(to row: inout TargetRow, pool p: Int, record: TargetRecord, now: Millis) {
         let h = state.withLock { $0.health }
         guard let t = h.book.tracker(pool: p, address: record.spec.address) else {
-            return ("up", "0", ["health": "up"])
+            row.health = .up
+            return
         }
-        let hold = t.holdRemainingMs(now: now)
-        var text = t.status.rawValue
-        if hold > 0 { text += "(hold:\((hold + 999) / 1000)s)" }
-        let json: [String: Any] = [
-            "health": t.status.rawValue, "health_check": t.config.type.rawValue,
-            "health_transitions": t.transitions, "health_hold_ms": hold, "health_reason": t.lastReason,
-            "effective_state": h.book.effectiveState(pool: p, record: record).name.rawValue,
-        ]
-        return (text, "\(t.transitions)", json)
+        row.health = t.status
+        row.healthCheck = t.config.type
+        row.healthTransitions = t.transitions
+        row.healthHoldMs = t.holdRemainingMs(now: now)
+        row.healthReason = t.lastReason
+        row.effectiveState = h.book.effectiveState(pool: p, record: record).name
     }
 }
