@@ -383,13 +383,13 @@ public final class Daemon {
             }
         }
         metrics?.stop()
-        let totals = finished.withLock { $0.compactMap { $0 } }
-        let accepted = totals.reduce(0) { $0 + $1.accepted }
+        var total = WorkerCounters()
+        for counters in finished.withLock({ $0.compactMap { $0 } }) { total.add(counters) }
         logger.info("stopped", metadata: [
-            "accepted": "\(accepted)",
-            "bytes_up": "\(totals.reduce(0) { $0 + $1.bytesUp })",
-            "bytes_down": "\(totals.reduce(0) { $0 + $1.bytesDown })",
-            "connect_errors": "\(totals.reduce(0) { $0 + $1.connectErrors })",
+            "accepted": "\(total[.accepted])",
+            "bytes_up": "\(total[.bytesUp])",
+            "bytes_down": "\(total[.bytesDown])",
+            "connect_errors": "\(total[.connectErrors])",
         ])
         _ = threads
         return 0

@@ -149,8 +149,7 @@ final class Upgrader: Sendable {
         let a = attempt.withLock { $0 }
         guard let a else { return }
         let text = "upgrade: pid \(successorPid) took over; this process (pid \(getpid())) is finishing its connections"
-        a.reply.resolve(a.json ? AdminFormat.json(["result": "ok", "message": text, "successor_pid": Int(successorPid),
-                                                   "pid": Int(getpid())]) : text)
+        a.reply.resolve(AdminFormat.render(UpgradeAnswer(message: text, successorPid: successorPid, pid: getpid()), json: a.json))
     }
 
     /// Takeover hook: kept for the answer, given once the successor exits.

@@ -19,8 +19,8 @@ public struct TargetMask: Sendable, Equatable {
 }
 
 /// Where a connection was placed: the target index in the pool's current
-/// target list and, when the placement policy keeps per-client state, the
-/// handle of that state (so closing the connection costs no lookup).
+/// target list and the slot of the client's affinity entry (-1 when none
+/// was recorded), so closing the connection costs no lookup.
 public struct Placement: Sendable, Equatable {
     public var target: Int32
     public var entry: Int32
@@ -55,36 +55,4 @@ public struct TargetSpec: Sendable, Equatable {
         self.weight = weight
         self.name = name
     }
-}
-
-/// Placeholder policy until the affinity engine lands: smooth weighted
-/// round-robin (the nginx algorithm), which spreads by weight with no bursts.
-/// It keeps no per-client state, so `entry` is always -1.
-public struct WeightedRoundRobin: PlacementPolicy {
-    private var weights: [Int]
-    private var current: [Int]
-    private let total: Int
-
-    public init(targets: [TargetSpec]) {
-        weights = targets.map { max(0, $0.weight) }
-        current = Array(repeating: 0, count: targets.count)
-        total = weights.reduce(0, +)
-    }
-
-    public mutating func place(client: IPAddress, now: Millis, excluding: TargetMask) -> Placement? {
-        var best = -1
-        var eligibleTotal = 0
-        for i in weights.indices where weights[i] > 0 && !excluding.contains(i) {
-            current[i] += weights[i]
-            eligibleTotal += weights[i]
-            if best < 0 || current[i] > current[best] { best = i }
-        }
-        guard best >= 0 else { return nil }
-        current[best] -= eligibleTotal
-        return Placement(target: Int32(best))
-    }
-
-    public mutating func opened(_ placement: Placement, client: IPAddress, now: Millis) {}
-    public mutating func connectFailed(_ placement: Placement, client: IPAddress, now: Millis) {}
-    public mutating func closed(_ placement: Placement, client: IPAddress, now: Millis) {}
 }

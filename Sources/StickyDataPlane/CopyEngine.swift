@@ -42,7 +42,7 @@ extension Worker {
             d.sourceEOF = true
         } else if res == -ENOBUFS {
             d.starved = true
-            counters.bufferStarvations += 1
+            counters[.bufferStarvations] += 1
             waiting.append((Int32(i), slots[i].generation, down))
         } else if res < 0 && res != -ECANCELED {
             outcome = .reset

@@ -90,7 +90,7 @@ extension Worker {
             if d.pipe < 0 {
                 guard let p = pipes.acquire(mayCreate: pipeDescriptorsLeft >= 2) else {
                     d.awaitingPipe = true
-                    counters.pipeWaits += 1
+                    counters[.pipeWaits] += 1
                     waiting.append((Int32(i), slots[i].generation, down))
                     break loop
                 }

@@ -25,7 +25,7 @@ public final class Worker {
     /// lowers `limits.max_connections`.
     var admitMax = 0
     /// A slot is free and the limit allows one more connection.
-    var slotAvailable: Bool { freeHead >= 0 && counters.active < admitMax }
+    var slotAvailable: Bool { freeHead >= 0 && counters[.active] < UInt64(admitMax) }
 
     /// The pools, by config index (WorkerPool.swift).
     let pools: [WorkerPool]
@@ -192,16 +192,16 @@ public final class Worker {
         while running {
             ring.submitAndWait(timeoutMs: nil)
             now = Worker.clock()
-            counters.loopIterations &+= 1
+            counters[.loopIterations] &+= 1
             while true {
                 let n = completions.reap(ring) { c in dispatch(UserData(raw: c.userData), c) }
                 if n == 0 { break }
-                counters.completions &+= UInt64(n)
+                counters[.completions] &+= UInt64(n)
                 if resourcesFreed { serveWaiting() }
             }
-            if stopping && counters.active == 0 && acceptBacklog.isEmpty { running = false }
+            if stopping && counters[.active] == 0 && acceptBacklog.isEmpty { running = false }
         }
-        counters.sqFullFlushes = ring.sqFullFlushes
+        counters[.sqFullFlushes] = UInt64(clamping: ring.sqFullFlushes)
         flushAccessLog()
     }
 

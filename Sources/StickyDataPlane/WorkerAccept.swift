@@ -27,28 +27,28 @@ extension Worker {
         // completion's own client is placed, or its pin would be missed.
         defer { if last && handoffBox != nil { completeHandoffExport() } }
         if res >= 0 {
-            counters.accepted += 1
+            counters[.accepted] += 1
             descriptors += 1
             admit(res, listener: l)
             if descriptorsLeft < Worker.descriptorReserve {
                 // Near the budget: pause before the kernel hands us clients
                 // we could not give a backend socket.
-                if !acceptPaused { counters.descriptorExhaustion += 1 }
+                if !acceptPaused { counters[.descriptorExhaustion] += 1 }
                 pauseAccepting()
             }
         } else if res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM {
             // Out of descriptors or memory: stop accepting for a while
             // instead of spinning on the error, and say so (rarely).
-            counters.descriptorExhaustion += 1
-            if counters.descriptorExhaustion & (counters.descriptorExhaustion - 1) == 0 {
+            counters[.descriptorExhaustion] += 1
+            if counters[.descriptorExhaustion] & (counters[.descriptorExhaustion] - 1) == 0 {
                 logger.warning("accept paused: out of descriptors or memory",
-                               metadata: ["errno": "\(-res)", "times": "\(counters.descriptorExhaustion)"])
+                               metadata: ["errno": "\(-res)", "times": "\(counters[.descriptorExhaustion])"])
             }
             pauseAccepting()
             armAcceptRetry()
             return
         } else if res != -ECANCELED {
-            counters.acceptErrors += 1
+            counters[.acceptErrors] += 1
         }
         if !acceptArmed[l] && !acceptPaused && !stopping { armAccept(l) }
     }
@@ -62,7 +62,7 @@ extension Worker {
     func pauseAccepting() {
         guard !acceptPaused else { return }
         acceptPaused = true
-        counters.acceptPauses += 1
+        counters[.acceptPauses] += 1
         for l in listenerFDs.indices where acceptArmed[l] {
             ring.cancel(UserData(op: .accept, generation: 0, index: UInt32(l)).raw,
                         userData: UserData(op: .cancelAccept, generation: 0, index: UInt32(l)).raw)
@@ -122,7 +122,7 @@ extension Worker {
                 acceptBacklog.append(fd)
                 acceptBacklogListener.append(l)
             } else {
-                counters.rejectedFull += 1
+                counters[.rejectedFull] += 1
                 Sockets.setResetOnClose(fd)
                 close(fd)
                 descriptors -= 1
@@ -144,7 +144,7 @@ extension Worker {
         slots[i].acceptedMs = now
         slots[i].lastActive = now
         slots[i].listener = Int32(l)
-        counters.active += 1
+        counters[.active] += 1
         if !slotAvailable { pauseAccepting() }
         if proxy != nil {
             armProxyRecv(i)

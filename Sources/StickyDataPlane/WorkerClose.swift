@@ -77,8 +77,8 @@ extension Worker {
     func flushAccessLog() {
         guard let log = accessLog else { return }
         log.flush()
-        counters.accessLogLines = log.lines
-        counters.accessLogDrops = log.dropped
+        counters[.accessLogLines] = log.lines
+        counters[.accessLogDrops] = log.dropped
     }
 
     /// Returns a slot whose every operation has completed to the free list.
@@ -99,8 +99,8 @@ extension Worker {
             }
         }
         if accessLog != nil { recordAccess(i) }
-        counters.bytesUp &+= slots[i].up.bytes
-        counters.bytesDown &+= slots[i].down.bytes
+        counters[.bytesUp] &+= slots[i].up.bytes
+        counters[.bytesDown] &+= slots[i].down.bytes
         counters.closed[Int(slots[i].closeReason.rawValue)] += 1
         returnResources(slots[i].up)
         returnResources(slots[i].down)
@@ -108,7 +108,7 @@ extension Worker {
         slots[i].enter(.free)
         slots[i].next = freeHead
         freeHead = Int32(i)
-        counters.active -= 1
+        counters[.active] -= 1
         // Descriptors came back: parked connects first, they hold clients.
         retryParkedConnects()
         // A free slot: then serve connections accepted while full, oldest

@@ -124,7 +124,7 @@ extension Worker {
                     shutdown(slots[i].clientFD, Int32(SHUT_WR))
                     shutdown(slots[i].backendFD, Int32(SHUT_WR))
                 }
-                counters.drainCuts += 1
+                counters[.drainCuts] += 1
                 cutList.append((Int32(i), slots[i].generation, now + graceMs))
             case .connecting:
                 beginClose(i, .drainDeadline, reset: true)

@@ -23,7 +23,7 @@ extension Worker {
             // and park the client (it keeps its connection) until one frees,
             // up to the connect timeout; accepting pauses meanwhile.
             pool.balancer.connectFailed(p, client: slots[i].client, now: now)
-            counters.descriptorExhaustion += 1
+            counters[.descriptorExhaustion] += 1
             if now - slots[i].lastActive >= settings.connectTimeoutMs {
                 beginClose(i, .resources, reset: true)
                 return
@@ -60,7 +60,7 @@ extension Worker {
         }
         // A refused or timed-out connect: this target failed this client.
         // -ECANCELED here means the linked timeout fired first.
-        if res == -ECANCELED { counters.connectTimeouts += 1 } else { counters.connectErrors += 1 }
+        if res == -ECANCELED { counters[.connectTimeouts] += 1 } else { counters[.connectErrors] += 1 }
         close(slots[i].backendFD)
         slots[i].backendFD = -1
         descriptors -= 1
@@ -74,7 +74,7 @@ extension Worker {
         if failed < TargetMask.capacity { pool.figures[failed].connectFailures &+= 1 }
         if slots[i].connectAttempts <= Int32(settings.connectRetries) && !stopping
             && now - slots[i].acceptedMs < settings.connectBudgetMs {
-            counters.connectRetries += 1
+            counters[.connectRetries] += 1
             connect(i)
         } else {
             beginClose(i, .connectFailed)

@@ -161,20 +161,43 @@ public final class WorkerChannel: Sendable {
 
     func publish(_ r: WorkerReport) { latest.withLock { $0 = r } }
 
-    /// Answers to `report` requests, by request id. Bounded: answers a
-    /// caller gave up on (it timed out) are dropped, oldest first.
-    let answers = Mutex<[UInt64: WorkerReport]>([:])
+    /// Answers to `report` requests by request id, and who waits for them.
+    struct Answers {
+        /// Bounded: answers a caller gave up on (it timed out) are
+        /// dropped, oldest first.
+        var reports: [UInt64: WorkerReport] = [:]
+        /// Called once when the request's answer is filed (`expect`). Each
+        /// caller removes its own (`takeAnswer`), so there is one per
+        /// request in flight.
+        var waiters: [UInt64: @Sendable () -> Void] = [:]
+    }
+
+    let answers = Mutex(Answers())
     static let answersMax = 16
 
+    /// Asks to be told when the worker has answered `request`, so that the
+    /// caller can wait on something rather than poll. Call it before posting
+    /// the request. `notify` runs once, on the worker's thread, outside any
+    /// lock: it must only signal (a semaphore, a condition), never block.
+    public func expect(_ request: UInt64, then notify: @escaping @Sendable () -> Void) {
+        answers.withLock { $0.waiters[request] = notify }
+    }
+
     func answer(_ request: UInt64, _ r: WorkerReport) {
-        answers.withLock { box in
-            while box.count >= WorkerChannel.answersMax, let oldest = box.keys.min() { box[oldest] = nil }
-            box[request] = r
+        let notify = answers.withLock { box -> (@Sendable () -> Void)? in
+            while box.reports.count >= WorkerChannel.answersMax, let oldest = box.reports.keys.min() { box.reports[oldest] = nil }
+            box.reports[request] = r
+            return box.waiters.removeValue(forKey: request)
         }
+        notify?()
     }
 
     /// The answer to `request`, once; nil until the worker has made it.
+    /// Also forgets the request's waiter: the caller has stopped waiting.
     public func takeAnswer(_ request: UInt64) -> WorkerReport? {
-        answers.withLock { $0.removeValue(forKey: request) }
+        answers.withLock { box in
+            box.waiters[request] = nil
+            return box.reports.removeValue(forKey: request)
+        }
     }
 }

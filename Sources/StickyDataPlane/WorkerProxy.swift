@@ -69,7 +69,7 @@ extension Worker {
         case .invalid(let reason):
             rejectProxy(i, ProxyRejection(reason))
         case .complete(let header):
-            counters.proxyHeadersReceived += 1
+            counters[.proxyHeadersReceived] += 1
             slots[i].proxyConsumed = UInt16(header.consumed)
             // LOCAL, UNKNOWN and AF_UNSPEC carry no source: the socket's
             // peer (already in `client`) stands.
@@ -135,11 +135,11 @@ extension Worker {
         }
         let sent = send(slots[i].backendFD, out.baseAddress, length, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
         guard sent == length else {
-            counters.proxySendFailures += 1
+            counters[.proxySendFailures] += 1
             beginClose(i, .reset, reset: true)
             return false
         }
-        if version != nil { counters.proxyHeadersSent += 1 }
+        if version != nil { counters[.proxyHeadersSent] += 1 }
         slots[i].up.bytes += UInt64(early)
         return true
     }

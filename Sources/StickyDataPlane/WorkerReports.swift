@@ -13,9 +13,9 @@ extension Worker {
         var r = WorkerReport()
         r.sequence = reportSequence
         r.counters = counters
-        r.counters.sqFullFlushes = ring.sqFullFlushes
-        r.counters.descriptors = descriptors
-        r.counters.descriptorBudget = settings.descriptorBudget
+        r.counters[.sqFullFlushes] = UInt64(clamping: ring.sqFullFlushes)
+        r.counters[.descriptors] = UInt64(clamping: descriptors)
+        r.counters[.descriptorBudget] = UInt64(clamping: settings.descriptorBudget)
         // Bytes of connections still open count too: a gRPC channel lives
         // for hours, and its bytes must not appear only when it closes.
         // Closed connections' bytes are in the pool's figures; a slot's move
@@ -25,8 +25,8 @@ extension Worker {
             let t = Int(slots[i].placement.target)
             open[Int(slots[i].pool)][t].bytesUp &+= slots[i].up.bytes
             open[Int(slots[i].pool)][t].bytesDown &+= slots[i].down.bytes
-            r.counters.bytesUp &+= slots[i].up.bytes
-            r.counters.bytesDown &+= slots[i].down.bytes
+            r.counters[.bytesUp] &+= slots[i].up.bytes
+            r.counters[.bytesDown] &+= slots[i].down.bytes
         }
         for (p, pool) in pools.enumerated() {
             var pr = PoolReport()

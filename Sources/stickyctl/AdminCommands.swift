@@ -116,25 +116,29 @@ final class AdminSession {
         if answer.hasPrefix("error: ") {
             throw CtlFailure(status: CtlExit.refused, message: String(answer.dropFirst(7)))
         }
-        if json, let data = answer.data(using: .utf8),
-           let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let e = obj["error"] as? String {
-            throw CtlFailure(status: CtlExit.refused, message: e)
+        // Any other answer lacks the `error` field, so it does not decode.
+        if json, let e = try? AdminJSON.decode(ErrorAnswer.self, from: answer) {
+            throw CtlFailure(status: CtlExit.refused, message: e.error)
         }
         return answer
     }
 
-    func targets(pool: String?) throws -> [[String: Any]] {
-        let answer = try run("show targets" + (pool.map { " \($0)" } ?? ""), json: true)
-        guard let data = answer.data(using: .utf8),
-              let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let list = obj["targets"] as? [[String: Any]] else {
-            throw CtlFailure(status: CtlExit.refused, message: "unexpected answer to show targets: \(answer)")
-        }
-        return list
+    /// Asks with `json` and decodes the answer.
+    func query<T: AdminAnswer>(_ line: String, as type: T.Type) throws -> T {
+        try AdminSession.decode(try run(line, json: true), as: type, for: line)
     }
 
-    func target(_ address: String, pool: String?) throws -> [String: Any]? {
-        try targets(pool: pool).first { $0["address"] as? String == address && (pool == nil || $0["pool"] as? String == pool) }
+    static func decode<T: AdminAnswer>(_ answer: String, as type: T.Type, for line: String) throws -> T {
+        do {
+            return try AdminJSON.decode(type, from: answer)
+        } catch {
+            throw CtlFailure(status: CtlExit.refused, message: "unexpected answer to \(line): \(answer)")
+        }
+    }
+
+    func target(_ address: String, pool: String?) throws -> TargetRow? {
+        try query("show targets" + (pool.map { " \($0)" } ?? ""), as: TargetsAnswer.self).targets
+            .first { $0.address == address && (pool == nil || $0.pool == pool) }
     }
 }
 
@@ -197,15 +201,23 @@ struct Add: ParsableCommand {
     }
 }
 
+/// The target a per-target command acts on.
+struct TargetArguments: ParsableArguments {
+    @Argument(help: "Target address.") var address: String
+    @Option(help: "Pool.") var pool: String?
+
+    /// `<verb> target [<pool>] <address>`, the admin line's start.
+    func line(_ verb: String) -> String { "\(verb) target \(poolPrefix(pool))\(address)" }
+}
+
 struct SetWeight: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "set-weight", abstract: "Change a target's weight.")
     @OptionGroup var options: AdminOptions
-    @Argument(help: "Target address.") var address: String
+    @OptionGroup var target: TargetArguments
     @Argument(help: "New weight, 0-10000.") var weight: Int
-    @Option(help: "Pool.") var pool: String?
 
     func run() throws {
-        try runAdmin(options) { try $0.run("set target \(poolPrefix(pool))\(address) weight \(weight)", json: options.json) }
+        try runAdmin(options) { try $0.run(target.line("set") + " weight \(weight)", json: options.json) }
     }
 }
 
@@ -219,8 +231,8 @@ func waitDrained(_ s: AdminSession, address: String, pool: String?, waitTimeout:
         guard let t = try s.target(address, pool: pool) else {
             return "drained \(address): target is gone"
         }
-        let conns = t["connections"] as? Int ?? 0
-        let left = (t["drain_remaining_ms"] as? Int).map { Double($0) / 1000 }
+        let conns = t.connections
+        let left = t.drainRemainingMs.map { Double($0) / 1000 }
         if conns == 0 {
             if !quiet { print("", to: &err) }
             return "drained \(address): no connections left"
@@ -245,8 +257,7 @@ struct Drain: ParsableCommand {
         abstract: "Drain a target: no new clients; with strict mode its pinned clients move too.",
         discussion: "With --wait, returns once the target has no connections (at the deadline the daemon closes what is left).")
     @OptionGroup var options: AdminOptions
-    @Argument(help: "Target address.") var address: String
-    @Option(help: "Pool.") var pool: String?
+    @OptionGroup var target: TargetArguments
     @Option(help: "strict (default) or sticky.") var mode: String?
     @Option(help: "Deadline, e.g. 60s.") var timeout: String?
     @Flag(help: "Wait until the target has no connections left.") var wait = false
@@ -255,7 +266,7 @@ struct Drain: ParsableCommand {
     @Flag(help: "No progress lines.") var quiet = false
 
     func run() throws {
-        var line = "drain target \(poolPrefix(pool))\(address)"
+        var line = target.line("drain")
         if let mode { line += " mode \(mode)" }
         if let timeout { line += " timeout \(timeout)" }
         try runAdmin(options) { s in
@@ -263,35 +274,46 @@ struct Drain: ParsableCommand {
             guard wait else { return first }
             print(first)
             let deadlineS = Double(parseDuration(timeout ?? "") ?? 60_000) / 1000
-            return try waitDrained(s, address: address, pool: pool, waitTimeout: waitTimeout ?? deadlineS + 30, quiet: quiet)
+            return try waitDrained(s, address: target.address, pool: target.pool, waitTimeout: waitTimeout ?? deadlineS + 30,
+                                   quiet: quiet)
         }
     }
 }
 
-struct Ready: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Put a target back in service (ends a drain or maintenance).")
-    @OptionGroup var options: AdminOptions
-    @Argument(help: "Target address.") var address: String
-    @Option(help: "Pool.") var pool: String?
-    func run() throws { try runAdmin(options) { try $0.run("ready target \(poolPrefix(pool))\(address)", json: options.json) } }
+/// A command that is one admin verb on one target, nothing more: `ready`
+/// and `maint` differ only in the verb and the help.
+protocol TargetVerbCommand: ParsableCommand {
+    /// The admin command's first word.
+    static var verb: String { get }
+    var options: AdminOptions { get }
+    var target: TargetArguments { get }
 }
 
-struct Maint: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Take a target out of service at once (its clients move).")
+extension TargetVerbCommand {
+    func run() throws { try runAdmin(options) { try $0.run(target.line(Self.verb), json: options.json) } }
+}
+
+struct Ready: TargetVerbCommand {
+    static let configuration = CommandConfiguration(abstract: "Put a target back in service (ends a drain or maintenance).")
+    static let verb = "ready"
     @OptionGroup var options: AdminOptions
-    @Argument(help: "Target address.") var address: String
-    @Option(help: "Pool.") var pool: String?
-    func run() throws { try runAdmin(options) { try $0.run("maint target \(poolPrefix(pool))\(address)", json: options.json) } }
+    @OptionGroup var target: TargetArguments
+}
+
+struct Maint: TargetVerbCommand {
+    static let configuration = CommandConfiguration(abstract: "Take a target out of service at once (its clients move).")
+    static let verb = "maint"
+    @OptionGroup var options: AdminOptions
+    @OptionGroup var target: TargetArguments
 }
 
 struct Remove: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Remove a target (drain it first; --force cuts its connections).")
     @OptionGroup var options: AdminOptions
-    @Argument(help: "Target address.") var address: String
-    @Option(help: "Pool.") var pool: String?
+    @OptionGroup var target: TargetArguments
     @Flag(help: "Remove even with connections open (they are reset).") var force = false
     func run() throws {
-        try runAdmin(options) { try $0.run("remove target \(poolPrefix(pool))\(address)\(force ? " force" : "")", json: options.json) }
+        try runAdmin(options) { try $0.run(target.line("remove") + (force ? " force" : ""), json: options.json) }
     }
 }
 
@@ -363,7 +385,7 @@ struct Replace: ParsableCommand {
             guard let oldTarget = try s.target(old, pool: pool) else {
                 throw CtlFailure(status: CtlExit.refused, message: "no target \(old)")
             }
-            let targetPool = pool ?? (oldTarget["pool"] as? String)
+            let targetPool = pool ?? oldTarget.pool
             // 1. NEW must answer before it gets clients.
             let start = monotonicSeconds()
             while !acceptsConnections(newAddress) {
@@ -372,7 +394,7 @@ struct Replace: ParsableCommand {
                 }
                 usleep(200_000)
             }
-            var add = "add target \(poolPrefix(targetPool))\(new) weight \(weight ?? (oldTarget["weight"] as? Int ?? 1))"
+            var add = "add target \(poolPrefix(targetPool))\(new) weight \(weight ?? oldTarget.weight)"
             if let name { add += " name \(name)" }
             print(try s.run(add, json: false))
             // 2. Drain OLD and wait for its last connection.
@@ -407,18 +429,15 @@ struct Upgrade: ParsableCommand {
 
     func run() throws {
         let start = monotonicSeconds()
-        var successorPid = 0
+        var successorPid: Int32 = 0
         try runAdmin(options) { s in
             s.setAnswerTimeout(seconds: timeout)
             s.silenceStatus = CtlExit.timedOut
-            let answer = try s.run("upgrade" + (binary.map { " \($0)" } ?? ""), json: true)
-            guard let data = answer.data(using: .utf8),
-                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  let pid = obj["successor_pid"] as? Int, let message = obj["message"] as? String else {
-                throw CtlFailure(status: CtlExit.refused, message: "unexpected answer to upgrade: \(answer)")
-            }
-            successorPid = pid
-            return options.json ? answer : message
+            let line = "upgrade" + (binary.map { " \($0)" } ?? "")
+            let answer = try s.run(line, json: true)
+            let upgrade = try AdminSession.decode(answer, as: UpgradeAnswer.self, for: line)
+            successorPid = upgrade.successorPid
+            return options.json ? answer : upgrade.message
         }
         // The successor renames its admin socket over the old one once it
         // serves; until then the old daemon (or nobody) answers there.
@@ -426,9 +445,8 @@ struct Upgrade: ParsableCommand {
         while monotonicSeconds() - start < timeout {
             if let session = try? AdminSession(path: options.path) {
                 session.setAnswerTimeout(seconds: 5)
-                if let info = try? session.run("show info", json: true), let data = info.data(using: .utf8),
-                   let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let pid = obj["pid"] as? String {
-                    if pid == String(successorPid) {
+                if let pid = try? session.query("show info", as: InfoAnswer.self).pid {
+                    if pid == successorPid {
                         if !options.json { print("pid \(successorPid) answers on \(options.path)") }
                         return
                     }

@@ -50,7 +50,7 @@ extension ControlPlane {
 
     /// An active probe's result (the prober's thread).
     public func probeResult(_ t: ProbeTarget, ok: Bool, reason: String) {
-        let now = ControlPlane.monotonicMs()
+        let now = clock.nowMs()
         state.withLock { s in
             if let tr = s.health.book.probe(pool: t.pool, address: t.target, ok: ok, reason: reason, now: now) {
                 applyHealth(tr, pool: t.pool, address: t.target, &s)
@@ -105,35 +105,24 @@ extension ControlPlane {
         let effective = s.health.book.effectiveState(pool: p, record: record)
         logger.notice(tr.to == .down ? "target down" : "target up", metadata: [
             "pool": "\(s.registry.pools[p].name)", "target": "\(address)", "reason": "\(tr.reason)",
-            "check": "\(config.pools[p].health.type.rawValue)", "state": "\(ControlPlane.stateName(effective))",
+            "check": "\(config.pools[p].health.type.rawValue)", "state": "\(effective.label)",
         ])
         broadcast(.setState(pool: p, address: address, state: effective))
     }
 
-    static func stateName(_ s: TargetState) -> String {
-        switch s {
-        case .ready: return "ready"
-        case .down: return "down"
-        case .maint: return "maint"
-        case .draining(let m): return "draining(\(m.rawValue))"
-        }
-    }
-
-    /// `show targets`' health cells: the HEALTH column text and JSON fields.
-    func healthFields(pool p: Int, record: TargetRecord, now: Millis) -> (text: String, changes: String, json: [String: Any]) {
+    /// `show targets`' health fields for one target. A target health does
+    /// not track reads as up.
+    func addHealth(to row: inout TargetRow, pool p: Int, record: TargetRecord, now: Millis) {
         let h = state.withLock { $0.health }
         guard let t = h.book.tracker(pool: p, address: record.spec.address) else {
-            return ("up", "0", ["health": "up"])
+            row.health = .up
+            return
         }
-        let hold = t.holdRemainingMs(now: now)
-        var text = t.status.rawValue
-        if hold > 0 { text += "(hold:\((hold + 999) / 1000)s)" }
-        let json: [String: Any] = [
-            "health": t.status.rawValue, "health_check": t.config.type.rawValue,
-            "health_transitions": t.transitions, "health_hold_ms": hold, "health_reason": t.lastReason,
-            "effective_state": ControlPlane.stateName(h.book.effectiveState(pool: p, record: record))
-                .split(separator: "(").first.map(String.init) ?? "",
-        ]
-        return (text, "\(t.transitions)", json)
+        row.health = t.status
+        row.healthCheck = t.config.type
+        row.healthTransitions = t.transitions
+        row.healthHoldMs = t.holdRemainingMs(now: now)
+        row.healthReason = t.lastReason
+        row.effectiveState = h.book.effectiveState(pool: p, record: record).name
     }
 }

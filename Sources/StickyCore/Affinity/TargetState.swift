@@ -40,6 +40,33 @@ public enum TargetState: Sendable, Equatable {
     }
 }
 
+/// A target state's name without the drain mode: what the JSON answers
+/// and the metrics' `state` label say.
+public enum TargetStateName: String, Sendable, CaseIterable, Codable {
+    case ready
+    case draining
+    case down
+    case maint
+}
+
+extension TargetState {
+    public var name: TargetStateName {
+        switch self {
+        case .ready: return .ready
+        case .draining: return .draining
+        case .down: return .down
+        case .maint: return .maint
+        }
+    }
+
+    /// The name with the drain mode, as text answers and logs show it:
+    /// `draining(strict)`.
+    public var label: String {
+        if case .draining(let mode) = self { return "draining(\(mode.rawValue))" }
+        return name.rawValue
+    }
+}
+
 /// Why a pinned client was moved to another target. A client whose entry
 /// expired or was evicted is not "moved": its affinity had ended, and it is
 /// placed afresh (counted as a miss, and the eviction as an eviction).

@@ -1,0 +1,137 @@
+import XCTest
+
+@testable import StickyCore
+
+/// The admin answers' two forms. The JSON field names are the protocol the
+/// integration tests and stickyctl read, so each type is checked against a
+/// literal answer as well as round-tripped.
+final class AdminAnswersTests: XCTestCase {
+    func roundTrip<T: AdminAnswer & Equatable>(_ answer: T, file: StaticString = #filePath, line: UInt = #line) throws {
+        let json = AdminJSON.encode(answer)
+        XCTAssertFalse(json.contains("\n"), "a JSON answer is one line", file: file, line: line)
+        XCTAssertEqual(try AdminJSON.decode(T.self, from: json), answer, json, file: file, line: line)
+    }
+
+    func testHelp() throws {
+        let a = HelpAnswer(commands: ["help", "show info"])
+        XCTAssertEqual(a.text, "help\nshow info")
+        XCTAssertEqual(AdminJSON.encode(a), #"{"commands":["help","show info"]}"#)
+        try roundTrip(a)
+    }
+
+    func testResultAndError() throws {
+        XCTAssertEqual(ResultAnswer.ok("added 10.0.0.1:80").text, "ok: added 10.0.0.1:80")
+        XCTAssertEqual(AdminJSON.encode(ResultAnswer.ok("added 10.0.0.1:80")), #"{"message":"added 10.0.0.1:80","result":"ok"}"#)
+        XCTAssertEqual(ResultAnswer.bye.text, "bye")
+        XCTAssertEqual(AdminJSON.encode(ResultAnswer.bye), #"{"result":"bye"}"#)
+        XCTAssertEqual(ErrorAnswer("no pool named 'x'").text, "error: no pool named 'x'")
+        XCTAssertEqual(AdminJSON.encode(ErrorAnswer("no pool named 'x'")), #"{"error":"no pool named 'x'"}"#)
+        try roundTrip(ResultAnswer.ok("m"))
+        try roundTrip(ResultAnswer.bye)
+        try roundTrip(ErrorAnswer("e"))
+        XCTAssertThrowsError(try AdminJSON.decode(ErrorAnswer.self, from: #"{"result":"ok"}"#),
+                             "stickyctl tells errors apart by this failing")
+    }
+
+    func testUpgrade() throws {
+        let a = UpgradeAnswer(message: "upgrade: pid 7 took over", successorPid: 7, pid: 5)
+        XCTAssertEqual(a.text, "upgrade: pid 7 took over")
+        XCTAssertEqual(AdminJSON.encode(a), #"{"message":"upgrade: pid 7 took over","pid":5,"result":"ok","successor_pid":7}"#)
+        try roundTrip(a)
+    }
+
+    func testInfoIsStringsOnTheWire() throws {
+        let a = InfoAnswer(version: "0.2.0", pid: 42, uptimeS: 3, workers: 2, engine: "copy", pools: 1, targets: 3,
+                           connectionsActive: 4, connectionsAccepted: 12, maxConnections: 10000,
+                           stateFile: nil, stateFileError: nil)
+        XCTAssertEqual(a.text, """
+            version: 0.2.0
+            pid: 42
+            uptime_s: 3
+            workers: 2
+            engine: copy
+            pools: 1
+            targets: 3
+            connections_active: 4
+            connections_accepted: 12
+            max_connections: 10000
+            state_file: none
+            state_file_error: none
+            """)
+        XCTAssertEqual(AdminJSON.encode(a), #"{"connections_accepted":"12","connections_active":"4","engine":"copy","#
+            + #""max_connections":"10000","pid":"42","pools":"1","state_file":"none","state_file_error":"none","#
+            + #""targets":"3","uptime_s":"3","version":"0.2.0","workers":"2"}"#)
+        try roundTrip(a)
+        var b = a
+        b.stateFile = "/var/lib/stickyd/state.json"
+        b.stateFileError = "write: No space left on device"
+        try roundTrip(b)
+        XCTAssertThrowsError(try AdminJSON.decode(InfoAnswer.self, from: AdminJSON.encode(a).replacingOccurrences(of: #""42""#, with: #""x""#)))
+    }
+
+    func testStatsKeepsTheTableOrderInTextAndIntegersInJSON() throws {
+        let a = StatsAnswer(entries: [.init("connections_accepted", 12), .init("bytes_client_to_target", 800), .init("closed_done", 8)])
+        XCTAssertEqual(a.text, "connections_accepted: 12\nbytes_client_to_target: 800\nclosed_done: 8")
+        XCTAssertEqual(AdminJSON.encode(a), #"{"bytes_client_to_target":800,"closed_done":8,"connections_accepted":12}"#)
+        let back = try AdminJSON.decode(StatsAnswer.self, from: AdminJSON.encode(a))
+        XCTAssertEqual(back.entries, a.entries.sorted { $0.key < $1.key }, "a JSON object has no order")
+        XCTAssertEqual(back["closed_done"], 8)
+        XCTAssertNil(back["nosuch"])
+    }
+
+    func testTargets() throws {
+        var draining = TargetRow(pool: "greeter", address: "127.0.0.1:50062", name: "pod-2", state: .draining, weight: 1,
+                                 origin: .config, connections: 2, affinityEntries: 4, connectionsTotal: 2, bytesIn: 200,
+                                 bytesOut: 212, connectFailures: 0)
+        draining.drainMode = .strict
+        draining.drainRemainingMs = 59_996
+        draining.drainExpired = false
+        draining.healthCheck = HealthCheckType.none
+        draining.healthTransitions = 0
+        draining.healthHoldMs = 0
+        draining.healthReason = "initial"
+        draining.effectiveState = .draining
+        let plain = TargetRow(pool: "greeter", address: "127.0.0.1:50061", name: nil, state: .ready, weight: 3, origin: .runtime)
+        var held = plain
+        held.state = .maint
+        held.health = .down
+        held.healthHoldMs = 3_001
+        held.healthTransitions = 2
+        held.drainRemainingMs = 0
+        held.drainExpired = true
+        let a = TargetsAnswer(targets: [plain, draining, held])
+        XCTAssertEqual(a.text, """
+            POOL     ADDRESS          NAME   STATE             WEIGHT  CONNS  AFFINITY  TOTAL  BYTES_IN  BYTES_OUT  DRAIN_LEFT  HEALTH         HEALTH_CHANGES  GOAWAYS
+            greeter  127.0.0.1:50061  -      ready             3       0      0         0      0         0          -           up             0               0
+            greeter  127.0.0.1:50062  pod-2  draining(strict)  1       2      4         2      200       212        60s         up             0               0
+            greeter  127.0.0.1:50061  -      maint             3       0      0         0      0         0          expired     down(hold:4s)  2               0
+            """)
+        XCTAssertEqual(AdminJSON.encode(TargetsAnswer(targets: [plain])), #"{"targets":[{"address":"127.0.0.1:50061","#
+            + #""affinity_entries":0,"bytes_in":0,"bytes_out":0,"connect_failures":0,"connections":0,"connections_total":0,"#
+            + #""goaway_closed":0,"goaways_sent":0,"health":"up","open_at_deadline":0,"#
+            + #""origin":"runtime","pool":"greeter","state":"ready","weight":3}]}"#)
+        let drainingJSON = AdminJSON.encode(draining)
+        for field in [#""drain_mode":"strict""#, #""drain_remaining_ms":59996"#, #""drain_expired":false"#, #""name":"pod-2""#,
+                      #""health_check":"none""#, #""health_transitions":0"#, #""health_hold_ms":0"#,
+                      #""health_reason":"initial""#, #""effective_state":"draining""#] {
+            XCTAssertTrue(drainingJSON.contains(field), "\(field) in \(drainingJSON)")
+        }
+        try roundTrip(a)
+    }
+
+    func testAffinity() throws {
+        let a = AffinityAnswer(entries: [
+            AffinityRow(pool: "greeter", client: "127.0.10.3", target: "127.0.0.1:50062", connections: 1, idleS: 0, worker: 1),
+            AffinityRow(pool: "greeter", client: "127.0.10.12", target: AffinityRow.goneTarget, connections: 0, idleS: 17, worker: 0),
+        ])
+        XCTAssertEqual(a.text, """
+            POOL     CLIENT       TARGET           CONNS  IDLE_S  WORKER
+            greeter  127.0.10.3   127.0.0.1:50062  1      0       1
+            greeter  127.0.10.12  (gone)           0      17      0
+            """)
+        XCTAssertEqual(AdminJSON.encode(AffinityAnswer(entries: [a.entries[0]])),
+                       #"{"entries":[{"client":"127.0.10.3","connections":1,"idle_s":0,"pool":"greeter","target":"127.0.0.1:50062","worker":1}]}"#)
+        XCTAssertEqual(AdminJSON.encode(AffinityAnswer(entries: [])), #"{"entries":[]}"#)
+        try roundTrip(a)
+    }
+}
