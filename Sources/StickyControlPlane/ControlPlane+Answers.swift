@@ -59,9 +59,11 @@ extension ControlPlane {
                                     weight: t.spec.weight, origin: t.origin, connections: l.connections,
                                     affinityEntries: l.affinityEntries, connectionsTotal: l.connectionsTotal,
                                     bytesIn: l.bytesUp, bytesOut: l.bytesDown, connectFailures: l.connectFailures)
-                row.goawaysSent = l.goawaysSent
-                row.goawayClosed = l.goawayClosed
-                row.openAtDeadline = l.openAtDeadline
+                if config.pools.indices.contains(p) && config.pools[p].wireProtocol == .h2c {
+                    row.goawaysSent = l.goawaysSent
+                    row.goawayClosed = l.goawayClosed
+                    row.openAtDeadline = l.openAtDeadline
+                }
                 if case .draining(let m) = t.state { row.drainMode = m }
                 if let d = t.drain {
                     row.drainRemainingMs = max(0, d.deadlineMs - now)

@@ -101,15 +101,25 @@ final class AdminAnswersTests: XCTestCase {
         held.drainExpired = true
         let a = TargetsAnswer(targets: [plain, draining, held])
         XCTAssertEqual(a.text, """
-            POOL     ADDRESS          NAME   STATE             WEIGHT  CONNS  AFFINITY  TOTAL  BYTES_IN  BYTES_OUT  DRAIN_LEFT  HEALTH         HEALTH_CHANGES  GOAWAYS
-            greeter  127.0.0.1:50061  -      ready             3       0      0         0      0         0          -           up             0               0
-            greeter  127.0.0.1:50062  pod-2  draining(strict)  1       2      4         2      200       212        60s         up             0               0
-            greeter  127.0.0.1:50061  -      maint             3       0      0         0      0         0          expired     down(hold:4s)  2               0
+            POOL     ADDRESS          NAME   STATE             WEIGHT  CONNS  AFFINITY  TOTAL  BYTES_IN  BYTES_OUT  DRAIN_LEFT  HEALTH         HEALTH_CHANGES
+            greeter  127.0.0.1:50061  -      ready             3       0      0         0      0         0          -           up             0
+            greeter  127.0.0.1:50062  pod-2  draining(strict)  1       2      4         2      200       212        60s         up             0
+            greeter  127.0.0.1:50061  -      maint             3       0      0         0      0         0          expired     down(hold:4s)  2
             """)
         XCTAssertEqual(AdminJSON.encode(TargetsAnswer(targets: [plain])), #"{"targets":[{"address":"127.0.0.1:50061","#
             + #""affinity_entries":0,"bytes_in":0,"bytes_out":0,"connect_failures":0,"connections":0,"connections_total":0,"#
-            + #""goaway_closed":0,"goaways_sent":0,"health":"up","open_at_deadline":0,"#
-            + #""origin":"runtime","pool":"greeter","state":"ready","weight":3}]}"#)
+            + #""health":"up","origin":"runtime","pool":"greeter","state":"ready","weight":3}]}"#)
+        // An h2c pool's rows carry the GOAWAY figures, and the table a column.
+        var h2 = plain
+        h2.goawaysSent = 5
+        h2.goawayClosed = 4
+        h2.openAtDeadline = 1
+        let h2Answer = TargetsAnswer(targets: [h2, plain])
+        XCTAssertEqual(h2Answer.text.split(separator: "\n").first.map { $0.hasSuffix("HEALTH_CHANGES  GOAWAYS") }, true)
+        XCTAssertTrue(h2Answer.text.split(separator: "\n")[1].hasSuffix("  5"), h2Answer.text)
+        XCTAssertTrue(h2Answer.text.split(separator: "\n")[2].hasSuffix("  -"), "a tcp pool's row has none")
+        XCTAssertTrue(AdminJSON.encode(TargetsAnswer(targets: [h2])).contains(#""goaway_closed":4,"goaways_sent":5"#))
+        XCTAssertTrue(AdminJSON.encode(TargetsAnswer(targets: [h2])).contains(#""open_at_deadline":1"#))
         let drainingJSON = AdminJSON.encode(draining)
         for field in [#""drain_mode":"strict""#, #""drain_remaining_ms":59996"#, #""drain_expired":false"#, #""name":"pod-2""#,
                       #""health_check":"none""#, #""health_transitions":0"#, #""health_hold_ms":0"#,

@@ -25,7 +25,15 @@ public enum AdminTable {
 public struct TargetsAnswer: AdminAnswer, Equatable {
     public var targets: [TargetRow]
     public init(targets: [TargetRow]) { self.targets = targets }
-    public var text: String { AdminTable.render(TargetRow.header, targets.map(\.cells)) }
+    /// The GOAWAYS column only when an h2c pool is listed: a tcp-only
+    /// daemon's table stays as it always was.
+    public var text: String {
+        guard targets.contains(where: { $0.goawaysSent != nil }) else {
+            return AdminTable.render(TargetRow.header, targets.map(\.cells))
+        }
+        return AdminTable.render(TargetRow.header + ["GOAWAYS"],
+                                 targets.map { $0.cells + [$0.goawaysSent.map { "\($0)" } ?? "-"] })
+    }
 }
 
 /// One target of `show targets`. Optional fields are left out of the JSON
@@ -49,12 +57,12 @@ public struct TargetRow: Codable, Equatable, Sendable {
     public var drainExpired: Bool?
     /// Data-path connect failures to the target, cumulative.
     public var connectFailures: UInt64
-    /// h2c (docs/HTTP2.md): GOAWAYs stickyd wrote to the target's clients,
-    /// connections the client closed after one, and h2c connections still
-    /// open at a drain's deadline. 0 for tcp pools.
-    public var goawaysSent: UInt64 = 0
-    public var goawayClosed: UInt64 = 0
-    public var openAtDeadline: UInt64 = 0
+    /// h2c pools only (nil, and left out, for tcp; docs/HTTP2.md): GOAWAYs
+    /// stickyd wrote to the target's clients, connections the client closed
+    /// after one, and h2c connections still open at a drain's deadline.
+    public var goawaysSent: UInt64?
+    public var goawayClosed: UInt64?
+    public var openAtDeadline: UInt64?
     public var health: HealthStatus
     public var healthCheck: HealthCheckType?
     public var healthTransitions: UInt64?
@@ -103,7 +111,7 @@ public struct TargetRow: Codable, Equatable, Sendable {
     }
 
     public static let header = ["POOL", "ADDRESS", "NAME", "STATE", "WEIGHT", "CONNS", "AFFINITY", "TOTAL", "BYTES_IN",
-                                "BYTES_OUT", "DRAIN_LEFT", "HEALTH", "HEALTH_CHANGES", "GOAWAYS"]
+                                "BYTES_OUT", "DRAIN_LEFT", "HEALTH", "HEALTH_CHANGES"]
 
     public var cells: [String] {
         let stateText = drainMode.map { "\(state.rawValue)(\($0.rawValue))" } ?? state.rawValue
@@ -112,8 +120,7 @@ public struct TargetRow: Codable, Equatable, Sendable {
         var healthText = health.rawValue
         if let hold = healthHoldMs, hold > 0 { healthText += "(hold:\((hold + 999) / 1000)s)" }
         return [pool, address, name ?? "-", stateText, "\(weight)", "\(connections)", "\(affinityEntries)",
-                "\(connectionsTotal)", "\(bytesIn)", "\(bytesOut)", drainText, healthText, "\(healthTransitions ?? 0)",
-                "\(goawaysSent)"]
+                "\(connectionsTotal)", "\(bytesIn)", "\(bytesOut)", drainText, healthText, "\(healthTransitions ?? 0)"]
     }
 }
 
