@@ -233,9 +233,12 @@ func waitDrained(_ s: AdminSession, address: String, pool: String?, waitTimeout:
         }
         let conns = t.connections
         let left = t.drainRemainingMs.map { Double($0) / 1000 }
+        // h2c pools: how the GOAWAYs stickyd sent are doing (docs/HTTP2.md).
+        let goaways = t.goawaysSent.map { sent in
+            "; GOAWAY sent to \(sent), \(t.goawayClosed ?? 0) closed after it" }
         if conns == 0 {
             if !quiet { print("", to: &err) }
-            return "drained \(address): no connections left"
+            return "drained \(address): no connections left" + (goaways.map { " (\($0.dropFirst(2)))" } ?? "")
         }
         let elapsed = monotonicSeconds() - start
         if elapsed > waitTimeout {
@@ -244,7 +247,7 @@ func waitDrained(_ s: AdminSession, address: String, pool: String?, waitTimeout:
         if !quiet && elapsed - lastPrinted >= 1 {
             lastPrinted = elapsed
             let deadline = left.map { String(format: "deadline in %.0fs", $0) } ?? "no deadline"
-            print("draining \(address): \(conns) connection(s) left, \(deadline)", to: &err)
+            print("draining \(address): \(conns) connection(s) left, \(deadline)\(goaways ?? "")", to: &err)
         }
         // Every poll makes each worker count its pins per target (a table
         // walk), so ask twice a second, not more.

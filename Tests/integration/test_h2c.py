@@ -138,6 +138,8 @@ def rollout(run_stickyd, greeter_pods, tmp_path, *, sigterm_at_drain_start: bool
             out = log_path.read_text(errors="replace")
             logs.append(f"--- replace {name} -> {new_name} (exit {rc}, {drain_times[name]:.2f}s)\n{out}")
             assert rc == 0, f"stickyctl replace {name} exited {rc}:\n{out}"
+            # The progress names the GOAWAYs the drain sent.
+            assert "GOAWAY sent to" in out, out
             timeline.removed[name] = time.monotonic()
             if not sigterm_at_drain_start:
                 timeline.stopped[name] = time.monotonic()
