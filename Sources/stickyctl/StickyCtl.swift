@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import StickyControlPlane
+import StickyCore
 import StickyDataPlane
 
 /// The operator's command-line tool. Admin subcommands join `subcommands`.
