@@ -16,10 +16,11 @@ CONFIG  ?= config/stickyd.yaml
 PYTEST_ARGS ?= -q
 FUZZ_SECONDS ?= 60
 
-# Debian packages: build deps (liburing, OpenSSL), and the tools that the
-# tests (socat; openssl makes the mTLS certificates; prlimit from util-linux
-# caps descriptors) and benchmarks (iperf3, wrk, haproxy, nginx stream) use.
-APT_PACKAGES := liburing-dev libssl-dev pkg-config iperf3 wrk haproxy nginx \
+# Debian packages: build deps (liburing; TLS is swift-nio-ssl's bundled
+# BoringSSL, so no libssl-dev), and the tools that the tests (socat; openssl
+# makes the mTLS certificates; prlimit from util-linux caps descriptors) and
+# benchmarks (iperf3, wrk, haproxy, nginx stream) use.
+APT_PACKAGES := liburing-dev pkg-config iperf3 wrk haproxy nginx \
                 libnginx-mod-stream socat openssl util-linux systemd
 # Python packages as import-name:pip-name.
 PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \

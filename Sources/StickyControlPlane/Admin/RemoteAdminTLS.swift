@@ -1,0 +1,171 @@
+import Foundation
+import Glibc
+import Logging
+import NIOCore
+import NIOSSL
+import NIOTLS
+import StickyCore
+import StickyDataPlane
+
+/// The remote admin listener's TLS (docs/ADMIN.md, section 8): the server's
+/// certificate and key, and a client certificate required and verified
+/// against `client_ca`, by swift-nio-ssl (BoringSSL). Loaded once, at start,
+/// so that a bad file stops the daemon before it serves anything.
+public final class RemoteAdminTLS: Sendable {
+    public let config: RemoteAdminConfig
+    let context: NIOSSLContext
+
+    /// Every failure names the config key and the file, and says why.
+    public init(config: RemoteAdminConfig) throws {
+        self.config = config
+        let files = [("admin.remote.cert", config.certificate), ("admin.remote.key", config.privateKey),
+                     ("admin.remote.client_ca", config.clientCA)]
+        // BoringSSL's words for a missing file are "system lib"; errno's are clearer.
+        for (key, path) in files {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemError("\(key) \(path): cannot open", errno: errno) }
+            close(fd)
+        }
+        func invalid(_ message: String) -> SystemError { SystemError(message, errno: EINVAL) }
+        let chain = (try? NIOSSLCertificate.fromPEMFile(config.certificate)) ?? []
+        guard !chain.isEmpty else {
+            throw invalid("admin.remote.cert \(config.certificate): cannot load a PEM certificate: no certificate in the file")
+        }
+        // An encrypted key would need a passphrase at every start.
+        if let text = try? String(contentsOfFile: config.privateKey, encoding: .utf8), text.contains("ENCRYPTED") {
+            throw invalid("admin.remote.key \(config.privateKey): cannot load a PEM private key: an encrypted key is not supported")
+        }
+        let key: NIOSSLPrivateKey
+        do {
+            key = try NIOSSLPrivateKey(file: config.privateKey, format: .pem)
+        } catch {
+            throw invalid("admin.remote.key \(config.privateKey): cannot load a PEM private key: \(RemoteAdminTLS.reason(error))")
+        }
+        let authorities = (try? NIOSSLCertificate.fromPEMFile(config.clientCA)) ?? []
+        guard !authorities.isEmpty else {
+            throw invalid("admin.remote.client_ca \(config.clientCA): cannot load PEM CA certificates: no certificate in the file")
+        }
+        var tls = TLSConfiguration.makeServerConfigurationWithMTLS(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key),
+            trustRoots: .certificates(authorities))
+        tls.minimumTLSVersion = .tlsv12
+        // How long a closing session waits for the client's close_notify:
+        // its last answer must reach it before the socket closes.
+        tls.shutdownTimeout = .seconds(2)
+        do {
+            context = try NIOSSLContext(configuration: tls)
+        } catch NIOSSLError.failedToLoadPrivateKey {
+            // The key was read above; BoringSSL refuses one that does not
+            // match the certificate's public key.
+            throw invalid("admin.remote.key \(config.privateKey) is not the key of admin.remote.cert \(config.certificate)")
+        } catch {
+            throw invalid("admin.remote: cannot create a TLS context: \(RemoteAdminTLS.reason(error))")
+        }
+    }
+
+    /// BoringSSL's reasons for `error`, in words.
+    static func reason(_ error: Error) -> String { TLSErrorText.reason("\(error)") }
+}
+
+/// Lets a TLS session in, between swift-nio-ssl's handler and the session:
+/// it bounds the handshake's time, logs why a handshake failed, and checks
+/// the verified certificate against `admin.remote.allow`.
+final class RemoteAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    let allow: [AllowedClient]
+    let logger: Logger
+    /// This connection is over `AdminLimits.sessionsMax`: a client that is
+    /// let in is told so, and closed.
+    let overLimit: Bool
+    var peer = "unknown"
+    var deadline: Scheduled<Void>?
+    var decided = false
+
+    init(allow: [AllowedClient], overLimit: Bool, logger: Logger) {
+        self.allow = allow
+        self.overLimit = overLimit
+        self.logger = logger
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "unknown"
+        let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: .milliseconds(AdminLimits.handshakeTimeoutMs)) {
+            bound.value.handler.handshakeTimedOut(bound.value.context)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func handshakeTimedOut(_ context: ChannelHandlerContext) {
+        guard !decided else { return }
+        decided = true
+        refused("no TLS handshake within \(AdminLimits.handshakeTimeoutMs / 1000) s")
+        context.close(promise: nil)
+    }
+
+    func refused(_ reason: String, _ extra: Logger.Metadata = [:]) {
+        var m = extra
+        m["peer"] = "\(peer)"
+        m["reason"] = "\(reason)"
+        logger.warning("remote admin connection refused", metadata: m)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        switch error {
+        case NIOSSLError.handshakeFailed:
+            // swift-nio-ssl has queued its alert and closes the connection.
+            if !decided { refused("TLS handshake failed: \(RemoteAdminTLS.reason(error))") }
+            decided = true
+        case NIOSSLError.uncleanShutdown:
+            // End of stream without close_notify: a half-close like any
+            // other; the session answers what was asked, then ends.
+            break
+        default:
+            context.fireErrorCaught(error)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case TLSUserEvent.handshakeCompleted = event else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        deadline?.cancel()
+        decided = true
+        let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
+        context.fireUserInboundEventTriggered(admission(certificate))
+    }
+
+    /// The allow list's verdict on the verified certificate.
+    func admission(_ certificate: NIOSSLCertificate?) -> AdminAdmission {
+        let notAllowed = AdminAdmission.refused("error: certificate not allowed")
+        guard let der = try? certificate?.toDERBytes() else {
+            refused("no peer certificate")
+            return notAllowed
+        }
+        let hex = SHA256.hex(der)
+        let subject = CertificateSubject(certificateDER: der)
+        let meta: Logger.Metadata = [
+            "subject": "\(subject?.oneLine ?? "unreadable")", "sha256": "\(AllowedClient.fingerprint(hex))",
+        ]
+        guard allow.contains(where: { $0.matches(sha256: hex, commonName: subject?.commonName) }) else {
+            refused("certificate not on admin.remote.allow", meta)
+            return notAllowed
+        }
+        if overLimit {
+            refused("too many remote admin connections (\(AdminLimits.sessionsMax))", meta)
+            return .refused(AdminLimits.tooManyMessage)
+        }
+        var m = meta
+        m["peer"] = "\(peer)"
+        logger.info("remote admin session", metadata: m)
+        return .admitted(.remoteAllowed)
+    }
+}
