@@ -80,7 +80,7 @@ $(PROTO_PY) &: $(GREETER)/helloworld.proto
 	$(PYTHON) -m grpc_tools.protoc -I$(GREETER) --python_out=$(GREETER) \
 	  --grpc_python_out=$(GREETER) $(GREETER)/helloworld.proto
 
-build: ## Build stickyd in release mode (.build/release/stickyd)
+build: ## Build stickyd, stickyctl and stickybench in release mode (.build/release/)
 	$(SWIFT) build -c release
 
 build-debug: ## Build stickyd in debug mode (.build/debug/stickyd)
@@ -123,6 +123,8 @@ UNITDIR ?= /etc/systemd/system
 install: build ## Install binaries, the unit and (if absent) /etc/stickyd/stickyd.yaml; DESTDIR, PREFIX
 	install -D -m 0755 .build/release/stickyd $(DESTDIR)$(PREFIX)/bin/stickyd
 	install -D -m 0755 .build/release/stickyctl $(DESTDIR)$(PREFIX)/bin/stickyctl
+	@# Beside stickyctl: `stickyctl bench` runs the stickybench next to it.
+	install -D -m 0755 .build/release/stickybench $(DESTDIR)$(PREFIX)/bin/stickybench
 	sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' systemd/stickyd.service > stickyd.service.tmp
 	install -D -m 0644 stickyd.service.tmp $(DESTDIR)$(UNITDIR)/stickyd.service
 	rm -f stickyd.service.tmp

@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "stickyd", targets: ["stickyd"]),
         .executable(name: "stickyctl", targets: ["stickyctl"]),
+        .executable(name: "stickybench", targets: ["stickybench"]),
         .library(name: "StickyCore", targets: ["StickyCore"]),
     ],
     dependencies: [
@@ -75,11 +76,21 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // The operator's CLI: admin commands and the affinity benchmark.
+        // The operator's CLI: the admin commands. It does not link the
+        // ring: `stickyctl bench` runs the stickybench executable.
         .executableTarget(
             name: "stickyctl",
             dependencies: [
-                "StickyCore", "StickyControlPlane", "StickyDataPlane", "CURing", "CURingShim",
+                "StickyCore", "StickyControlPlane", "StickyDataPlane",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The affinity benchmark: its client and identity backends drive
+        // their own io_uring rings.
+        .executableTarget(
+            name: "stickybench",
+            dependencies: [
+                "StickyCore", "StickyDataPlane", "CURing", "CURingShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
