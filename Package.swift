@@ -76,13 +76,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // The operator's CLI: the admin commands. It does not link the
-        // ring: `stickyctl bench` runs the stickybench executable.
+        // The operator's CLI: the admin commands, over the Unix socket or
+        // (--remote) mutual TLS. It links neither the ring nor the daemon:
+        // `stickyctl bench` runs the stickybench executable.
         .executableTarget(
             name: "stickyctl",
             dependencies: [
-                "StickyCore", "StickyControlPlane", "StickyDataPlane",
+                "StickyCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
             ]
         ),
         // The affinity benchmark: its client and identity backends drive
