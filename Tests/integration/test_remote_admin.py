@@ -436,17 +436,12 @@ def test_stickyctl_remote_refusals_have_their_exit_status(served, certs, tmp_pat
     assert_still_serving(s)
 
 
-def test_stickyctl_remote_upgrade_answers_once_the_successor_serves(run_stickyd, backend, tmp_path, certs, request):
+def test_stickyctl_remote_upgrade_answers_once_the_successor_serves(served, certs, request):
     """`upgrade` over TLS: the answer is pending until the hand-over is
     decided (as on the Unix socket), and the successor takes the remote
     port over; stickyctl then finds the new pid answering there."""
-    b = backend()
-    listen = fmt_addr(LOOPBACK, free_port())
-    port = free_port()
-    cfg = write_config(tmp_path, listen, [b.addr], remote_settings(certs, port))
-    old = run_stickyd([], listen=[listen], args=["--config", str(cfg)])
-    old.wait_for_output(r"remote admin listening", 10)
-    s = Setup(old, (LOOPBACK, port), old.argv[old.argv.index("--admin-socket") + 1], b)
+    s = served
+    old = s.daemon
     p = ctl("upgrade", "--timeout", "60", *remote_args(s, certs, certs.by_cn), timeout=120)
     took = re.search(r"upgrade: pid (\d+) took over", p.stdout)
     if took:
