@@ -31,6 +31,7 @@ public final class AdminService: Sendable {
     let listeners = Mutex(Listeners())
     /// Every open session, so that `stop` can close them.
     let sessions = Mutex<[ObjectIdentifier: Channel]>([:])
+    let stopping = StopFlag()
 
     public init(logger: Logger) {
         self.logger = logger
@@ -102,6 +103,7 @@ public final class AdminService: Sendable {
                     track(child, slot: slot, load: load)
                     return child.eventLoop.makeCompletedFuture {
                         let sync = child.pipeline.syncOperations
+                        try sync.addHandler(LingeringCloseHandler(stopping: self.stopping))
                         try sync.addHandler(NIOSSLServerHandler(context: tls.context))
                         try sync.addHandler(RemoteAdmissionHandler(allow: config.allow, overLimit: slot == .refusal, logger: logger))
                         try sync.addHandler(self.session(nil, label: "remote admin"))
@@ -201,6 +203,7 @@ public final class AdminService: Sendable {
             return (l.unix, l.remote)
         }
         guard let group = group.withLock({ g in defer { g = nil }; return g }) else { return }
+        stopping.set()
         // Answers already resolved were queued on the loop before these
         // closes, so they go out first (an upgrade's "took over").
         var closing = [unix?.channel, remote].compactMap { $0 }.map { $0.close() }

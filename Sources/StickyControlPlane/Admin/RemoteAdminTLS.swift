@@ -6,6 +6,7 @@ import NIOSSL
 import NIOTLS
 import StickyCore
 import StickyDataPlane
+import Synchronization
 
 /// The remote admin listener's TLS (docs/ADMIN.md, section 8): the server's
 /// certificate and key, and a client certificate required and verified
@@ -168,4 +169,76 @@ final class RemoteAdmissionHandler: ChannelInboundHandler, RemovableChannelHandl
         logger.info("remote admin session", metadata: m)
         return .admitted(.remoteAllowed)
     }
+}
+
+/// Ends a TCP connection without losing its last words (an alert, an error
+/// line): close(2) with unread input sends a reset instead of a FIN, and
+/// the kernel then drops what it had not yet sent, so a refused client
+/// could see its connection reset without the alert that says why. First
+/// in the pipeline, it turns a full close into a FIN once everything
+/// written is out, then reads and drops what still comes until the client
+/// closes too, for at most `lingerMs`.
+///
+/// swift-nio-ssl closes this way after a failed handshake; after a
+/// close_notify it has already waited for the client (`shutdownTimeout`),
+/// and the client's end of input then makes this close at once.
+final class LingeringCloseHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+
+    static let lingerMs: Int64 = 2000
+
+    /// Set while the service stops: no session is worth waiting for then.
+    let stopping: StopFlag
+    var inputClosed = false
+    var lingering: (timer: Scheduled<Void>, promise: EventLoopPromise<Void>?)?
+
+    init(stopping: StopFlag) { self.stopping = stopping }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all, lingering == nil, !inputClosed, !stopping.isSet else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let timer = context.eventLoop.scheduleTask(in: .milliseconds(LingeringCloseHandler.lingerMs)) {
+            bound.value.close(promise: nil)
+        }
+        lingering = (timer, promise)
+        context.close(mode: .output, promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Once lingering, what the client sends is dropped unread.
+        if lingering == nil { context.fireChannelRead(data) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, e == .inputClosed {
+            inputClosed = true
+            if let (timer, promise) = lingering {
+                timer.cancel()
+                context.close(promise: promise)
+                return
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let (timer, promise) = lingering {
+            timer.cancel()
+            promise?.succeed(())
+            lingering = nil
+        }
+        context.fireChannelInactive()
+    }
+}
+
+/// Whether the admin service is stopping, read from its loop's handlers.
+final class StopFlag: Sendable {
+    let value = Atomic<Bool>(false)
+    var isSet: Bool { value.load(ordering: .relaxed) }
+    func set() { value.store(true, ordering: .relaxed) }
 }
