@@ -161,7 +161,11 @@ final class AdminConnection: @unchecked Sendable {
         do {
             try channel.writeAndFlush(buffer).wait()
         } catch {
-            throw CtlFailure(status: CtlExit.unreachable, message: "admin session closed while sending\(inbox.why)")
+            // The daemon may have spoken first and closed (a refused
+            // certificate's "error: certificate not allowed"): its words
+            // are the answer, and `receive` hands them over.
+            if inbox.hasBytes { return }
+            throw CtlFailure(status: CtlExit.unreachable, message: "stickyd closed the admin session\(inbox.why)")
         }
     }
 
@@ -181,6 +185,8 @@ final class AdminConnection: @unchecked Sendable {
         var handshaken = false
         /// Why the session ended, when it was an error (a TLS alert).
         var error: Error?
+
+        var hasBytes: Bool { condition.withLock { !bytes.isEmpty } }
 
         /// ": <reason>" for a message, or nothing.
         var why: String {
