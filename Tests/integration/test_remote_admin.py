@@ -23,7 +23,7 @@ import pytest
 
 from admin_support import AdminClient, admin, parse_fields, targets_by_address
 from rollout_support import stickyctl_bin
-from support import LOOPBACK, connect, echo_roundtrip, fmt_addr, free_port, wait_closed
+from support import LOOPBACK, connect, echo_roundtrip, fmt_addr, free_port, wait_closed, wait_until
 from test_cli import assert_refused, output, run
 from test_upgrade import stop_pid
 
@@ -297,6 +297,51 @@ def test_empty_allow_list_refuses_everyone(run_stickyd, backend, tmp_path, certs
     assert "admin.remote.allow is empty" in d.output()
     with TlsAdminClient((LOOPBACK, port), certs, certs.by_cn) as c:
         assert c.read_answer() == "error: certificate not allowed"
+
+
+SESSIONS_MAX = 256  # AdminLimits.sessionsMax, per listener
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls"])
+def test_session_limit_is_the_same_on_both_transports(served, certs, transport):
+    """256 sessions per listener; the next one is told so, on the Unix
+    socket and over TLS alike, and a freed slot takes a new session. The
+    other listener is not affected."""
+    s = served
+
+    def session():
+        return AdminClient(s.sock) if transport == "unix" else TlsAdminClient(s.remote, certs, certs.by_cn)
+
+    other = (lambda: TlsAdminClient(s.remote, certs, certs.by_cn)) if transport == "unix" else (lambda: AdminClient(s.sock))
+    held = []
+    try:
+        for _ in range(SESSIONS_MAX):
+            c = session()
+            held.append(c)
+            # An answer means the daemon has accepted and counted it.
+            assert c.cmd("help").startswith("help")
+        with session() as extra:
+            assert extra.read_answer() == "error: too many admin connections (256); try again"
+            assert extra.at_eof(5), "a refused session was left open"
+        with other() as c:
+            assert "pid: " in c.cmd("show info")
+        held.pop().close()
+
+        def admitted() -> bool:
+            """The daemon counts the closed session out once it sees the
+            close; until then a new one is still told "too many"."""
+            try:
+                with session() as c:
+                    return c.cmd("help").startswith("help")
+            except (EOFError, ConnectionError, ssl.SSLError):
+                return False
+
+        wait_until(admitted, 10, interval=0.05, what="a session admitted once a slot is free")
+    finally:
+        for c in held:
+            c.close()
+    wait_logged(s.daemon, "connection refused", f"too many {'admin' if transport == 'unix' else 'remote admin'} connections")
+    assert_still_serving(s)
 
 
 # ---------------------------------------------------------------------------
