@@ -16,10 +16,11 @@ CONFIG  ?= config/stickyd.yaml
 PYTEST_ARGS ?= -q
 FUZZ_SECONDS ?= 60
 
-# Debian packages: build deps (liburing, OpenSSL), and the tools that the
-# tests (socat; openssl makes the mTLS certificates; prlimit from util-linux
-# caps descriptors) and benchmarks (iperf3, wrk, haproxy, nginx stream) use.
-APT_PACKAGES := liburing-dev libssl-dev pkg-config iperf3 wrk haproxy nginx \
+# Debian packages: build deps (liburing; TLS is swift-nio-ssl's bundled
+# BoringSSL, so no libssl-dev), and the tools that the tests (socat; openssl
+# makes the mTLS certificates; prlimit from util-linux caps descriptors) and
+# benchmarks (iperf3, wrk, haproxy, nginx stream) use.
+APT_PACKAGES := liburing-dev pkg-config iperf3 wrk haproxy nginx \
                 libnginx-mod-stream socat openssl util-linux systemd
 # Python packages as import-name:pip-name.
 PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \
@@ -79,7 +80,7 @@ $(PROTO_PY) &: $(GREETER)/helloworld.proto
 	$(PYTHON) -m grpc_tools.protoc -I$(GREETER) --python_out=$(GREETER) \
 	  --grpc_python_out=$(GREETER) $(GREETER)/helloworld.proto
 
-build: ## Build stickyd in release mode (.build/release/stickyd)
+build: ## Build stickyd, stickyctl and stickybench in release mode (.build/release/)
 	$(SWIFT) build -c release
 
 build-debug: ## Build stickyd in debug mode (.build/debug/stickyd)
@@ -138,6 +139,8 @@ UNITDIR ?= /etc/systemd/system
 install: build ## Install binaries, the unit and (if absent) /etc/stickyd/stickyd.yaml; DESTDIR, PREFIX
 	install -D -m 0755 .build/release/stickyd $(DESTDIR)$(PREFIX)/bin/stickyd
 	install -D -m 0755 .build/release/stickyctl $(DESTDIR)$(PREFIX)/bin/stickyctl
+	@# Beside stickyctl: `stickyctl bench` runs the stickybench next to it.
+	install -D -m 0755 .build/release/stickybench $(DESTDIR)$(PREFIX)/bin/stickybench
 	sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' systemd/stickyd.service > stickyd.service.tmp
 	install -D -m 0644 stickyd.service.tmp $(DESTDIR)$(UNITDIR)/stickyd.service
 	rm -f stickyd.service.tmp

@@ -149,11 +149,12 @@ fi
 
 case "$STICKYD_BIN" in /*) ;; *) STICKYD_BIN="$ROOT/$STICKYD_BIN" ;; esac
 case "$STICKYCTL_BIN" in /*) ;; *) STICKYCTL_BIN="$ROOT/$STICKYCTL_BIN" ;; esac
-# The connrate row needs stickyctl for its backends and its client, direct included;
-# without it the row is shown as "-" and the rest still runs.
+# The connrate row needs `stickyctl bench` for its backends and its client, direct
+# included: stickyctl runs the stickybench beside it. Without them the row is shown
+# as "-" and the rest still runs.
 CONNRATE_NOTE=""
-if (( DO_CONNRATE )) && [[ ! -x "$STICKYCTL_BIN" ]]; then
-    CONNRATE_NOTE="no stickyctl binary at $STICKYCTL_BIN (swift build -c release --product stickyctl)"
+if (( DO_CONNRATE )) && [[ ! -x "$STICKYCTL_BIN" || ! -x "$(dirname "$STICKYCTL_BIN")/stickybench" ]]; then
+    CONNRATE_NOTE="no stickyctl with stickybench beside it at $STICKYCTL_BIN (swift build -c release)"
     DO_CONNRATE=0
 fi
 

@@ -149,9 +149,18 @@ public final class Daemon {
         let upgrader = Upgrader(arguments: CommandLine.arguments, takeoverConfigured: config.takeoverSocketPath != nil,
                                 flags: handoff, logger: logger)
         // First, so that a bad certificate or key stops the start before
-        // anything else is bound or written. A successor binds it once the
-        // old daemon has let go of the port.
-        var remote = successor == nil ? try config.adminRemote.map { try RemoteAdminServer(config: $0, logger: logger) } : nil
+        // anything else is bound or written. A successor binds the remote
+        // port once the old daemon has let go of it (completeTakeover).
+        let remoteTLS = try config.adminRemote.map { try RemoteAdminTLS(config: $0) }
+        let admin = AdminService(logger: logger)
+        if successor == nil, let remoteTLS {
+            do {
+                try admin.listenRemote(remoteTLS)
+            } catch {
+                admin.stop()
+                throw error
+            }
+        }
         let control = try makeControlPlane(received: received)
         // Metrics and access log: before any traffic listener, so that an
         // address in use or an unwritable log path stops a clean start. A
@@ -161,19 +170,17 @@ public final class Daemon {
         if config.observability.accessLog != .none { accessLog = try AccessLogSink(config.observability.accessLog) }
         let pools = control.poolSetups(workers: workers)
         let listeners = try received.map { try adoptListeners($0, workers: workers) } ?? bindListeners(workers: workers)
-        var admin: AdminServer?
         var takeoverServer: TakeoverServer?
         do {
             if let path = config.adminSocket {
-                admin = try AdminServer(path: path, allowedUIDs: Set(config.adminAllowUIDs.map(UInt32.init)),
-                                        allowedGIDs: Set(config.adminAllowGIDs.map(UInt32.init)),
-                                        staged: successor != nil, logger: logger)
+                try admin.listenUnix(path: path, allowedUIDs: Set(config.adminAllowUIDs.map(UInt32.init)),
+                                     allowedGIDs: Set(config.adminAllowGIDs.map(UInt32.init)), staged: successor != nil)
             }
             if let path = config.takeoverSocketPath {
                 takeoverServer = try TakeoverServer(path: path, staged: successor != nil, logger: logger)
             }
         } catch {
-            admin?.stop()
+            admin.stop()
             for l in listeners.joined() { close(l.fd) }
             throw error
         }
@@ -230,7 +237,7 @@ public final class Daemon {
             if snapshot.allSatisfy({ $0 != nil }) {
                 for case .failure(let e) in snapshot.compactMap({ $0 }) {
                     for c in channels { c.post(.stop) }
-                    admin?.stop()
+                    admin.stop()
                     takeoverServer?.stop()
                     throw e
                 }
@@ -241,7 +248,7 @@ public final class Daemon {
         }
         guard up else {
             for c in channels { c.post(.stop) }
-            admin?.stop()
+            admin.stop()
             takeoverServer?.stop()
             throw SystemError("worker start (timed out)", errno: ETIMEDOUT)
         }
@@ -249,15 +256,15 @@ public final class Daemon {
         // change targets at once could publish them to the workers out of order.
         let adminLock = NSLock()
         if let (client, _) = successor {
-            remote = try completeTakeover(client, channels: channels, control: control, admin: admin,
-                                          takeoverServer: takeoverServer)
+            try completeTakeover(client, channels: channels, control: control, admin: admin,
+                                 remoteTLS: remoteTLS, takeoverServer: takeoverServer)
             if let exporter {
                 metrics = bindAfterHandover("metrics listener") { try startMetrics(exporter) }
             }
         }
         let handoff = self.handoff
         let handoffRefusal = "an upgrade is handing over; try again in a moment"
-        let locked: AdminServer.Handler = { line, peer in
+        let locked: AdminService.Handler = { line, peer in
             adminLock.withLock {
                 // A change made while an upgrade hands over would be lost
                 // with the snapshot already sent.
@@ -269,7 +276,7 @@ public final class Daemon {
         }
         // `upgrade` is answered outside the lock: it waits for a hand-over
         // whose `prepare` takes the lock.
-        let handler: AdminServer.Handler = { line, peer in
+        let handler: AdminService.Handler = { line, peer in
             guard case .success(let r) = AdminGrammar.parse(line), case .upgrade(let binary) = r.command else {
                 return locked(line, peer)
             }
@@ -278,23 +285,16 @@ public final class Daemon {
             }
             return upgrader.start(binary: binary, json: r.json)
         }
-        // The TLS listener answers each line at once; it does not wait.
-        let remoteHandler: AdminServer.Handler = { line, peer in
-            guard case .success(let r) = AdminGrammar.parse(line), case .upgrade = r.command else {
-                return locked(line, peer)
-            }
-            let m = "upgrade is run on the admin socket (it answers once the hand-over is decided), not on the remote listener"
-            return AdminReply(r.json ? AdminFormat.jsonError(m) : "error: \(m)")
-        }
-        admin?.start(handler)
-        remote?.start(remoteHandler)
-        let portsToRelease = (metrics: metrics, remote: remote, admin: admin)
+        // Both transports serve every command, `upgrade` included: its
+        // answer is pending until the hand-over is decided.
+        admin.start(handler)
+        let portsToRelease = metrics
         takeoverServer?.start(takeoverHooks(control: control, channels: channels, listeners: listeners,
                                             workers: workers, adminLock: adminLock, upgrader: upgrader,
                                             releasePorts: {
-                                                portsToRelease.metrics?.stop()
-                                                portsToRelease.remote?.stop()
-                                                portsToRelease.admin?.handOnPath()
+                                                portsToRelease?.stop()
+                                                admin.closeRemoteListener()
+                                                admin.handOnPath()
                                             }))
         control.persist()
         // Health: active checks on their own event loop thread, off the rings.
@@ -361,8 +361,7 @@ public final class Daemon {
         // After an upgrade the successor is the service: telling systemd
         // this process is stopping would stop the unit.
         if !handedOver { SystemdNotify.send("STOPPING=1") }
-        admin?.stop()
-        remote?.stop()
+        admin.stop()
         prober.stop()
         // The successor serves metrics now and needs the port; a plain stop
         // keeps them up while connections drain, to watch them go.

@@ -102,31 +102,31 @@ extension Daemon {
     }
 
     /// Workers are up with accepting held: tell the old daemon, wait for it
-    /// to let go, then take the socket paths and start accepting. Returns
-    /// the remote admin listener, bound now that the old one closed it.
+    /// to let go, then take the socket paths and start accepting, and bind
+    /// the remote admin listener now that the old one has closed it.
     func completeTakeover(_ client: TakeoverClient, channels: [WorkerChannel], control: ControlPlane,
-                          admin: AdminServer?, takeoverServer: TakeoverServer?) throws -> RemoteAdminServer? {
+                          admin: AdminService, remoteTLS: RemoteAdminTLS?, takeoverServer: TakeoverServer?) throws {
         do {
             try client.ready()
         } catch {
             // Held workers have no connections: they stop at once.
             for c in channels { c.post(.stop) }
-            admin?.stop()
+            admin.stop()
             takeoverServer?.stop()
             throw error
         }
         for c in channels { c.post(.handoffResume) }
         let pausedMs = ControlPlane.monotonicMs() - handoff.pausedAtMs.load(ordering: .relaxed)
         do {
-            try admin?.install()
+            try admin.install()
             try takeoverServer?.install()
         } catch {
             // Serving goes on; only the path is missing. Say so loudly.
             logger.error("upgrade: could not take over a socket path", metadata: ["error": "\(error)"])
         }
         logger.notice("upgrade: took over; accepting", metadata: ["accept_paused_ms": "\(pausedMs)"])
-        guard let remoteConfig = config.adminRemote else { return nil }
-        return bindAfterHandover("remote admin listener") { try RemoteAdminServer(config: remoteConfig, logger: logger) }
+        guard let remoteTLS else { return }
+        _ = bindAfterHandover("remote admin listener") { try admin.listenRemote(remoteTLS) }
     }
 
     /// The old daemon closes its remote admin and metrics ports on commit;

@@ -75,6 +75,13 @@ final class UnixListener: @unchecked Sendable {
     /// and the path was not handed on.
     func close() {
         Glibc.close(fd)
+        removeFile()
+    }
+
+    /// Removes the socket file if it is still ours and the path was not
+    /// handed on. Alone, for a socket whose descriptor a NIO channel has
+    /// adopted (and closes itself).
+    func removeFile() {
         if !pathHandedOn.load(ordering: .acquiring), let id = identity,
            let now = UnixListener.identity(of: boundPath), now == id {
             unlink(boundPath)

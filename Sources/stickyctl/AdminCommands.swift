@@ -2,8 +2,6 @@ import ArgumentParser
 import Foundation
 import Glibc
 import StickyCore
-import StickyControlPlane
-import StickyDataPlane
 
 /// Exit statuses scripts can rely on (docs/ADMIN.md, "stickyctl").
 enum CtlExit {
@@ -27,79 +25,61 @@ struct AdminOptions: ParsableArguments {
     @Option(name: .long, help: "Admin socket path (default $STICKYD_ADMIN_SOCKET or /run/stickyd/admin.sock).")
     var socket: String?
 
+    @OptionGroup var remote: RemoteOptions
+
     @Flag(name: .long, help: "Print the daemon's JSON answer instead of text.")
     var json = false
 
     var path: String {
         socket ?? ProcessInfo.processInfo.environment["STICKYD_ADMIN_SOCKET"] ?? StickyConfig.adminSocketDefault
     }
+
+    /// Where the daemon is reached, for messages.
+    var endpoint: String { remote.remote ?? path }
+
+    func validate() throws {
+        if remote.remote != nil && socket != nil { throw ValidationError("give --socket or --remote, not both") }
+    }
 }
 
 /// One session on the admin socket: a line out, an answer (ended by an
 /// empty line) back.
 final class AdminSession {
-    let fd: Int32
+    let connection: AdminConnection
     var buffer: [UInt8] = []
     /// The exit status when no answer comes in time: unreachable, unless
     /// the command itself is a wait (`upgrade`).
     var silenceStatus = CtlExit.unreachable
+    /// How long `ask` waits for the next bytes of an answer. A daemon that
+    /// stops answering must not hang a rollout script.
+    var answerTimeoutSeconds = 30.0
 
-    init(path: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw CtlFailure(status: CtlExit.unreachable, message: "socket: \(String(cString: strerror(errno)))") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        guard path.utf8.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw CtlFailure(status: CtlExit.usage, message: "admin socket path too long: \(path)")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in path.utf8.enumerated() { raw[i] = b }
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
-            let e = errno
-            close(fd)
-            throw CtlFailure(status: CtlExit.unreachable,
-                             message: "cannot reach stickyd at \(path): \(String(cString: strerror(e)))")
-        }
-        // A daemon that stops answering must not hang a rollout script.
-        var tv = timeval(tv_sec: 30, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    /// Connects to the Unix socket, or with --remote to the TLS listener.
+    init(_ options: AdminOptions) throws {
+        connection = try AdminConnection(path: options.path, remote: options.remote)
     }
-
-    deinit { close(fd) }
 
     /// How long `ask` waits for an answer (30 s unless changed).
     func setAnswerTimeout(seconds: Double) {
-        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1e6))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        answerTimeoutSeconds = seconds
     }
 
     /// Sends one command; returns the answer without its closing blank line.
     func ask(_ line: String) throws -> String {
-        let out = Array((line + "\n").utf8)
-        var off = 0
-        while off < out.count {
-            let n = out[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw CtlFailure(status: CtlExit.unreachable, message: "admin socket closed while sending") }
-            off += n
-        }
-        var chunk = [UInt8](repeating: 0, count: 65536)
+        try connection.send(Array((line + "\n").utf8))
         while true {
             if let end = AdminSession.answerEnd(buffer) {
                 let answer = String(decoding: buffer[..<end], as: UTF8.self)
                 buffer.removeFirst(end + 2)
                 return answer
             }
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else {
-                if n == 0 { throw CtlFailure(status: CtlExit.unreachable, message: "stickyd closed the admin session") }
-                throw CtlFailure(status: errno == EAGAIN ? silenceStatus : CtlExit.unreachable, message: "no answer from stickyd (timed out)")
+            guard let chunk = connection.receive(timeoutSeconds: answerTimeoutSeconds) else {
+                throw CtlFailure(status: silenceStatus, message: "no answer from stickyd (timed out)")
             }
-            buffer.append(contentsOf: chunk[0..<n])
+            guard !chunk.isEmpty else {
+                throw CtlFailure(status: CtlExit.unreachable, message: "stickyd closed the admin session\(connection.inbox.why)")
+            }
+            buffer.append(contentsOf: chunk)
         }
     }
 
@@ -145,7 +125,7 @@ final class AdminSession {
 /// Runs an admin subcommand body, turning failures into exit statuses.
 func runAdmin(_ options: AdminOptions, _ body: (AdminSession) throws -> String?) throws {
     do {
-        let session = try AdminSession(path: options.path)
+        let session = try AdminSession(options)
         if let out = try body(session), !out.isEmpty { print(out) }
     } catch let f as CtlFailure {
         var err = StandardErrorStream()
@@ -347,24 +327,6 @@ struct Raw: ParsableCommand {
     func run() throws { try runAdmin(options) { try $0.run(words.joined(separator: " "), json: options.json) } }
 }
 
-/// Whether something accepts TCP connections at `address` (a bounded connect).
-func acceptsConnections(_ address: SocketAddress, timeoutMs: Int32 = 1000) -> Bool {
-    let family = address.ip.isV4 ? AF_INET : AF_INET6
-    let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var (ss, len) = Sockets.storage(for: address)
-    let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, len) } }
-    if rc == 0 { return true }
-    guard errno == EINPROGRESS else { return false }
-    var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-    guard poll(&p, 1, timeoutMs) == 1 else { return false }
-    var soerr: Int32 = 0
-    var slen = socklen_t(MemoryLayout<Int32>.size)
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen)
-    return soerr == 0
-}
-
 struct Replace: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Roll one target over to another: add NEW, wait until it is ready, drain OLD and wait, remove OLD.",
@@ -446,11 +408,11 @@ struct Upgrade: ParsableCommand {
         // serves; until then the old daemon (or nobody) answers there.
         var lastSeen = "no answer"
         while monotonicSeconds() - start < timeout {
-            if let session = try? AdminSession(path: options.path) {
+            if let session = try? AdminSession(options) {
                 session.setAnswerTimeout(seconds: 5)
                 if let pid = try? session.query("show info", as: InfoAnswer.self).pid {
                     if pid == successorPid {
-                        if !options.json { print("pid \(successorPid) answers on \(options.path)") }
+                        if !options.json { print("pid \(successorPid) answers on \(options.endpoint)") }
                         return
                     }
                     lastSeen = "pid \(pid) answers"
@@ -459,7 +421,7 @@ struct Upgrade: ParsableCommand {
             usleep(100_000)
         }
         var err = StandardErrorStream()
-        print("stickyctl: pid \(successorPid) took over but does not answer on \(options.path) after \(Int(timeout))s (\(lastSeen))", to: &err)
+        print("stickyctl: pid \(successorPid) took over but does not answer on \(options.endpoint) after \(Int(timeout))s (\(lastSeen))", to: &err)
         throw ExitCode(CtlExit.timedOut)
     }
 }

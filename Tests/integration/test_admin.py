@@ -623,7 +623,7 @@ CYCLES = 8
 
 
 def test_socket_file_removed_on_sigterm(run_stickyd, backend, tmp_path):
-    """A clean stop removes the socket file (AdminServer.stop says so). The
+    """A clean stop removes the socket file (AdminService.stop says so). The
     daemon must not exit before its admin thread has done that. The race is
     rare (seen in about 1 of 100 stops), so a pass here proves little; a
     failure is real."""

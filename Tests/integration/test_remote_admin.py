@@ -22,10 +22,12 @@ from pathlib import Path
 import pytest
 
 from admin_support import AdminClient, admin, parse_fields, targets_by_address
-from support import LOOPBACK, connect, echo_roundtrip, fmt_addr, free_port, wait_closed
+from rollout_support import stickyctl_bin
+from support import LOOPBACK, connect, echo_roundtrip, fmt_addr, free_port, wait_closed, wait_until
 from test_cli import assert_refused, output, run
+from test_upgrade import stop_pid
 
-HANDSHAKE_TIMEOUT = 10.0  # RemoteAdminServer.handshakeTimeoutMs
+HANDSHAKE_TIMEOUT = 10.0  # AdminLimits.handshakeTimeoutMs
 
 
 # ---------------------------------------------------------------------------
@@ -297,6 +299,51 @@ def test_empty_allow_list_refuses_everyone(run_stickyd, backend, tmp_path, certs
         assert c.read_answer() == "error: certificate not allowed"
 
 
+SESSIONS_MAX = 256  # AdminLimits.sessionsMax, per listener
+
+
+@pytest.mark.parametrize("transport", ["unix", "tls"])
+def test_session_limit_is_the_same_on_both_transports(served, certs, transport):
+    """256 sessions per listener; the next one is told so, on the Unix
+    socket and over TLS alike, and a freed slot takes a new session. The
+    other listener is not affected."""
+    s = served
+
+    def session():
+        return AdminClient(s.sock) if transport == "unix" else TlsAdminClient(s.remote, certs, certs.by_cn)
+
+    other = (lambda: TlsAdminClient(s.remote, certs, certs.by_cn)) if transport == "unix" else (lambda: AdminClient(s.sock))
+    held = []
+    try:
+        for _ in range(SESSIONS_MAX):
+            c = session()
+            held.append(c)
+            # An answer means the daemon has accepted and counted it.
+            assert c.cmd("help").startswith("help")
+        with session() as extra:
+            assert extra.read_answer() == "error: too many admin connections (256); try again"
+            assert extra.at_eof(5), "a refused session was left open"
+        with other() as c:
+            assert "pid: " in c.cmd("show info")
+        held.pop().close()
+
+        def admitted() -> bool:
+            """The daemon counts the closed session out once it sees the
+            close; until then a new one is still told "too many"."""
+            try:
+                with session() as c:
+                    return c.cmd("help").startswith("help")
+            except (EOFError, ConnectionError, ssl.SSLError):
+                return False
+
+        wait_until(admitted, 10, interval=0.05, what="a session admitted once a slot is free")
+    finally:
+        for c in held:
+            c.close()
+    wait_logged(s.daemon, "connection refused", f"too many {'admin' if transport == 'unix' else 'remote admin'} connections")
+    assert_still_serving(s)
+
+
 # ---------------------------------------------------------------------------
 # Config errors: the daemon does not start, and says which file and why
 
@@ -346,3 +393,111 @@ def test_remote_listener_port_in_use_stops_the_start(stickyd_path, tmp_path, cer
         p = run([stickyd_path, "--config", cfg, "--admin-socket", tmp_path / "a.sock", "--state-dir", tmp_path / "st"])
     assert_refused(p)
     assert f"admin.remote.listen 127.0.0.1:{port}" in output(p) and "in use" in output(p), output(p)
+
+
+# ---------------------------------------------------------------------------
+# stickyctl --remote: the same CLI over the TLS listener
+
+
+def ctl(*args, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([str(stickyctl_bin()), *[str(a) for a in args]], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def remote_args(s: Setup, certs: Certs, client: Cert) -> list:
+    return ["--remote", fmt_addr(*s.remote), "--cert", client.crt, "--key", client.key, "--ca", certs.ca.crt]
+
+
+def test_stickyctl_remote_runs_every_admin_subcommand(served, backend, certs):
+    """Every admin subcommand of stickyctl works over mutual TLS, and its
+    changes are the daemon's: the Unix socket sees them."""
+    s = served
+    tls = remote_args(s, certs, certs.by_cn)
+
+    def ok(*args) -> str:
+        p = ctl(*args, *tls)
+        assert p.returncode == 0, f"stickyctl {' '.join(map(str, args))} exited {p.returncode}:\n{p.stdout}{p.stderr}"
+        return p.stdout
+
+    assert parse_fields(ok("show", "info").strip())["pid"] == str(s.daemon.pid)
+    assert json.loads(ok("show", "stats", "--json"))["connections_accepted"] >= 0
+    new = backend(name="remote-new")
+    assert ok("add", new.addr, "--name", "r1", "--weight", "2").startswith("ok: ")
+    assert ok("set-weight", new.addr, "3").startswith("ok: ")
+    assert ok("maint", new.addr).startswith("ok: ")
+    assert ok("ready", new.addr).startswith("ok: ")
+    drained = ok("drain", new.addr, "--mode", "sticky", "--timeout", "30s", "--wait", "--quiet")
+    assert "drained " + new.addr in drained, drained
+    assert ok("ready", new.addr).startswith("ok: ")
+    assert new.addr in {t["address"] for t in json.loads(ok("show", "targets", "--json"))["targets"]}
+    ok("show", "affinity")
+    assert ok("clear-affinity", "--all").startswith("ok: ")
+    assert ok("raw", "help").splitlines()[0] == "help"
+    # A rollout: replace the configured backend with a fresh one.
+    fresh = backend(name="remote-fresh")
+    out = ok("replace", s.backend.addr, fresh.addr, "--timeout", "30s", "--quiet")
+    assert f"drained {s.backend.addr}" in out, out
+    assert ok("remove", new.addr, "--force").startswith("ok: ")
+    with AdminClient(s.sock) as u:
+        assert set(targets_by_address(u)) == {fresh.addr}
+    assert_still_serving(Setup(s.daemon, s.remote, s.sock, fresh))
+
+
+def test_stickyctl_remote_refusals_have_their_exit_status(served, certs, tmp_path):
+    s = served
+    # Not on the allow list: the daemon's answer, exit 1 (refused).
+    p = ctl("show", "info", *remote_args(s, certs, certs.unlisted))
+    assert p.returncode == 1, p
+    assert "certificate not allowed" in p.stderr, p.stderr
+    # Signed by another CA: the daemon's alert; exit 3 (unreachable).
+    p = ctl("show", "info", *remote_args(s, certs, certs.stranger))
+    assert p.returncode == 3, p
+    assert "unknown ca" in p.stderr, p.stderr
+    # The daemon's certificate does not verify against the CA given: exit 3.
+    wrong_ca = ["--remote", fmt_addr(*s.remote), "--cert", certs.by_cn.crt, "--key", certs.by_cn.key,
+                "--ca", certs.stranger.crt]
+    p = ctl("show", "info", *wrong_ca)
+    assert p.returncode == 3, p
+    assert "certificate verify failed" in p.stderr, p.stderr
+    # Nobody listening: exit 3, the address and errno's words.
+    closed = fmt_addr(LOOPBACK, free_port())
+    p = ctl("show", "info", "--remote", closed, "--cert", certs.by_cn.crt, "--key", certs.by_cn.key,
+            "--ca", certs.ca.crt)
+    assert p.returncode == 3, p
+    assert f"cannot reach stickyd at {closed}: Connection refused" in p.stderr, p.stderr
+    # Usage: exit 2, before any connection.
+    for args, words in [(["--remote", fmt_addr(*s.remote)], "--remote needs --cert, --key and --ca"),
+                        (["--cert", certs.by_cn.crt], "--cert, --key and --ca go with --remote"),
+                        ([*remote_args(s, certs, certs.by_cn), "--socket", s.sock], "not both"),
+                        (["--remote", "nowhere", "--cert", "a", "--key", "b", "--ca", "c"], "is not HOST:PORT")]:
+        p = ctl("show", "info", *args)
+        assert p.returncode == 2, p
+        assert words in p.stderr, p.stderr
+    missing = tmp_path / "missing.crt"
+    p = ctl("show", "info", "--remote", fmt_addr(*s.remote), "--cert", missing, "--key", certs.by_cn.key,
+            "--ca", certs.ca.crt)
+    assert p.returncode == 2, p
+    assert f"--cert {missing}: No such file or directory" in p.stderr, p.stderr
+    assert_still_serving(s)
+
+
+def test_stickyctl_remote_upgrade_answers_once_the_successor_serves(served, certs, request):
+    """`upgrade` over TLS: the answer is pending until the hand-over is
+    decided (as on the Unix socket), and the successor takes the remote
+    port over; stickyctl then finds the new pid answering there."""
+    s = served
+    old = s.daemon
+    p = ctl("upgrade", "--timeout", "60", *remote_args(s, certs, certs.by_cn), timeout=120)
+    took = re.search(r"upgrade: pid (\d+) took over", p.stdout)
+    if took:
+        new_pid = int(took.group(1))
+        request.addfinalizer(lambda: stop_pid(new_pid))
+    old.expect_exit = True
+    assert p.returncode == 0, f"{p.stdout}{p.stderr}\n{old.output_tail()}"
+    assert took, p.stdout
+    assert f"pid {new_pid} answers on {fmt_addr(*s.remote)}" in p.stdout, p.stdout
+    assert old.wait(20) == 0, old.output_tail()
+    with TlsAdminClient(s.remote, certs, certs.by_cn) as c:
+        assert parse_fields(c.cmd("show info"))["pid"] == str(new_pid)
+    with connect(old.addr) as c:
+        echo_roundtrip(c, b"served by the successor")

@@ -2,7 +2,6 @@ import CURing
 import CURingShim
 import Glibc
 import StickyCore
-import StickyControlPlane
 import StickyDataPlane
 import Synchronization
 
@@ -22,7 +21,7 @@ final class BenchServeCounters: Sendable {
     }
 }
 
-/// One thread of `stickyctl bench serve`: a ring with one multishot ACCEPT
+/// One thread of `stickybench serve`: a ring with one multishot ACCEPT
 /// per listener. Each accepted socket gets
 ///
 ///     SEND(name + "\n", MSG_NOSIGNAL) --hardlink--> CLOSE

@@ -1,7 +1,7 @@
 import Glibc
 import StickyCore
 
-/// The merged figures of one `stickyctl bench` run, and their two renderings.
+/// The merged figures of one `stickybench` run, and their two renderings.
 struct BenchReport {
     var targetAddresses: [SocketAddress]
     var clientsConfigured: Int
@@ -54,7 +54,7 @@ struct BenchReport {
     func text() -> String {
         var out = ""
         let addrs = targetAddresses.map { "\($0)" }.joined(separator: ", ")
-        out += "stickyctl bench: \(addrs), \(clientsConfigured) clients, concurrency \(concurrency), \(threads) thread\(threads == 1 ? "" : "s")\(totals.interrupted ? " (interrupted)" : "")\n"
+        out += "stickybench: \(addrs), \(clientsConfigured) clients, concurrency \(concurrency), \(threads) thread\(threads == 1 ? "" : "s")\(totals.interrupted ? " (interrupted)" : "")\n"
         out += pad("connections") + "\(totals.successes) in \(benchFixed(durationS, 3)) s: \(benchFixed(connPerS, 0)) conn/s\n"
         if totals.histogram.total > 0 {
             out += pad("latency") + "p50 \(duration(totals.histogram.quantile(0.5)))   p99 \(duration(totals.histogram.quantile(0.99)))   p999 \(duration(totals.histogram.quantile(0.999)))   max \(duration(totals.histogram.maxNs))   mean \(duration(UInt64(totals.histogram.meanNs)))\n"

@@ -2,7 +2,6 @@ import CURing
 import CURingShim
 import Glibc
 import StickyCore
-import StickyControlPlane
 import StickyDataPlane
 import Synchronization
 

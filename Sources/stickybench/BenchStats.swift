@@ -1,6 +1,6 @@
 import Glibc
 
-// Measurement state of `stickyctl bench`: the latency histogram, the table
+// Measurement state of `stickybench`: the latency histogram, the table
 // of target names, the error kinds and the per-worker results that the
 // report merges. Nothing here allocates per connection.
 

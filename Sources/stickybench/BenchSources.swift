@@ -1,10 +1,9 @@
 import CURing
 import Glibc
 import StickyCore
-import StickyControlPlane
 import StickyDataPlane
 
-/// The client source addresses of `stickyctl bench`: from `--sources`
+/// The client source addresses of `stickybench`: from `--sources`
 /// (addresses and CIDR blocks, comma-separated), `--source-list FILE` (one
 /// address or block a line, `#` comments), or the loopback default.
 enum BenchSources {

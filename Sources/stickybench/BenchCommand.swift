@@ -2,25 +2,7 @@ import ArgumentParser
 import CURing
 import Glibc
 import StickyCore
-import StickyControlPlane
 import StickyDataPlane
-
-/// `stickyctl bench`: the affinity benchmark. `run` (the default) measures;
-/// `serve` runs the identity backends it measures against.
-struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench",
-        abstract: "Measure sticky connection rate through a balancer.",
-        discussion: """
-        Start identity backends with `stickyctl bench serve`, put the balancer in front \
-        of them, then run `stickyctl bench --target BALANCER`. Each connection reads the \
-        name of the backend it reached; a client IP seen on two names is a stickiness \
-        violation. See docs/BENCH.md.
-        """,
-        subcommands: [BenchRun.self, BenchServe.self],
-        defaultSubcommand: BenchRun.self
-    )
-}
 
 struct BenchRun: ParsableCommand {
     static let configuration = CommandConfiguration(
