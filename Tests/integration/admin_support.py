@@ -218,3 +218,30 @@ def echo_check(s: socket.socket, message: bytes, timeout: float = 5.0) -> None:
     s.sendall(message)
     got = recv_exactly(s, len(message))
     assert got == message, f"echo mismatch: {got[:40]!r} != {message[:40]!r}"
+
+
+def flag(d, name: str) -> str:
+    """The value of a daemon's command-line flag (the fixture sets the admin
+    socket and state directory)."""
+    return d.argv[d.argv.index(name) + 1]
+
+
+def sock_path(d) -> str:
+    return flag(d, "--admin-socket")
+
+
+class Clients:
+    """Hands out fresh client IPs, so that no test reuses a pinned client by accident."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.next = start
+
+    def fresh(self) -> str:
+        ip = client_ip(self.next)
+        self.next += 1
+        return ip
+
+
+def landings(d, clients: Clients, n: int) -> list[str]:
+    """Where n fresh clients land (each connection closed at once)."""
+    return [target_of(clients.fresh(), d.addr) for _ in range(n)]
