@@ -24,6 +24,12 @@ public struct TargetMask: Sendable, Equatable {
 public struct Placement: Sendable, Equatable {
     public var target: Int32
     public var entry: Int32
+    /// `AffinityBalancer.rebalanceForAge` told this connection to leave its
+    /// target (its client's pin is elsewhere now); until it closes, bounded
+    /// load no longer counts it against the target it is leaving.
+    public var leavingForAge = false
+    /// With `leavingForAge`: the target its client's pin moved to.
+    public var ageMoveTarget: Int8 = -1
     public init(target: Int32, entry: Int32 = -1) {
         self.target = target
         self.entry = entry

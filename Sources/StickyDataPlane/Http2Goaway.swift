@@ -175,7 +175,7 @@ extension Worker {
             let pool = pools[Int(slots[i].pool)]
             slots[i].ageCheckAt = slots[i].goaway == .none ? ageCheckTime(i, pool: pool) : 0
             guard slots[i].goaway == .none else { continue }
-            if pool.balancer.rebalanceForAge(slots[i].placement, client: slots[i].client, now: now) {
+            if pool.balancer.rebalanceForAge(&slots[i].placement, client: slots[i].client, now: now) {
                 slots[i].ageCheckAt = 0
                 requestGoaway(i, .age)
             }

@@ -23,6 +23,12 @@ final class AffinityAgeTests: XCTestCase {
         return p
     }
 
+    /// An age check of a placement the test does not close afterwards.
+    func age(_ b: inout AffinityBalancer, _ placement: Placement, client: IPAddress, now: Millis) -> Bool {
+        var p = placement
+        return b.rebalanceForAge(&p, client: client, now: now)
+    }
+
     func loads(_ b: AffinityBalancer) -> [Int] {
         b.targets.map(\.connections)
     }
@@ -37,7 +43,7 @@ final class AffinityAgeTests: XCTestCase {
         }
         XCTAssertLessThanOrEqual(loads(b).max()!, 125)
         for (i, p) in placements.enumerated() {
-            XCTAssertFalse(b.rebalanceForAge(p, client: T.client(i), now: 60_000), "client \(i)")
+            XCTAssertFalse(age(&b, p, client: T.client(i), now: 60_000), "client \(i)")
         }
         XCTAssertEqual(b.counters.moves.age, 0)
         XCTAssertEqual(b.counters.moves.total, 0)
@@ -64,8 +70,8 @@ final class AffinityAgeTests: XCTestCase {
             for i in 0..<12 {
                 now += 1000
                 let before = loads(b)
-                let old = placements[i]
-                guard b.rebalanceForAge(old, client: T.client(i), now: now) else { continue }
+                var old = placements[i]
+                guard b.rebalanceForAge(&old, client: T.client(i), now: now) else { continue }
                 XCTAssertGreaterThan(Double(b.openConnections(target: Int(old.target))), bound,
                                      "round \(round): client \(i) moved off a target within its bound, loads \(before)")
                 XCTAssertEqual(loads(b), before, "a move changes no load until the client reconnects")
@@ -102,13 +108,13 @@ final class AffinityAgeTests: XCTestCase {
         XCTAssertEqual(loads(b), [6, 2, 2, 2])
         for (c, p) in conns where p.target != 0 {
             for k in 0..<5 {
-                XCTAssertFalse(b.rebalanceForAge(p, client: c, now: Millis(k) * 60_000))
+                XCTAssertFalse(age(&b, p, client: c, now: Millis(k) * 60_000))
             }
             XCTAssertEqual(b.pin(of: c, now: 0)?.target, Int(p.target))
         }
         XCTAssertEqual(b.counters.moves.age, 0)
         let first = conns[0]
-        XCTAssertTrue(b.rebalanceForAge(first.placement, client: first.client, now: 0))
+        XCTAssertTrue(age(&b, first.placement, client: first.client, now: 0))
         XCTAssertNotEqual(b.pin(of: first.client, now: 0)?.target, 0)
     }
 
@@ -116,7 +122,7 @@ final class AffinityAgeTests: XCTestCase {
         var b = make(2) { $0.balanceFactor = nil }
         var conns: [(IPAddress, Placement)] = []
         for i in 0..<10 { conns.append((T.client(i), open(&b, T.client(i), on: 0))) }
-        for (c, p) in conns { XCTAssertFalse(b.rebalanceForAge(p, client: c, now: 0)) }
+        for (c, p) in conns { XCTAssertFalse(age(&b, p, client: c, now: 0)) }
         XCTAssertEqual(b.counters.moves.age, 0)
     }
 
@@ -127,20 +133,20 @@ final class AffinityAgeTests: XCTestCase {
         var conns: [(IPAddress, Placement)] = []
         for i in 0..<10 { conns.append((T.client(i), open(&b, T.client(i), on: 0))) }
         b.setState(target: 0, state: .draining(.sticky))
-        for (c, p) in conns { XCTAssertFalse(b.rebalanceForAge(p, client: c, now: 0)) }
+        for (c, p) in conns { XCTAssertFalse(age(&b, p, client: c, now: 0)) }
         b.setState(target: 0, state: .ready)
-        XCTAssertTrue(b.rebalanceForAge(conns[0].1, client: conns[0].0, now: 0))
+        XCTAssertTrue(age(&b, conns[0].1, client: conns[0].0, now: 0))
     }
 
     func testNoPinNoMove() {
         var b = make(2) { $0.timeoutMs = 10_000 }
         let p = Placement(target: 0)
-        XCTAssertFalse(b.rebalanceForAge(p, client: T.client(1), now: 0))
+        XCTAssertFalse(age(&b, p, client: T.client(1), now: 0))
         // A pin that lapsed after its connections closed is no pin either.
         var conns: [(IPAddress, Placement)] = []
         for i in 0..<4 { conns.append((T.client(i), open(&b, T.client(i), on: 0))) }
         for (c, q) in conns { b.closed(q, client: c, now: 0) }
-        XCTAssertFalse(b.rebalanceForAge(conns[0].1, client: conns[0].0, now: 60_000))
+        XCTAssertFalse(age(&b, conns[0].1, client: conns[0].0, now: 60_000))
     }
 
     // MARK: accounting
@@ -156,7 +162,7 @@ final class AffinityAgeTests: XCTestCase {
         _ = open(&b, T.client(2), on: 0)
         XCTAssertEqual(loads(b), [3, 0])
 
-        XCTAssertTrue(b.rebalanceForAge(p, client: x, now: 5_000))
+        XCTAssertTrue(age(&b, p, client: x, now: 5_000))
         XCTAssertEqual(loads(b), [3, 0], "nothing reconnected yet")
         var pin = try XCTUnwrap(b.pin(of: x, now: 5_000))
         XCTAssertEqual(pin.target, 1)
@@ -167,7 +173,7 @@ final class AffinityAgeTests: XCTestCase {
 
         // Asked again (the data plane's next check, before the GOAWAY took
         // effect): still true, and not counted twice.
-        XCTAssertTrue(b.rebalanceForAge(p, client: x, now: 6_000))
+        XCTAssertTrue(age(&b, p, client: x, now: 6_000))
         XCTAssertEqual(b.counters.moves.age, 1)
 
         // The connection lives on past the idle timeout: the entry does not
@@ -200,7 +206,7 @@ final class AffinityAgeTests: XCTestCase {
         let x = T.client(0)
         let p = open(&b, x, on: 0)
         for i in 1..<6 { _ = open(&b, T.client(i), on: 0) }
-        XCTAssertTrue(b.rebalanceForAge(p, client: x, now: 0))
+        XCTAssertTrue(age(&b, p, client: x, now: 0))
         let to = try XCTUnwrap(b.pin(of: x, now: 0)).target
         try b.updateTargets(Array(T.specs(3)[1...]))
         XCTAssertEqual(b.targets.first { $0.index == 0 }?.present, false)
@@ -223,8 +229,8 @@ final class AffinityAgeTests: XCTestCase {
         let second = b.place(client: x, now: 0, excluding: TargetMask())!
         XCTAssertEqual(second.target, 0, "a hit on the pin")
         for i in 1..<6 { _ = open(&b, T.client(i), on: 0) }
-        XCTAssertTrue(b.rebalanceForAge(first, client: x, now: 0))
-        XCTAssertTrue(b.rebalanceForAge(second, client: x, now: 0))
+        XCTAssertTrue(age(&b, first, client: x, now: 0))
+        XCTAssertTrue(age(&b, second, client: x, now: 0))
         XCTAssertEqual(b.counters.moves.age, 1)
     }
 
@@ -239,11 +245,44 @@ final class AffinityAgeTests: XCTestCase {
         other.sharedLoads = shared
         let x = T.client(0)
         let p = open(&a, x, on: 0)
-        XCTAssertFalse(a.rebalanceForAge(p, client: x, now: 0), "one connection: no other target would be within its bound with it")
+        XCTAssertFalse(age(&a, p, client: x, now: 0), "one connection: no other target would be within its bound with it")
         for i in 1..<6 { _ = open(&other, T.client(i), on: 0) }
         XCTAssertEqual(a.openConnections(target: 0), 1)
         XCTAssertEqual(shared[0], 6)
-        XCTAssertTrue(a.rebalanceForAge(p, client: x, now: 0))
+        XCTAssertTrue(age(&a, p, client: x, now: 0))
         XCTAssertEqual(a.pin(of: x, now: 0)?.target, 1)
+    }
+
+    /// A burst of age checks on one over-full target, before any of the
+    /// moved clients has reconnected, sheds only what is over its bound:
+    /// connections already told to leave do not count against it.
+    func testBurstOfChecksMovesOnlyWhatIsOverTheBound() {
+        var b = make(4)
+        // 5, 4, 3, 0: mean 3, bound 3.75.
+        var conns: [(client: IPAddress, placement: Placement)] = []
+        let layout = [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+        for (i, t) in layout.enumerated() { conns.append((T.client(i), open(&b, T.client(i), on: t))) }
+        XCTAssertEqual(loads(b), [5, 4, 3, 0])
+        var movedFrom = [0, 0, 0, 0]
+        for k in conns.indices {
+            var p = conns[k].placement
+            if b.rebalanceForAge(&p, client: conns[k].client, now: 1_000) {
+                XCTAssertTrue(p.leavingForAge)
+                movedFrom[Int(p.target)] += 1
+            }
+            conns[k].placement = p
+        }
+        XCTAssertEqual(movedFrom[0], 2, "5 -> 3: two leave, not all five")
+        XCTAssertEqual(movedFrom[1], 1, "4 -> 3: one leaves")
+        XCTAssertEqual(movedFrom[2], 0, "3 is within the bound")
+        XCTAssertEqual(b.counters.moves.age, 3)
+        // A leaving connection is not checked again, and its close
+        // settles the count.
+        for k in conns.indices where conns[k].placement.leavingForAge {
+            var p = conns[k].placement
+            XCTAssertFalse(b.rebalanceForAge(&p, client: conns[k].client, now: 2_000))
+            b.closed(p, client: conns[k].client, now: 2_000)
+        }
+        XCTAssertEqual(b.leavingForAge.reduce(0, +), 0)
     }
 }

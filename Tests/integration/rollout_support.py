@@ -30,6 +30,17 @@ def stickyctl_bin() -> Path:
     return path if path.is_absolute() else REPO / path
 
 
+def start_replace(old: str, new: str, new_name: str, sock: str, timeout_s: int, log_path: Path):
+    """`stickyctl replace OLD NEW` (strict drain) in the background, its
+    output to `log_path`; returns the Popen. The caller waits, bounded."""
+    import subprocess
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [str(stickyctl_bin()), "replace", old, new, "--name", new_name, "--mode", "strict",
+             "--timeout", f"{timeout_s}s", "--socket", sock],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
 # ---------------------------------------------------------------------------
 # Source-IP relays
 #

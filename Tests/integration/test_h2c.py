@@ -25,13 +25,12 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
 
 from rollout_support import (AdminClient, GreeterLoad, Relay, Timeline, events_text, find_moves, last_pods,
-                             phase_table, spread, steering_worker, stickyctl_bin)
+                             phase_table, spread, start_replace, steering_worker)
 from support import LOOPBACK, connect, fmt_addr, free_port, random_bytes, recv_exactly, wait_until
 
 grpc = pytest.importorskip("grpc", reason="grpcio missing: run `make deps`")
@@ -81,7 +80,6 @@ def stats(admin: AdminClient) -> dict:
 
 def rollout(run_stickyd, greeter_pods, tmp_path, *, sigterm_at_drain_start: bool):
     """Replaces each of 3 pods under 12 long-lived clients; returns the figures."""
-    ctl = stickyctl_bin()
     old_pods = greeter_pods(3, extra=POD_ARGS)
     pod_addr = {name: addr for name, addr, _ in old_pods}
     d, admin, sock = start_daemon(run_stickyd, tmp_path, old_pods)
@@ -112,11 +110,7 @@ def rollout(run_stickyd, greeter_pods, tmp_path, *, sigterm_at_drain_start: bool
             # draining: the old pod counts as leaving from here (a move
             # away from it is needed; a move anywhere else is not).
             t_replace = time.monotonic()
-            with open(log_path, "wb") as log:
-                rp = subprocess.Popen(
-                    [str(ctl), "replace", addr, new_addr, "--name", new_name, "--mode", "strict",
-                     "--timeout", f"{DRAIN_TIMEOUT_S}s", "--socket", sock],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            rp = start_replace(addr, new_addr, new_name, sock, DRAIN_TIMEOUT_S, log_path)
             try:
                 def draining() -> bool:
                     if rp.poll() is not None:
@@ -310,8 +304,9 @@ def test_max_connection_age_spreads_long_lived_clients_onto_a_new_pod(run_sticky
     after = last_pods(calls)
     report = (f"age: before={spread(before, names)} after={spread(after, names)} moves="
               + ", ".join(f"{m.client}:{m.old}->{m.new}@{m.at - t_add:.1f}s" for m in moves))
-    print("\n" + report)
     failed = [c for c in calls if c.pod is None]
+    report += "".join(f"\n  failed {c.start - t_add:+.2f}s client {c.client}: {c.code} {c.detail}" for c in failed[:10])
+    print("\n" + report)
     assert not failed, f"{len(failed)} failed calls: {report}"
     # Only clients of overloaded pods moved, each once, and only onto the new pod.
     overloaded = {p for p, n in spread(before, names).items() if n > BALANCE_FACTOR * mean}

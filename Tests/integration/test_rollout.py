@@ -29,13 +29,12 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 
 import pytest
 
 from rollout_support import (AdminClient, GreeterLoad, Relay, Timeline, events_text, find_moves, last_pods,
-                             phase_table, progress, spread, steering_worker, stickyctl_bin)
+                             phase_table, progress, spread, start_replace, steering_worker, stickyctl_bin)
 from support import (LOOPBACK, connect, fmt_addr, free_port, make_sink_then_reply_handler,
                      make_speak_first_handler, random_bytes, recv_until_eof, sha256, wait_until)
 
@@ -181,11 +180,7 @@ def test_rolling_replace_of_three_pods_fails_no_call(run_stickyd, greeter_pods, 
             new_pods.append(new_name)
             pod_addr[new_name] = new_addr
             log_path = tmp_path / f"replace-{name}.log"
-            with open(log_path, "wb") as log:
-                rp = subprocess.Popen(
-                    [str(ctl), "replace", addr, new_addr, "--name", new_name, "--mode", "strict",
-                     "--timeout", f"{DRAIN_TIMEOUT_S}s", "--socket", sock],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            rp = start_replace(addr, new_addr, new_name, sock, DRAIN_TIMEOUT_S, log_path)
             try:
                 # SIGTERM only once the daemon sends OLD no new connections:
                 # otherwise its reconnecting clients would be sent straight back.

@@ -37,26 +37,57 @@ extension AffinityBalancer {
     /// placement's handle is held) is untouched. Only the pin's target,
     /// generation and pin time change, so the next `place` is a hit on the
     /// new target and `closed` of this placement still lowers the old one.
-    /// Until the client reconnects its old target still counts it, so a
-    /// burst of checks may move a few more clients than needed; the jitter
-    /// on the age spreads the checks, and a target that gets too full
-    /// sheds clients at their next age.
-    public mutating func rebalanceForAge(_ placement: Placement, client: IPAddress, now: Millis) -> Bool {
-        guard let factor = config.balanceFactor else { return false }
+    /// On true, `placement` is marked `leavingForAge`: until it closes, the
+    /// age checks of the target's other connections do not count it, so a
+    /// burst of checks sheds only the connections over the bound (the
+    /// client's new connection may land before or after the old one ends).
+    public mutating func rebalanceForAge(_ placement: inout Placement, client: IPAddress, now: Millis) -> Bool {
+        guard !placement.leavingForAge else { return false }
+        guard let to = decideAgeMove(placement, client: client, now: now) else { return false }
+        placement.leavingForAge = true
+        placement.ageMoveTarget = Int8(to)
+        if let shared = sharedLoads {
+            shared.ageMove(from: Int(placement.target), to: to, 1)
+        } else {
+            leavingForAge[Int(placement.target)] += 1
+            arrivingForAge[to] += 1
+        }
+        return true
+    }
+
+    /// The leaving connection closed: its move is no longer in flight.
+    mutating func endAgeMove(from: Int, to: Int) {
+        precondition(to >= 0 && to < AffinityBalancer.maxTargets, "an age move with no destination")
+        if let shared = sharedLoads {
+            shared.ageMove(from: from, to: to, -1)
+        } else {
+            precondition(leavingForAge[from] > 0 && arrivingForAge[to] > 0, "an age move not counted")
+            leavingForAge[from] -= 1
+            arrivingForAge[to] -= 1
+        }
+    }
+
+    func leaving(_ t: Int) -> Int { sharedLoads?.leaving(t) ?? leavingForAge[t] }
+    func arriving(_ t: Int) -> Int { sharedLoads?.arriving(t) ?? arrivingForAge[t] }
+
+    /// Where an age check moves the pin of `placement`'s client: nil for
+    /// no move; the pin's current target when the pin already moved.
+    mutating func decideAgeMove(_ placement: Placement, client: IPAddress, now: Millis) -> Int? {
+        guard let factor = config.balanceFactor else { return nil }
         let key = AffinityKey(client, maskV4: config.maskV4, maskV6: config.maskV6)
         let hash = key.hash(hashKey)
         let slot = table.find(key, hash: hash)
-        guard slot >= 0 else { return false }
+        guard slot >= 0 else { return nil }
         let e = table[slot]
         let nowSec = AffinityTable.seconds(now)
-        guard !table.isExpired(e, nowSec: nowSec) else { return false }
+        guard !table.isExpired(e, nowSec: nowSec) else { return nil }
         let pinned = Int(e.target)
         let bit: UInt64 = 1 << UInt64(pinned)
         let pinIsCurrent = generations[pinned] == e.generation
         if pinned != Int(placement.target) {
-            return pinIsCurrent && keepsPinned & bit != 0
+            return pinIsCurrent && keepsPinned & bit != 0 ? pinned : nil
         }
-        guard pinIsCurrent, takesNew & bit != 0 else { return false }
+        guard pinIsCurrent, takesNew & bit != 0 else { return nil }
 
         // c × L / W: a target's bound is this times its weight.
         let (load, weight) = loadAndWeight(over: takesNew)
@@ -64,15 +95,17 @@ extension AffinityBalancer {
         func fits(_ t: Int, adding: Int) -> Bool {
             Double(self.load(of: t) + adding) <= perWeight * Double(weights[t])
         }
-        guard !fits(pinned, adding: 0) else { return false }
+        // Connections already told to leave no longer weigh on it.
+        guard !fits(pinned, adding: -leaving(pinned)) else { return nil }
 
         let candidates = takesNew & ~bit
-        guard candidates != 0, maglev.size > 0 else { return false }
+        guard candidates != 0, maglev.size > 0 else { return nil }
         var to = -1
         var pos = maglev.slot(hash)
         for _ in 0..<AffinityBalancer.spillWalkMax {
             let t = maglevTarget(pos)
-            if candidates & 1 << UInt64(t) != 0 && fits(t, adding: 1) {
+            // Clients already moving there count as arrived.
+            if candidates & 1 << UInt64(t) != 0 && fits(t, adding: 1 + arriving(t)) {
                 to = t
                 break
             }
@@ -80,7 +113,7 @@ extension AffinityBalancer {
         }
         if to < 0 {
             let least = leastLoaded(candidates)
-            guard fits(least, adding: 1) else { return false }
+            guard fits(least, adding: 1 + arriving(least)) else { return nil }
             to = least
         }
         counts.moves[.age] &+= 1
@@ -88,6 +121,6 @@ extension AffinityBalancer {
         table[slot].generation = generations[to]
         // Absolute expiry counts from the pin, as for any re-pin.
         table[slot].pinnedSec = nowSec
-        return true
+        return to
     }
 }

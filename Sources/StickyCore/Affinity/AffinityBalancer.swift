@@ -115,6 +115,14 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     @usableFromInline var states: [TargetState]
     @usableFromInline var generations: [UInt16]
     @usableFromInline var loads: [Int]
+    /// Per slot, age moves in flight (until the leaving connection
+    /// closes): connections told to leave it, and clients whose pins moved
+    /// to it. An age check subtracts the first from the source and adds the
+    /// second to the destination, so a burst of checks sheds only what is
+    /// over the bound and does not overfill the target it sheds to. Kept in
+    /// `sharedLoads` instead when workers share loads.
+    @usableFromInline var leavingForAge: [Int]
+    @usableFromInline var arrivingForAge: [Int]
     /// Slots holding a target of the pool (deleted ones are clear).
     @usableFromInline var present: UInt64 = 0
     /// Slots whose pinned clients may stay: present, and ready or sticky
@@ -171,6 +179,8 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         states = Array(repeating: .ready, count: n)
         generations = Array(repeating: 0, count: n)
         loads = Array(repeating: 0, count: n)
+        leavingForAge = Array(repeating: 0, count: n)
+        arrivingForAge = Array(repeating: 0, count: n)
         try updateTargets(targets, maglev: maglev)
     }
 
@@ -563,6 +573,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         precondition(t >= 0 && t < AffinityBalancer.maxTargets, "placement target out of range")
         precondition(loads[t] > 0, "close of a connection not counted on its target")
         addLoad(t, -1)
+        if placement.leavingForAge { endAgeMove(from: t, to: Int(placement.ageMoveTarget)) }
         guard placement.entry >= 0 else { return }
         let key = AffinityKey(client, maskV4: config.maskV4, maskV6: config.maskV6)
         let e = table[placement.entry]

@@ -11,16 +11,40 @@ import Synchronization
 public final class SharedLoads: @unchecked Sendable {
     public static let slots = TargetMask.capacity
     @usableFromInline let counts: UnsafeMutablePointer<Atomic<Int>>
+    /// Age moves in flight, pool-wide (`AffinityBalancer.rebalanceForAge`):
+    /// connections told to leave a slot, and clients whose pins moved to a
+    /// slot, until the leaving connection closes. Pool-wide because each
+    /// worker checks the pool-wide loads: a per-worker count would let two
+    /// workers shed the same excess twice.
+    @usableFromInline let leavingCounts: UnsafeMutablePointer<Atomic<Int>>
+    @usableFromInline let arrivingCounts: UnsafeMutablePointer<Atomic<Int>>
 
     public init() {
         counts = .allocate(capacity: SharedLoads.slots)
-        for i in 0..<SharedLoads.slots { (counts + i).initialize(to: Atomic(0)) }
+        leavingCounts = .allocate(capacity: SharedLoads.slots)
+        arrivingCounts = .allocate(capacity: SharedLoads.slots)
+        for i in 0..<SharedLoads.slots {
+            (counts + i).initialize(to: Atomic(0))
+            (leavingCounts + i).initialize(to: Atomic(0))
+            (arrivingCounts + i).initialize(to: Atomic(0))
+        }
     }
 
     deinit {
-        counts.deinitialize(count: SharedLoads.slots)
-        counts.deallocate()
+        for p in [counts, leavingCounts, arrivingCounts] {
+            p.deinitialize(count: SharedLoads.slots)
+            p.deallocate()
+        }
     }
+
+    /// Records an age move from `from` to `to` (`delta` 1), or its end (-1).
+    public func ageMove(from: Int, to: Int, _ delta: Int) {
+        leavingCounts[from].wrappingAdd(delta, ordering: .relaxed)
+        arrivingCounts[to].wrappingAdd(delta, ordering: .relaxed)
+    }
+
+    public func leaving(_ slot: Int) -> Int { leavingCounts[slot].load(ordering: .relaxed) }
+    public func arriving(_ slot: Int) -> Int { arrivingCounts[slot].load(ordering: .relaxed) }
 
     @inlinable @inline(__always)
     public func add(_ slot: Int, _ delta: Int) {
