@@ -519,7 +519,14 @@ public struct StickyConfig: Sendable, Equatable {
         }
 
         try validateObservability(failure, firstUse: firstUse)
-        if let peers { try peers.validate(failure, trafficListeners: listeners.map(\.address)) }
+        if let peers {
+            try peers.validate(failure, trafficListeners: listeners.map(\.address))
+            // Instances place new clients alike only with one key; a
+            // generated one differs per instance.
+            if let i = pools.firstIndex(where: { $0.affinity.hashKey == nil }) {
+                throw failure("pools[\(i)].affinity", "pools[\(i)] ('\(pools[i].name)') needs affinity.hash_key with peers: every instance must place clients with the same key")
+            }
+        }
         if let vip { try vip.validate(failure) }
 
         if !Self.logLevels.contains(logLevel) {
