@@ -25,17 +25,25 @@ public enum PinReason: UInt8, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The move reason this stands for, if it is one.
+    public var move: MoveReason? {
+        switch self {
+        case .targetDown: return .targetDown
+        case .targetDrained: return .targetDrained
+        case .targetMaint: return .targetMaint
+        case .targetRemoved: return .targetRemoved
+        case .connectFailed: return .connectFailed
+        case .age: return .age
+        case .new, .conflict, .sync: return nil
+        }
+    }
+
     public var description: String {
         switch self {
         case .new: return "new"
-        case .targetDown: return "target_down"
-        case .targetDrained: return "target_drained"
-        case .targetMaint: return "target_maint"
-        case .targetRemoved: return "target_removed"
-        case .connectFailed: return "connect_failed"
-        case .age: return "age"
         case .conflict: return "conflict"
         case .sync: return "sync"
+        default: return move.map { "\($0)" } ?? "unknown"
         }
     }
 }
@@ -198,55 +206,30 @@ public enum PeerWire {
 
     /// One frame's type and payload (without the length).
     public static func decode(_ bytes: [UInt8]) throws(DecodeError) -> PeerMessage {
-        var pos = 0
-        func need(_ n: Int) throws(DecodeError) {
-            guard bytes.count - pos >= n else { throw DecodeError("truncated at byte \(pos)") }
-        }
-        func u8() throws(DecodeError) -> UInt8 { try need(1); pos += 1; return bytes[pos - 1] }
-        func u16() throws(DecodeError) -> Int { try need(2); pos += 2; return Int(bytes[pos - 2]) << 8 | Int(bytes[pos - 1]) }
-        func u32() throws(DecodeError) -> UInt32 {
-            try need(4)
-            var v: UInt32 = 0
-            for _ in 0..<4 { v = v << 8 | UInt32(bytes[pos]); pos += 1 }
-            return v
-        }
-        func u64() throws(DecodeError) -> UInt64 {
-            try need(8)
-            var v: UInt64 = 0
-            for _ in 0..<8 { v = v << 8 | UInt64(bytes[pos]); pos += 1 }
-            return v
-        }
-        func text(_ n: Int) throws(DecodeError) -> String {
-            try need(n)
-            pos += n
-            guard let s = String(validating: bytes[(pos - n)..<pos], as: UTF8.self) else {
-                throw DecodeError("text at byte \(pos - n) is not UTF-8")
-            }
-            return s
-        }
-        let type = try u8()
+        var r = ByteReader(bytes) { DecodeError($0) }
+        let type = try r.u8()
         let message: PeerMessage
         switch type {
         case 1:
-            let v = try u8()
+            let v = try r.u8()
             guard v == version else { throw DecodeError("version \(v); this stickyd speaks version \(version)") }
-            let name = try text(Int(try u8()))
-            message = .hello(name: name, fingerprint: try u64())
+            let name = try r.text(Int(try r.u8()), validating: true)
+            message = .hello(name: name, fingerprint: try r.u64())
         case 2:
-            let pool = try text(try u16())
-            let sentAt = try u64()
-            let count = try u16()
+            let pool = try r.text(try r.u16(), validating: true)
+            let sentAt = try r.u64()
+            let count = try r.u16()
             guard count <= pinsPerFrameMax else { throw DecodeError("\(count) pins in one frame is over \(pinsPerFrameMax)") }
             var pins: [PeerPin] = []
             pins.reserveCapacity(count)
             for _ in 0..<count {
-                let hi = try u64()
-                let lo = try u64()
-                let t = try text(Int(try u8()))
+                let hi = try r.u64()
+                let lo = try r.u64()
+                let t = try r.text(Int(try r.u8()), validating: true)
                 guard let target = SocketAddress(t) else { throw DecodeError("pool '\(pool)': bad target address '\(t)'") }
-                let idle = try u32()
-                let at = try u64()
-                let r = try u8()
+                let idle = try r.u32()
+                let at = try r.u64()
+                let r = try r.u8()
                 guard let reason = PinReason(rawValue: r) else { throw DecodeError("unknown pin reason \(r)") }
                 pins.append(PeerPin(key: AffinityKey(hi: hi, lo: lo), target: target, idleSec: idle, pinnedAt: at, reason: reason))
             }
@@ -254,13 +237,13 @@ public enum PeerWire {
         case 3:
             message = .syncRequest
         case 4:
-            message = .syncEnd(count: try u32())
+            message = .syncEnd(count: try r.u32())
         case 5:
-            message = .heartbeat(sentAtMs: try u64())
+            message = .heartbeat(sentAtMs: try r.u64())
         default:
             throw DecodeError("unknown message type \(type)")
         }
-        guard pos == bytes.count else { throw DecodeError("\(bytes.count - pos) trailing bytes after message type \(type)") }
+        guard r.remaining == 0 else { throw DecodeError("\(r.remaining) trailing bytes after message type \(type)") }
         return message
     }
 }
