@@ -195,3 +195,72 @@ int sticky_spawn(const char *path, char *const argv[], int32_t *pid_out) {
     *pid_out = pid;
     return 0;
 }
+
+// The VIP (docs/SCALING.md): one RTM_NEWADDR or RTM_DELADDR over a netlink
+// socket, acknowledged. The message is a header, an ifaddrmsg and one
+// IFA_LOCAL/IFA_ADDRESS pair: the NLMSG_*/RTA_* macros make that short here
+// and long in Swift.
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <netinet/in.h>
+
+int sticky_vip_change(int add, int family, const void *addr, const char *ifname) {
+    unsigned ifindex = if_nametoindex(ifname);
+    if (ifindex == 0) return -errno;
+    int alen = family == AF_INET ? 4 : 16;
+    struct {
+        struct nlmsghdr nh;
+        struct ifaddrmsg ifa;
+        char attrs[2 * RTA_SPACE(16)];
+    } req;
+    memset(&req, 0, sizeof req);
+    req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+    req.nh.nlmsg_type = add ? RTM_NEWADDR : RTM_DELADDR;
+    req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_REPLACE : 0);
+    req.nh.nlmsg_seq = 1;
+    req.ifa.ifa_family = (unsigned char)family;
+    req.ifa.ifa_prefixlen = (unsigned char)(alen * 8);
+    req.ifa.ifa_scope = RT_SCOPE_UNIVERSE;
+    req.ifa.ifa_index = ifindex;
+    unsigned short types[2] = {IFA_LOCAL, IFA_ADDRESS};
+    for (int i = 0; i < 2; i++) {
+        struct rtattr *rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.nh.nlmsg_len));
+        rta->rta_type = types[i];
+        rta->rta_len = RTA_LENGTH(alen);
+        memcpy(RTA_DATA(rta), addr, alen);
+        req.nh.nlmsg_len = NLMSG_ALIGN(req.nh.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+    }
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) return -errno;
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    if (sendto(fd, &req, req.nh.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    char buf[4096];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    int result = -EPROTO;
+    if (n < 0) {
+        result = -errno;
+    } else {
+        struct nlmsghdr *h = (struct nlmsghdr *)buf;
+        if (NLMSG_OK(h, (unsigned)n) && h->nlmsg_type == NLMSG_ERROR) {
+            struct nlmsgerr *err = NLMSG_DATA(h);
+            result = err->error;  // 0 or -errno
+        }
+    }
+    close(fd);
+    // Adding what is there, or removing what is not, is the state asked for.
+    if (add && result == -EEXIST) return 0;
+    if (!add && result == -EADDRNOTAVAIL) return 0;
+    return result;
+}
+
+int sticky_set_freebind(int fd) {
+    int one = 1;
+    return setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof one) == 0 ? 0 : -errno;
+}

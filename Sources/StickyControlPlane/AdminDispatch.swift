@@ -24,7 +24,7 @@ extension ControlPlane {
         let now = clock.nowMs()
         switch command {
         case .help:
-            return .success(HelpAnswer(commands: AdminGrammar.synopsis))
+            return .success(HelpAnswer(commands: helpCommands))
         case .quit:
             return .success(ResultAnswer.bye)
         case .upgrade:
@@ -50,6 +50,10 @@ extension ControlPlane {
             }
         case .clearAffinity, .addTarget, .setWeight, .drain, .ready, .maint, .remove:
             return change(command, now: now).map { ResultAnswer.ok($0) }
+        case .showPeers:
+            return peersAnswer()
+        case .withdraw, .announce:
+            return vipChange(announce: command == .announce).map { ResultAnswer.ok($0) }
         }
     }
 
@@ -93,7 +97,7 @@ extension ControlPlane {
                     }
                     return "removed \(address)"
                 }
-        case .help, .quit, .upgrade, .showInfo, .showStats, .showTargets, .showAffinity:
+        case .help, .quit, .upgrade, .showInfo, .showStats, .showTargets, .showAffinity, .showPeers, .withdraw, .announce:
             preconditionFailure("\(command) changes nothing")
         }
     }

@@ -46,6 +46,8 @@ public final class ControlPlane: Sendable {
     let nextRequest = Atomic<UInt64>(0)
     /// Held over a whole state-file write (`persist`).
     let persistLock = NSLock()
+    /// The peer service and the VIP, once running (Peers/).
+    let cluster = ClusterHooks()
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
                 stateFilePath: String?, logger: Logger, clock: any MillisClock = SystemClock(), reportTimeoutMs: Int = 2000) {

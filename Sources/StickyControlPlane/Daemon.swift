@@ -56,7 +56,7 @@ public final class Daemon {
                     preconditionFailure("validated config names an unknown pool")
                 }
                 for w in 0..<workers {
-                    let fd = try Sockets.listener(l.address, backlog: Int32(l.backlog))
+                    let fd = try Sockets.listener(l.address, backlog: Int32(l.backlog), freebind: config.vip?.address == l.address.ip)
                     opened.append(fd)
                     perWorker[w].append(.init(fd: fd, pool: pool, proxy: l.proxyProtocol))
                     if w == 0 && workers > 1 {
@@ -184,8 +184,11 @@ public final class Daemon {
             for l in listeners.joined() { close(l.fd) }
             throw error
         }
-        let channels = try (0..<workers).map { _ in try WorkerChannel() }
+        let channels = try (0..<workers).map { _ in try WorkerChannel(pinOutbox: config.peers == nil ? 0 : Daemon.pinOutboxSize) }
         control.attach(channels)
+        // Before any worker runs: the members' table (their pins arrive
+        // as the workers' first commands).
+        let peerStart = pullPeerTable(channels: channels, control: control)
         let budget = Daemon.descriptorBudget(limit: Int(fdLimit), workers: workers)
         descriptorBudget = budget
         // Two descriptors per connection; splice pipes (two each) are taken
@@ -302,6 +305,16 @@ public final class Daemon {
                                   report: { control.probeResult($0, ok: $1, reason: $2) })
         prober.start(pools: control.probedPools)
 
+        let cluster: ClusterRun
+        do {
+            cluster = try startCluster(peerStart, control: control, channels: channels)
+        } catch {
+            for c in channels { c.post(.stop) }
+            admin.stop()
+            prober.stop()
+            takeoverServer?.stop()
+            throw error
+        }
         logger.info("ready", metadata: [
             "listeners": "\(config.listeners.map { "\($0.address)->\($0.pool)" }.joined(separator: ","))",
             "workers": "\(workers)",
@@ -361,6 +374,9 @@ public final class Daemon {
         // After an upgrade the successor is the service: telling systemd
         // this process is stopping would stop the unit.
         if !handedOver { SystemdNotify.send("STOPPING=1") }
+        // The VIP goes first, so the router stops sending new flows here
+        // while the open connections finish.
+        cluster.stop(handedOver: handedOver)
         admin.stop()
         prober.stop()
         // The successor serves metrics now and needs the port; a plain stop

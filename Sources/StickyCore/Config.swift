@@ -273,6 +273,10 @@ public struct StickyConfig: Sendable, Equatable {
     public var logLevel = "info"
     /// The metrics endpoint, log format and access log (ObservabilityConfig.swift).
     public var observability = ObservabilityConfig()
+    /// Several instances sharing pins (docs/SCALING.md); nil: on its own.
+    public var peers: PeersConfig?
+    /// The service address this instance announces while ready.
+    public var vip: VIPConfig?
 
     /// swift-log's `Logger.Level` raw values, lowest first. Kept as strings so
     /// the core does not depend on swift-log.
@@ -515,6 +519,15 @@ public struct StickyConfig: Sendable, Equatable {
         }
 
         try validateObservability(failure, firstUse: firstUse)
+        if let peers {
+            try peers.validate(failure, trafficListeners: listeners.map(\.address))
+            // Instances place new clients alike only with one key; a
+            // generated one differs per instance.
+            if let i = pools.firstIndex(where: { $0.affinity.hashKey == nil }) {
+                throw failure("pools[\(i)].affinity", "pools[\(i)] ('\(pools[i].name)') needs affinity.hash_key with peers: every instance must place clients with the same key")
+            }
+        }
+        if let vip { try vip.validate(failure) }
 
         if !Self.logLevels.contains(logLevel) {
             throw failure("log.level", notOneOf("log.level", logLevel, Self.logLevels))

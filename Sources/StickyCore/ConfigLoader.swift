@@ -138,7 +138,7 @@ private struct NodeReader {
         let top = try fields(
             root, path: "", what: "the top level", prefix: "",
             known: ["engine", "workers", "listeners", "pools", "limits", "timeouts", "connect_retries", "admin", "log",
-                    "drain", "state_dir", "takeover_socket", "metrics", "health"])
+                    "drain", "state_dir", "takeover_socket", "metrics", "health", "peers", "vip"])
         if let node = top["health"] {
             // Health is per pool: pools differ in what a check means.
             throw failure(node, "'health' is set per pool: move it under pools[].health")
@@ -233,7 +233,35 @@ private struct NodeReader {
             // The section without `listen` serves nothing: off is the default.
             if let node = metrics["listen"] { config.observability.metricsListen = try address(node, name: "metrics.listen") }
         }
+        if let node = top["peers"] { config.peers = try peers(node) }
+        if let node = top["vip"] {
+            let vip = try fields(node, path: "vip", what: "vip", prefix: "vip.", known: ["address", "interface"])
+            let addressNode = try required("address", in: vip)
+            let text = try string(addressNode, name: "vip.address")
+            guard let ip = IPAddress(text) else {
+                throw failure(addressNode, "vip.address must be one IPv4 or IPv6 address (it is added as a /32 or /128), got '\(text)'")
+            }
+            config.vip = VIPConfig(address: ip, interface: try string(required("interface", in: vip), name: "vip.interface"))
+        }
         return config
+    }
+
+    private mutating func peers(_ node: Node) throws -> PeersConfig {
+        let keys = try fields(node, path: "peers", what: "peers", prefix: "peers.",
+                              known: ["name", "listen", "members", "sync_timeout", "queue"])
+        let name = try string(required("name", in: keys), name: "peers.name")
+        let listen = try address(required("listen", in: keys), name: "peers.listen")
+        var members: [PeersConfig.Member] = []
+        for (i, m) in try list(required("members", in: keys), path: "peers.members", name: "peers.members").enumerated() {
+            let path = "peers.members[\(i)]"
+            let f = try fields(m, path: path, what: path, prefix: path + ".", known: ["name", "address"])
+            members.append(.init(name: try string(required("name", in: f), name: path + ".name"),
+                                 address: try address(required("address", in: f), name: path + ".address")))
+        }
+        var peers = PeersConfig(name: name, listen: listen, members: members)
+        if let n = keys["sync_timeout"] { peers.syncTimeoutMs = try duration(n, name: "peers.sync_timeout") }
+        if let n = keys["queue"] { peers.queue = try int(n, name: "peers.queue") }
+        return peers
     }
 
     private mutating func listener(_ node: Node, path: String) throws

@@ -113,7 +113,9 @@ public enum Sockets {
 
     /// socket(2) + setsockopt + bind(2) + listen(2) for one worker's member
     /// of a SO_REUSEPORT group. Non-blocking and close-on-exec.
-    public static func listener(_ address: SocketAddress, backlog: Int32) throws -> Int32 {
+    /// `freebind`: the address may not be on the host yet (the VIP, added
+    /// once the instance is ready), so bind with IP_FREEBIND.
+    public static func listener(_ address: SocketAddress, backlog: Int32, freebind: Bool = false) throws -> Int32 {
         let family = address.ip.isV4 ? AF_INET : AF_INET6
         let fd = stream(family: family)
         guard fd >= 0 else { throw SystemError("socket", errno: errno) }
@@ -129,6 +131,7 @@ public enum Sockets {
             guard setInt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) else { throw fail("setsockopt(IPV6_V6ONLY)") }
         }
         setNoDelay(fd)
+        if freebind && sticky_set_freebind(fd) != 0 { throw fail("setsockopt(IP_FREEBIND)") }
         var (ss, len) = storage(for: address)
         let rc = withUnsafePointer(to: &ss) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }

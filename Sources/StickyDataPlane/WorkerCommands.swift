@@ -46,6 +46,8 @@ extension Worker {
                 beginHandoff(box)
             case .handoffResume:
                 endHandoff()
+            case .peerPins(let pool, let pins, let clock):
+                applyPeerPins(pool: pool, pins: pins, clock: clock)
             }
         }
     }

@@ -10,10 +10,12 @@ extension Worker {
         precondition(slots[i].state == .connecting, "connect from a slot that is not connecting")
         precondition(slots[i].backendFD < 0, "connect with a backend socket already open")
         let pool = pools[Int(slots[i].pool)]
+        let tally = pool.balancer.pinTally
         guard let p = pool.balancer.place(client: slots[i].client, now: now, excluding: slots[i].excluded) else {
             beginClose(i, .noTarget)
             return
         }
+        notePinChange(pool: Int(slots[i].pool), p, since: tally)
         let t = Int(p.target)
         precondition(pool.addressLengths[t] > 0, "placed on a target with no address")
         let family = pool.addresses[t].ss_family

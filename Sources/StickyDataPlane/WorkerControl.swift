@@ -66,6 +66,8 @@ public enum WorkerCommand: Sendable {
     case handoffPause(HandoffBox)
     /// Upgrade rolled back: accept again.
     case handoffResume
+    /// Pins from peer instances for this worker's shard (WorkerPeers.swift).
+    case peerPins(pool: Int, pins: [PeerPin], clock: PeerClock)
 }
 
 /// Which pins a `show affinity` wants.
@@ -134,8 +136,12 @@ public final class WorkerChannel: Sendable {
     /// proof of life for the systemd watchdog.
     public let heartbeat = Atomic<UInt64>(0)
     public let wakeFD: Int32
+    /// Pins this worker made or moved, for the peer service; nil without
+    /// `peers:` (WorkerPeers.swift).
+    public let pinOutbox: PinOutbox?
 
-    public init() throws {
+    public init(pinOutbox capacity: Int = 0) throws {
+        pinOutbox = capacity > 0 ? PinOutbox(capacity: capacity) : nil
         let fd = eventfd(0, Int32(EFD_CLOEXEC))
         guard fd >= 0 else { throw SystemError("eventfd", errno: errno) }
         wakeFD = fd

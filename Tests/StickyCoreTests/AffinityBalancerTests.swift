@@ -244,6 +244,63 @@ final class AffinityBalancerTests: XCTestCase {
         }
     }
 
+    /// Issue 12: one open connection against a mean of 1/3 used to spill
+    /// the next client whose Maglev choice was that target, so two instances
+    /// with one key placed clients differently by their momentary load. With
+    /// the floor, a few open connections change nobody's placement, as the
+    /// manual clock steps through short-lived clients.
+    func testLowLoadDoesNotSpill() {
+        var idle = make(3)
+        var busy = make(3)
+        // `busy` holds one connection per target, and a second on one:
+        // below the floor everywhere.
+        var held: [(IPAddress, Placement)] = []
+        var perTarget = [Int](repeating: 0, count: 3)
+        var i = 100_000
+        while perTarget.min()! < 1 || perTarget.max()! < 2 {
+            let c = Self.client(i)
+            let p = busy.place(client: c, now: 0, excluding: TargetMask())!
+            if perTarget[Int(p.target)] < 2 {
+                perTarget[Int(p.target)] += 1
+                held.append((c, p))
+            } else {
+                busy.closed(p, client: c, now: 0)
+            }
+            i += 1
+        }
+        var now: Millis = 0
+        for c in 0..<2_000 {
+            now += 10
+            XCTAssertEqual(Self.visit(&idle, Self.client(c), now: now), Self.visit(&busy, Self.client(c), now: now),
+                           "client \(c)")
+        }
+        XCTAssertEqual(busy.counters.spills, 0)
+        XCTAssertEqual(idle.counters.spills, 0)
+        for (c, p) in held { busy.closed(p, client: c, now: now) }
+    }
+
+    /// The floor is a floor: at `boundFloor` connections a target is at its
+    /// bound while the others are empty, and above it the rule is the
+    /// bounded-loads one again.
+    func testFloorIsTheBoundOnlyAtLowLoad() {
+        var b = make(3)
+        let nat = Self.client(0)
+        var held: [Placement] = []
+        for _ in 0..<AffinityBalancer.boundFloor { held.append(b.place(client: nat, now: 0, excluding: TargetMask())!) }
+        let hot = Int(held[0].target)
+        // L = 4: ⌈1.25 × 5 ÷ 3⌉ = 3 < 4, so the floor is the bound: full.
+        var onHot = 0
+        for i in 1..<300 {
+            let c = Self.client(i)
+            let p = b.place(client: c, now: 0, excluding: TargetMask())!
+            if Int(p.target) == hot { onHot += 1 }
+            b.closed(p, client: c, now: 0)
+        }
+        XCTAssertEqual(onHot, 0)
+        XCTAssertGreaterThan(b.counters.spills, 50)
+        for p in held { b.closed(p, client: nat, now: 0) }
+    }
+
     /// A rollout of 12 long-lived clients over 3 pods, surge style: a new
     /// pod is added, then an old one drained (strict) and deleted, three
     /// times. The drained clients reconnect at once; with the bound they

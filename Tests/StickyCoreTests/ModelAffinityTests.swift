@@ -121,7 +121,7 @@ final class ModelAffinityTests: XCTestCase {
             func under(_ s: Int) -> Bool {
                 guard let c = config.balanceFactor else { return true }
                 let per = c * Double(load + 1) / Double(weight)
-                return Double(slots[s]!.load) < (per * Double(slots[s]!.weight)).rounded(.up)
+                return Double(slots[s]!.load) < max((per * Double(slots[s]!.weight)).rounded(.up), Double(AffinityBalancer.boundFloor))
             }
             var pos = maglev.slot(hash)
             for _ in 0..<AffinityBalancer.spillWalkMax {

@@ -97,8 +97,10 @@ def test_unit_passes_systemd_analyze_verify(stickyd_path, tmp_path):
     for key in ("NoNewPrivileges", "PrivateTmp"):
         assert s[key] == ["yes"], key
     assert s["ProtectSystem"] == ["strict"]
-    assert s["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
-    assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
+    # CAP_NET_ADMIN and AF_NETLINK for `vip:` (adding the VIP over rtnetlink).
+    assert set(s["CapabilityBoundingSet"][0].split()) == {"CAP_NET_BIND_SERVICE", "CAP_NET_ADMIN"}
+    assert set(s["AmbientCapabilities"][0].split()) == {"CAP_NET_BIND_SERVICE", "CAP_NET_ADMIN"}
+    assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
 
 
 def expand_syscall_group(name: str, seen: set[str] | None = None) -> set[str]:

@@ -60,4 +60,13 @@ ssize_t sticky_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds, i
 /// upgrade's successor; returns 0 and the pid, or -errno (exec errors too).
 int sticky_spawn(const char *path, char *const argv[], int32_t *pid);
 
+/// Adds (`add` 1) or removes the host address `addr` (4 or 16 bytes in
+/// network order, by `family`) as a /32 or /128 on interface `ifname`,
+/// over rtnetlink, and waits for the kernel's answer. Adding an address
+/// already there, or removing one that is not, succeeds. 0 or -errno.
+int sticky_vip_change(int add, int family, const void *addr, const char *ifname);
+
+/// IP_FREEBIND on a socket: bind to an address not (yet) on the host.
+int sticky_set_freebind(int fd);
+
 #endif

@@ -18,13 +18,17 @@ public enum AdminCommand: Equatable, Sendable {
     /// Starts a successor (`binary`, else the daemon's own executable) that
     /// takes over; the daemon itself runs it (docs/OPERATIONS.md, "Upgrade").
     case upgrade(binary: String?)
+    /// Several instances (docs/SCALING.md): the peer links, and the VIP.
+    case showPeers
+    case withdraw
+    case announce
 
     /// Whether the command changes state (and so is persisted and needs the
     /// operator privilege rather than the read-only one).
     public var mutates: Bool {
         switch self {
-        case .help, .quit, .showInfo, .showStats, .showTargets, .showAffinity: return false
-        case .addTarget, .setWeight, .drain, .ready, .maint, .remove, .clearAffinity, .upgrade: return true
+        case .help, .quit, .showInfo, .showStats, .showTargets, .showAffinity, .showPeers: return false
+        case .addTarget, .setWeight, .drain, .ready, .maint, .remove, .clearAffinity, .upgrade, .withdraw, .announce: return true
         }
     }
 }
@@ -82,6 +86,13 @@ public enum AdminGrammar {
         "quit",
     ]
 
+    /// Listed by `help` only on an instance with `peers:` or `vip:`.
+    public static let clusterSynopsis: [String] = [
+        "show peers",
+        "withdraw",
+        "announce",
+    ]
+
     public static func parse(_ line: Substring) -> Result<AdminRequest, AdminParseError> {
         var words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })[...]
         guard !words.isEmpty else { return .failure(AdminParseError("empty command; try 'help'")) }
@@ -118,9 +129,14 @@ public enum AdminGrammar {
                 return finish(.showTargets(pool: pool), w)
             case "affinity":
                 return parseShowAffinity(&w)
+            case "peers": return finish(.showPeers, w)
             case let other:
-                return .failure(AdminParseError("unknown 'show' topic '\(other ?? "")'; expected info, stats, targets or affinity"))
+                return .failure(AdminParseError("unknown 'show' topic '\(other ?? "")'; expected info, stats, targets, affinity or peers"))
             }
+        case "withdraw":
+            return finish(.withdraw, w)
+        case "announce":
+            return finish(.announce, w)
         case "add":
             guard w.popFirst() == "target" else { return .failure(AdminParseError("expected 'add target'")) }
             return parseTarget(&w, usage: synopsis[4]).flatMap { pool, address in

@@ -83,8 +83,8 @@ public enum AffinityTargetsError: Error, Sendable, Equatable {
 ///
 /// Bounded load (Mirrokni, Thorup, Zadimoghaddam): with factor c, a target
 /// of weight w may take a new client while its connections are below
-/// ceil(c × (L + 1) × w / W), where L is the connections on the targets
-/// that take new clients and W their weight. When the Maglev choice is at
+/// max(ceil(c × (L + 1) × w / W), `boundFloor`), where L is the
+/// connections on the targets that take new clients and W their weight. When the Maglev choice is at
 /// its bound, the walk goes on to the *next Maglev slot* (slot + 1, + 2,
 /// ...) and takes the first eligible target under its bound there. Walking
 /// slots rather than rehashing keeps the second choice a function of the
@@ -100,6 +100,17 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     /// Most Maglev slots a spill looks at before it falls back to the least
     /// loaded target.
     public static let spillWalkMax = 256
+    /// The least a target's bounded-load limit ever is, in connections. The
+    /// bound is there to stop a hot target from taking more than its share;
+    /// a target with a handful of connections is not hot, and without a
+    /// floor the bound at low load is 1 (⌈1.25 × 1 ÷ 3⌉), so placement
+    /// would hang on momentary load and two instances sharing a key would
+    /// disagree (issue 12). 4 keeps the bound exactly where it was once a
+    /// pool of 3 holds 9 connections and a pool of 4 holds 12: the spread
+    /// of the rollout tests (12 clients on 3 pods, max ≤ 1.25 × the mean =
+    /// 5) is unchanged, and at most 4 connections can sit on a target
+    /// before the bound looks at it.
+    public static let boundFloor = 4
 
     public let config: AffinityConfig
     public let hashKey: SipKey
@@ -465,13 +476,13 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
             if candidates & 1 << UInt64(t) != 0 {
                 if let per = perWeight, let shared = sharedLoads {
                     // Pool-wide: take the place atomically, or walk on.
-                    if shared.reserve(t, under: Int((per * Double(weights[t])).rounded(.up))) {
+                    if shared.reserve(t, under: bound(per, t)) {
                         sharedReserved = true
                         if passedOver { counts.spills &+= 1 }
                         return t
                     }
                     passedOver = true
-                } else if let per = perWeight, Double(loads[t]) >= (per * Double(weights[t])).rounded(.up) {
+                } else if let per = perWeight, loads[t] >= bound(per, t) {
                     passedOver = true
                 } else {
                     if passedOver { counts.spills &+= 1 }
@@ -482,6 +493,13 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         }
         if passedOver { counts.spills &+= 1 }
         return leastLoaded(candidates)
+    }
+
+    /// Target `t`'s bounded-load limit in connections, given c × (L + 1) / W:
+    /// ⌈that × its weight⌉, but never below `boundFloor`.
+    @inline(__always)
+    func bound(_ perWeight: Double, _ t: Int) -> Int {
+        max(Int((perWeight * Double(weights[t])).rounded(.up)), AffinityBalancer.boundFloor)
     }
 
     /// Connections and weight over the targets in `mask`: the kept totals

@@ -172,60 +172,38 @@ public struct AffinityExport: Sendable, Equatable {
     /// Reads `encoded()`'s bytes back; every length is checked against what
     /// is left, so a truncated or hostile blob is an error, not a crash.
     public static func decode(_ bytes: [UInt8]) throws(DecodeError) -> AffinityExport {
-        var pos = 0
-        func need(_ n: Int) throws(DecodeError) {
-            guard n >= 0, bytes.count - pos >= n else { throw DecodeError("truncated at byte \(pos)") }
-        }
-        func u8() throws(DecodeError) -> Int { try need(1); pos += 1; return Int(bytes[pos - 1]) }
-        func u16() throws(DecodeError) -> Int { try need(2); pos += 2; return Int(bytes[pos - 2]) << 8 | Int(bytes[pos - 1]) }
-        func u32() throws(DecodeError) -> UInt32 {
-            try need(4)
-            var v: UInt32 = 0
-            for _ in 0..<4 { v = v << 8 | UInt32(bytes[pos]); pos += 1 }
-            return v
-        }
-        func u64() throws(DecodeError) -> UInt64 {
-            try need(8)
-            var v: UInt64 = 0
-            for _ in 0..<8 { v = v << 8 | UInt64(bytes[pos]); pos += 1 }
-            return v
-        }
-        func text(_ n: Int) throws(DecodeError) -> String {
-            try need(n)
-            pos += n
-            return String(decoding: bytes[(pos - n)..<pos], as: UTF8.self)
-        }
-        try need(5)
+        var r = ByteReader(bytes) { DecodeError($0) }
+        try r.need(5)
         guard Array(bytes[0..<4]) == magic else { throw DecodeError("not an affinity export (bad magic)") }
-        pos = 4
-        let v = try u8()
+        try r.skip(4)
+        let v = Int(try r.u8())
         guard v == Int(version) else { throw DecodeError("version \(v); this stickyd reads version \(version)") }
         var pools: [Pool] = []
-        for _ in 0..<(try u16()) {
-            let name = try text(try u16())
+        for _ in 0..<(try r.u16()) {
+            let name = try r.text(try r.u16())
             var targets: [SocketAddress] = []
-            for _ in 0..<(try u16()) {
-                let t = try text(try u8())
+            for _ in 0..<(try r.u16()) {
+                let t = try r.text(Int(try r.u8()))
                 guard let a = SocketAddress(t) else { throw DecodeError("pool '\(name)': bad target address '\(t)'") }
                 targets.append(a)
             }
-            let count = Int(try u32())
+            let count = Int(try r.u32())
             guard count <= AffinityConfig.capacityMax else { throw DecodeError("pool '\(name)': \(count) pins is over the maximum") }
-            try need(count * 26)
+            try r.need(count * 26)
             var pins: [ExportedPin] = []
             pins.reserveCapacity(count)
             for _ in 0..<count {
-                let hi = try u64()
-                let lo = try u64()
-                let t = try u16()
+                let hi = try r.u64()
+                let lo = try r.u64()
+                let t = try r.u16()
                 guard t < targets.count else { throw DecodeError("pool '\(name)': target index \(t) out of range") }
-                let idle = try u32()
-                let age = try u32()
+                let idle = try r.u32()
+                let age = try r.u32()
                 pins.append(ExportedPin(key: AffinityKey(hi: hi, lo: lo), target: targets[t], idleSec: idle, pinnedAgeSec: age))
             }
             pools.append(Pool(name: name, pins: pins))
         }
-        guard pos == bytes.count else { throw DecodeError("\(bytes.count - pos) trailing bytes") }
+        guard r.remaining == 0 else { throw DecodeError("\(r.remaining) trailing bytes") }
         return AffinityExport(pools: pools)
     }
 }

@@ -316,6 +316,17 @@ public enum CounterTable {
                      metric: "stickyd_h2_untracked_total", stat: "h2_untracked", extraLabels: [.h2TrackerStop],
                      help: "h2c connections forwarded as plain TCP from some point on, by reason: `not_http2` (the target's first frame was not SETTINGS) or `malformed_header`."),
 
+        // Per worker: pins from peer instances (docs/SCALING.md).
+        CounterField(source: .worker(.peerPinsApplied), scope: .worker, kind: .counter,
+                     metric: "stickyd_peer_pins_applied_total", stat: nil, extraLabels: [],
+                     help: "Pins from peer instances laid into the affinity table (new here, the same target, or replacing a pin to a target that takes no pinned clients)."),
+        CounterField(source: .worker(.peerConflicts), scope: .worker, kind: .counter,
+                     metric: "stickyd_peer_conflicts_total", stat: nil, extraLabels: [],
+                     help: "Pins from peers that disagreed with a live pin here, both targets usable: the older pin (then the lower target address) was kept on both instances."),
+        CounterField(source: .worker(.peerPinsIgnored), scope: .worker, kind: .counter,
+                     metric: "stickyd_peer_pins_ignored_total", stat: nil, extraLabels: [],
+                     help: "Pins from peers left out: their target is not in the pool or takes no pinned clients here, they lapsed under this instance's timeout, or the table had no room."),
+
         // The process.
         CounterField(source: .process(.buildInfo), scope: .process, kind: .gauge,
                      metric: "stickyd_build_info", stat: nil, extraLabels: [.version],

@@ -43,6 +43,12 @@ public enum WorkerCounter: Int, CaseIterable, Sendable {
     /// The header (and early payload) could not be written to the target
     /// in one non-blocking send.
     case proxySendFailures
+    /// Pins from peer instances laid into this worker's table, conflicts
+    /// settled (either way), and pins left out (target unknown or not
+    /// taking pinned clients here, lapsed, or the table full).
+    case peerPinsApplied
+    case peerConflicts
+    case peerPinsIgnored
 }
 
 /// A worker's labelled counter families, by their names in `WorkerCounters`.
@@ -65,8 +71,8 @@ public enum WorkerCounterFamily: Sendable, CaseIterable {
 public struct CounterValues: Sendable {
     /// `WorkerCounter.allCases.count`, written out because an InlineArray's
     /// size is a literal; `init` and a unit test check that they agree.
-    public static let count = 24
-    @usableFromInline var storage: InlineArray<24, UInt64>
+    public static let count = 27
+    @usableFromInline var storage: InlineArray<27, UInt64>
 
     public init() {
         assert(WorkerCounter.allCases.count == CounterValues.count, "CounterValues.count must match WorkerCounter")

@@ -1,0 +1,136 @@
+"""Two instances sharing pins over `peers:` (docs/SCALING.md), on loopback.
+
+Two stickyd with one hash_key and the same three named backends; clients
+from many 127.0.x.y source addresses connect through one instance and then
+the other. Shows: a pin made on one reaches the other (the propagation time
+is measured and reported); every client lands on one target through both
+(0 violations), also with one instance's load skewed by a client holding 150
+connections through it; a restarted instance pulls the table before it is
+ready, and no client moves. The routing part (ECMP, BIRD, the VIP) is
+test_ecmp.py's."""
+import os
+import socket
+import time
+
+from admin_support import AdminClient
+from support import LOOPBACK, fmt_addr, free_port, make_speak_first_handler, wait_until
+
+KEY = "47b211c6be07be6e0111b87e1df74e98"
+
+
+def write_config(path, listen, peer_listen, name, member, member_addr, backends):
+    targets = "\n".join(f"      - {{ address: {b.addr}, name: {b.name} }}" for b in backends)
+    path.write_text(f"""\
+workers: 2
+listeners:
+  - address: {listen}
+pools:
+  - name: web
+    targets:
+{targets}
+    affinity: {{ hash_key: "{KEY}" }}
+peers:
+  name: {name}
+  listen: {peer_listen}
+  sync_timeout: 2s
+  members:
+    - {{ name: {member}, address: {member_addr} }}
+""")
+
+
+def start(run_stickyd, tmp_path, name, listen, peer, member, member_peer, backends):
+    cfg = tmp_path / f"{name}.yaml"
+    write_config(cfg, listen, peer, name, member, member_peer, backends)
+    sock = str(tmp_path / f"{name}-{time.monotonic_ns()}.sock")
+    d = run_stickyd(listen=[listen], args=["--config", str(cfg), "--admin-socket", sock,
+                                           "--state-dir", str(tmp_path / f"state-{name}")])
+    wait_until(lambda: os.path.exists(sock), 10, what="admin socket")
+    return d, AdminClient(sock)
+
+
+def visit(addr, source: str) -> str:
+    """One connection from `source`: the backend's name (it speaks first)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.bind((source, 0))
+    s.connect(addr)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(64)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return data.decode().strip()
+
+
+def pinned_on(admin: AdminClient, ip: str) -> str | None:
+    pins = admin.json(f"show affinity {ip}").get("entries", [])
+    return pins[0].get("target") if pins else None
+
+
+def sources(n: int, base: int):
+    return [f"127.0.{(base + i) // 250 + 1}.{(base + i) % 250 + 1}" for i in range(n)]
+
+
+def test_two_instances_agree(run_stickyd, backend, tmp_path):
+    backends = [backend(make_speak_first_handler(f"b{i}\n".encode()), name=f"b{i}") for i in range(3)]
+    la, lb = fmt_addr(LOOPBACK, free_port()), fmt_addr(LOOPBACK, free_port())
+    pa, pb = fmt_addr(LOOPBACK, free_port()), fmt_addr(LOOPBACK, free_port())
+    a, admin_a = start(run_stickyd, tmp_path, "a", la, pa, "b", pb, backends)
+    b, admin_b = start(run_stickyd, tmp_path, "b", lb, pb, "a", pa, backends)
+    addr_a, addr_b = a.addr, b.addr
+
+    def links_up() -> bool:
+        return all(m["state"] == "up" and m["inbound"] for adm in (admin_a, admin_b)
+                   for m in adm.json("show peers")["members"])
+    wait_until(links_up, 15, what="both peer links up")
+
+    # (a) Each client through A, then through B once B holds A's pin.
+    lags = []
+    violations = 0
+    clients = sources(300, 0)
+    for ip in clients:
+        first = visit(addr_a, ip)
+        t0 = time.monotonic()
+        wait_until(lambda: pinned_on(admin_b, ip) is not None, 5, interval=0.002, what=f"pin of {ip} on b")
+        lags.append(time.monotonic() - t0)
+        if visit(addr_b, ip) != first:
+            violations += 1
+    lags.sort()
+    p50, p99 = lags[len(lags) // 2] * 1000, lags[int(len(lags) * 0.99)] * 1000
+    print(f"\npeers: violations={violations}/{len(clients)} pin_propagation_ms p50={p50:.1f} p99={p99:.1f} max={lags[-1] * 1000:.1f}")
+    assert violations == 0
+    assert p99 < 100, f"pins took {p99:.0f} ms (p99) to reach the other instance"
+
+    # (e) Skew: one client holds 150 connections through A; new clients,
+    # half first through A and half first through B, still agree.
+    hog = "127.0.9.1"
+    held = []
+    for _ in range(150):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((hog, 0))
+        s.connect(addr_a)
+        held.append(s)
+    skew_violations = 0
+    for n, ip in enumerate(sources(300, 1000)):
+        first_addr, other, other_admin = (addr_a, addr_b, admin_b) if n % 2 else (addr_b, addr_a, admin_a)
+        first = visit(first_addr, ip)
+        wait_until(lambda: pinned_on(other_admin, ip) is not None, 5, interval=0.002, what=f"pin of {ip}")
+        if visit(other, ip) != first:
+            skew_violations += 1
+    for s in held:
+        s.close()
+    print(f"peers: skewed violations={skew_violations}/300")
+    assert skew_violations == 0
+
+    # (c) B restarts: it pulls A's table before ready; nobody moves.
+    before = {ip: visit(addr_a, ip) for ip in clients[:100]}
+    b.stop(10)
+    b2, admin_b2 = start(run_stickyd, tmp_path, "b", lb, pb, "a", pa, backends)
+    b2.wait_for_output(r"peer table pulled", 5)
+    moved = sum(visit(b2.addr, ip) != t for ip, t in before.items())
+    peers = admin_b2.json("show peers")
+    print(f"peers: after restart moved={moved}/100 sync={peers['sync']}")
+    assert moved == 0
+    assert peers["conflicts"] == 0
