@@ -101,7 +101,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     /// loaded target.
     public static let spillWalkMax = 256
 
-    public let config: AffinityConfig
+    public internal(set) var config: AffinityConfig
     public let hashKey: SipKey
 
     @usableFromInline var table: AffinityTable
