@@ -46,6 +46,8 @@ public final class ControlPlane: Sendable {
     let nextRequest = Atomic<UInt64>(0)
     /// Held over a whole state-file write (`persist`).
     let persistLock = NSLock()
+    /// Each discovery pool's status and figures (Discovery/ControlPlane+Discovery.swift).
+    let discovery: Mutex<DiscoveryBook>
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
                 stateFilePath: String?, logger: Logger, clock: any MillisClock = SystemClock(), reportTimeoutMs: Int = 2000) {
@@ -61,6 +63,7 @@ public final class ControlPlane: Sendable {
         r.drainTimeoutMsDefault = config.drain.timeoutMs
         state = Mutex(State(registry: r, health: HealthState(config: config, registry: r)))
         channels = Mutex([])
+        discovery = Mutex(DiscoveryBook(config: config))
         startedWallSec = Int(clock.unixMs() / 1000)
         startedMs = clock.nowMs()
     }

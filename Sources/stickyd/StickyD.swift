@@ -286,6 +286,13 @@ struct Serve: ParsableCommand {
         } catch let e as SystemError {
             logger.critical("cannot start: \(e)")
             throw ExitCode(1)
+        } catch let e as ConfigError {
+            // A kubeconfig (discovery) that cannot be used: FILE:LINE: why.
+            logger.critical("cannot start: \(e)")
+            throw ExitCode(1)
+        } catch let e as DiscoveryStartError {
+            logger.critical("cannot start: \(e)")
+            throw ExitCode(1)
         }
     }
 }
@@ -309,7 +316,11 @@ struct CheckConfig: ParsableCommand {
 
     func run() throws {
         do {
-            _ = try ConfigLoader.load(path: file)
+            let config = try ConfigLoader.load(path: file)
+            // A kubeconfig is a local file: checked here, with its line. No
+            // lookup and no request is made (systemctl reload runs this),
+            // and in-cluster credentials exist only in the pod.
+            _ = try DiscoveryService.credentials(config, inCluster: false)
             print("\(file): OK")
         } catch {
             throw fail(error)
