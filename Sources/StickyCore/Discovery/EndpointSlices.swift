@@ -11,20 +11,37 @@ public struct EndpointSlice: Sendable, Equatable, Decodable {
         public var ready: Bool?
         public var serving: Bool?
         public var terminating: Bool?
+        public init(ready: Bool?, serving: Bool?, terminating: Bool?) {
+            self.ready = ready
+            self.serving = serving
+            self.terminating = terminating
+        }
     }
     public struct Ref: Sendable, Equatable, Decodable {
         public var name: String?
+        public init(name: String?) { self.name = name }
     }
     public struct Endpoint: Sendable, Equatable, Decodable {
         public var addresses: [String]
         public var conditions: Conditions?
         public var hostname: String?
         public var targetRef: Ref?
+        public init(addresses: [String], conditions: Conditions?, hostname: String?, targetRef: Ref?) {
+            self.addresses = addresses
+            self.conditions = conditions
+            self.hostname = hostname
+            self.targetRef = targetRef
+        }
     }
     public struct Port: Sendable, Equatable, Decodable {
         public var name: String?
         public var port: Int?
         public var `protocol`: String?
+        public init(name: String?, port: Int?, protocol: String?) {
+            self.name = name
+            self.port = port
+            self.protocol = `protocol`
+        }
     }
 
     public var metadata: Meta
