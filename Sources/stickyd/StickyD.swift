@@ -147,8 +147,11 @@ struct Serve: ParsableCommand {
         if let path = config {
             cfg = try ConfigLoader.load(path: path)
             if !listen.isEmpty || !target.isEmpty {
+                // Without --target only the listeners are taken from `quick`;
+                // a discovery pool may list no targets, and quick mode needs one.
+                let fileTargets = cfg.pools[0].targets.map { "\($0.address)" }
                 let quick = try StickyConfig.quick(listen: listen.isEmpty ? cfg.listeners.map { "\($0.address)" } : listen,
-                                                   targets: target.isEmpty ? cfg.pools[0].targets.map { "\($0.address)" } : target)
+                                                   targets: !target.isEmpty ? target : fileTargets.isEmpty ? ["127.0.0.1:1"] : fileTargets)
                 if !listen.isEmpty { cfg.listeners = quick.listeners.map { var l = $0; l.pool = cfg.pools[0].name; return l } }
                 if !target.isEmpty { cfg.pools[0].targets = quick.pools[0].targets }
             }
