@@ -181,7 +181,8 @@ extension DiscoveryPoolState {
 
 extension ControlPlane {
     /// `show stats`: a discovery figure summed over the pools that have
-    /// discovery (`<key>_<change>` for the labelled one).
+    /// discovery (`<key>_<change>` for the labelled one). A daemon without
+    /// discovery shows none of these keys: its answer stays as it was.
     func discoveryStats(_ f: DiscoveryFigure, key: String) -> [StatsAnswer.Entry] {
         let pools = discovery.withLock { Array($0.pools.values) }
         var sums: [String: UInt64] = [:]
@@ -192,10 +193,6 @@ extension ControlPlane {
                 if sums[k] == nil { order.append(k) }
                 sums[k, default: 0] &+= value
             }
-        }
-        if pools.isEmpty {
-            // The keys are always there, so scripts need not guess.
-            order = f == .changes ? DiscoveryChange.allCases.map { "\(key)_\($0.label)" } : [key]
         }
         return order.map { StatsAnswer.Entry($0, sums[$0] ?? 0) }
     }

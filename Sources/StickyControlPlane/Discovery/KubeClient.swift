@@ -134,10 +134,15 @@ final class KubeResponse: @unchecked Sendable {
         return p
     }
 
-    /// Ends the request (a stop, a watch given up); later parts are dropped.
+    /// Ends the request (a stop, a watch given up); later parts are
+    /// dropped, and a reader waiting in `next` is woken with `failed`.
     func close() {
         condition.lock()
-        finished = true
+        if !finished {
+            finished = true
+            parts.append(.failed("closed"))
+            condition.broadcast()
+        }
         let c = channel
         condition.unlock()
         c?.close(promise: nil)
