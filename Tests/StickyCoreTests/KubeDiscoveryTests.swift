@@ -95,21 +95,27 @@ final class KubeDiscoveryTests: XCTestCase {
 
     let pem = Data("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".utf8).base64EncodedString()
 
+    /// A kubeconfig with one context `ctx`, one cluster and one user.
+    func kubeconfig(cluster: String, user: String) -> String {
+        """
+        apiVersion: v1
+        kind: Config
+        current-context: ctx
+        contexts:
+          - name: ctx
+            context: { cluster: c, user: u }
+        clusters:
+          - name: c
+            cluster: \(cluster)
+        users:
+          - name: u
+            user: \(user)
+        """
+    }
+
     func testKubeconfigWithTokenAndCAData() throws {
-        let path = try write("""
-            apiVersion: v1
-            kind: Config
-            current-context: ctx
-            contexts:
-              - name: ctx
-                context: { cluster: c, user: u }
-            clusters:
-              - name: c
-                cluster: { server: "https://127.0.0.1:6443/prefix/", certificate-authority-data: \(pem) }
-            users:
-              - name: u
-                user: { token: abc }
-            """)
+        let path = try write(kubeconfig(cluster: #"{ server: "https://127.0.0.1:6443/prefix/", certificate-authority-data: \#(pem) }"#,
+                                        user: "{ token: abc }"))
         let access = try KubeAccess.kubeconfig(path: path, context: nil)
         XCTAssertEqual(access.host, "127.0.0.1")
         XCTAssertEqual(access.port, 6443)
@@ -129,24 +135,12 @@ final class KubeDiscoveryTests: XCTestCase {
                 return e
             }
         }
-        let base = """
-            current-context: ctx
-            contexts:
-              - name: ctx
-                context: { cluster: c, user: u }
-            clusters:
-              - name: c
-                cluster: { server: "http://127.0.0.1:8080" }
-            users:
-              - name: u
-                user:
-                  exec: { command: aws }
-            """
+        let base = kubeconfig(cluster: #"{ server: "http://127.0.0.1:8080" }"#, user: "{ exec: { command: aws } }")
         let http = try error(base)
-        XCTAssertEqual(http?.line, 7)
+        XCTAssertEqual(http?.line, 9)
         XCTAssertTrue(http?.message.contains("https://") ?? false, "\(String(describing: http))")
         let exec = try error(base.replacingOccurrences(of: "http://", with: "https://"))
-        XCTAssertEqual(exec?.line, 11)
+        XCTAssertEqual(exec?.line, 12)
         XCTAssertTrue(exec?.message.contains("'exec' credentials are not supported") ?? false)
         let noContext = try error(base, context: "other")
         XCTAssertTrue(noContext?.message.contains("no context named 'other' (there are: ctx)") ?? false, "\(String(describing: noContext))")
