@@ -70,6 +70,8 @@ final class KubeClient: Sendable {
         if let e = error as? NIOConnectionError, let first = e.connectionErrors.first { return describe(first.error) }
         if let e = error as? IOError { return String(cString: strerror(e.errnoCode)).lowercased() }
         if case ChannelError.connectTimeout = error { return "timed out" }
+        // The server (or something between) went away mid-answer.
+        if let e = error as? NIOSSLError, case .uncleanShutdown = e { return "the connection was cut (no TLS close_notify)" }
         return TLSErrorText.reason("\(error)")
     }
 }

@@ -52,7 +52,9 @@ final class KubeRunner: DiscoveryRunner, @unchecked Sendable {
                 if lists > 1 { control.discoveryRelisted(pool: pool) }
                 step = list(&watch)
             case .watch(let rv):
-                readService()
+                // Not while retrying: the Service would fail the same way,
+                // and say so twice.
+                if !watch.stale { readService() }
                 step = stream(from: rv, &watch)
             case .wait(let ms):
                 pause(ms)
@@ -69,6 +71,8 @@ final class KubeRunner: DiscoveryRunner, @unchecked Sendable {
     }
 
     func failed(_ why: String, _ watch: inout KubeWatch) -> KubeWatch.Step {
+        // A request the stop closed is no failure of the API's.
+        guard !stopped else { return .wait(ms: 0) }
         let next = watch.failed(random: random.next())
         if case .wait(let ms) = next { control.discoveryFailed(pool: pool, error: why, retryMs: ms) }
         return next
