@@ -50,9 +50,13 @@ pools:
 """)
 
 
-def start(run_stickyd, tmp_path, standin, **kw):
+def start(run_stickyd, tmp_path, standin, *, client_cert: bool = False, **kw):
+    """The daemon, authenticated by the stand-in's token, or by a client
+    certificate from its CA (the kubeconfig's client-certificate/-key)."""
     listen = fmt_addr(LOOPBACK, free_port())
-    kube = kubeconfig(tmp_path / "kubeconfig", standin.url, standin.pki["ca.crt"], token=standin.token)
+    pki = standin.pki
+    kube = kubeconfig(tmp_path / "kubeconfig", standin.url, pki["ca.crt"], token=None if client_cert else standin.token,
+                      cert=pki["client.crt"] if client_cert else None, key=pki["client.key"] if client_cert else None)
     cfg = tmp_path / "k8s.yaml"
     write_config(cfg, listen, str(kube), **kw)
     sock = str(tmp_path / "admin.sock")
@@ -185,7 +189,7 @@ def test_rollout_driven_by_endpointslices_under_grpc_load(run_stickyd, greeter_p
 
     for name, _, _ in pods:
         publish(name)
-    d, admin = start(run_stickyd, tmp_path, standin, protocol="h2c",
+    d, admin = start(run_stickyd, tmp_path, standin, protocol="h2c", client_cert=True,
                      extra="    affinity: { balance_factor: 1.25 }\n")
     wait_until(lambda: len(targets(admin)) == 3, 15, what="3 pods as targets")
     sources = {i: f"127.0.4.{i + 1}" for i in range(CLIENTS)}
