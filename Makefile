@@ -18,10 +18,12 @@ FUZZ_SECONDS ?= 60
 
 # Debian packages: build deps (liburing; TLS is swift-nio-ssl's bundled
 # BoringSSL, so no libssl-dev), and the tools that the tests (socat; openssl
-# makes the mTLS certificates; prlimit from util-linux caps descriptors) and
+# makes the mTLS certificates and the Kubernetes stand-in's CA; prlimit from
+# util-linux caps descriptors; dnsmasq-base serves the DNS discovery tests'
+# records without starting a system service) and
 # benchmarks (iperf3, wrk, haproxy, nginx stream) use.
 APT_PACKAGES := liburing-dev pkg-config iperf3 wrk haproxy nginx \
-                libnginx-mod-stream socat openssl util-linux systemd
+                libnginx-mod-stream socat openssl util-linux systemd dnsmasq-base
 # Python packages as import-name:pip-name.
 PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \
                 grpc_health.v1.health:grpcio-health-checking pytest:pytest

@@ -41,6 +41,8 @@ extension ControlPlane {
                     for (i, m) in p.moveSeries.enumerated() { sums[i].value &+= m.value }
                 }
                 for (label, value) in sums { entries.append(.init("\(key)_\(label)", value)) }
+            case .discovery(let figure):
+                entries += discoveryStats(figure, key: key)
             case .target, .process:
                 preconditionFailure("show stats has no per-target or process fields: \(key)")
             }

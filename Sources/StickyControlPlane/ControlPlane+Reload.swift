@@ -35,6 +35,7 @@ extension ControlPlane {
         if new.logLevel != config.logLevel || new.observability != config.observability { ignored.append("log, metrics") }
         if new.pools.map(\.sendProxy) != config.pools.map(\.sendProxy) { ignored.append("send_proxy") }
         if new.pools.map(\.health) != config.pools.map(\.health) { ignored.append("health") }
+        if new.pools.map(\.discovery) != config.pools.map(\.discovery) { ignored.append("discovery") }
         var summary = "added \(plan.added.count), draining \(plan.draining.count), reweighted \(plan.reweighted.count); timeouts, max_connections and connect_retries applied"
         if !ignored.isEmpty { summary += "; needs a restart to change: \(ignored.joined(separator: ", "))" }
         return .success(summary)

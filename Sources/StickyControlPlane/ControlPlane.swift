@@ -48,6 +48,8 @@ public final class ControlPlane: Sendable {
     let persistLock = NSLock()
     /// The peer service and the VIP, once running (Peers/).
     let cluster = ClusterHooks()
+    /// Each discovery pool's status and figures (Discovery/ControlPlane+Discovery.swift).
+    let discovery: Mutex<DiscoveryBook>
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
                 stateFilePath: String?, logger: Logger, clock: any MillisClock = SystemClock(), reportTimeoutMs: Int = 2000) {
@@ -63,6 +65,7 @@ public final class ControlPlane: Sendable {
         r.drainTimeoutMsDefault = config.drain.timeoutMs
         state = Mutex(State(registry: r, health: HealthState(config: config, registry: r)))
         channels = Mutex([])
+        discovery = Mutex(DiscoveryBook(config: config))
         startedWallSec = Int(clock.unixMs() / 1000)
         startedMs = clock.nowMs()
     }

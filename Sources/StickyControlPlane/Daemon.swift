@@ -152,6 +152,9 @@ public final class Daemon {
         // anything else is bound or written. A successor binds the remote
         // port once the old daemon has let go of it (completeTakeover).
         let remoteTLS = try config.adminRemote.map { try RemoteAdminTLS(config: $0) }
+        // Kubernetes credentials too: a bad kubeconfig stops the start
+        // with its file and line (docs/DISCOVERY.md).
+        let kubeAccess = try DiscoveryService.credentials(config)
         let admin = AdminService(logger: logger)
         if successor == nil, let remoteTLS {
             do {
@@ -304,6 +307,11 @@ public final class Daemon {
         let prober = HealthProber(logger: logger, plan: { control.probePlan(pool: $0) },
                                   report: { control.probeResult($0, ok: $1, reason: $2) })
         prober.start(pools: control.probedPools)
+        // Discovery: after the workers, so that each change it makes is
+        // published to them; a source that does not answer is retried
+        // without holding up the start.
+        let discovery = try DiscoveryService(control: control, access: kubeAccess, logger: logger)
+        discovery.start()
 
         let cluster: ClusterRun
         do {
@@ -379,6 +387,7 @@ public final class Daemon {
         cluster.stop(handedOver: handedOver)
         admin.stop()
         prober.stop()
+        discovery.stop()
         // The successor serves metrics now and needs the port; a plain stop
         // keeps them up while connections drain, to watch them go.
         if handedOver {

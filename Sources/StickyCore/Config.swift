@@ -83,6 +83,10 @@ public struct PoolConfig: Sendable, Equatable {
     /// `protocol: h2c`. Each connection's own limit is this ±10%
     /// (`connectionAgeMs(random:)`).
     public var maxConnectionAgeMs: Millis?
+    /// Where targets come from besides `targets`: a Kubernetes Service's
+    /// EndpointSlices or DNS records (docs/DISCOVERY.md). Nil: only the file
+    /// and the admin socket.
+    public var discovery: DiscoveryConfig?
 
     public init(name: String, targets: [TargetSpec], affinity: AffinityConfig = AffinityConfig(),
                 sendProxy: ProxyVersion? = nil, health: HealthConfig = HealthConfig(),
@@ -407,7 +411,9 @@ public struct StickyConfig: Sendable, Equatable {
             }
             poolAt[pool.name] = index
             let who = "pool '\(pool.name)'"
-            if let message = Bounds.targetCount.check(pool.targets.count) { throw failure("\(at).targets", "\(who): \(message)") }
+            // With discovery the file's targets are optional: they come and go.
+            let targetBound = pool.discovery == nil ? Bounds.targetCount : Bounds.discoveredTargetCount
+            if let message = targetBound.check(pool.targets.count) { throw failure("\(at).targets", "\(who): \(message)") }
 
             var targetAt: [SocketAddress: Int] = [:]
             var nameAt: [String: Int] = [:]
@@ -429,7 +435,7 @@ public struct StickyConfig: Sendable, Equatable {
                     nameAt[name] = t
                 }
             }
-            if !pool.targets.contains(where: { $0.weight > 0 }) {
+            if !pool.targets.isEmpty || pool.discovery == nil, !pool.targets.contains(where: { $0.weight > 0 }) {
                 throw failure("\(at).targets", "\(who) has no target with a weight above 0, so no client could ever be placed")
             }
             if let problem = pool.affinity.validate().first {
@@ -437,6 +443,9 @@ public struct StickyConfig: Sendable, Equatable {
             }
             if let problem = pool.health.validate() {
                 throw failure("\(at).health.\(problem.key)", "\(who): \(problem.message)")
+            }
+            if let problem = pool.discovery?.validate() {
+                throw failure("\(at).discovery.\(problem.key)", "\(who): \(problem.message)")
             }
             if let age = pool.maxConnectionAgeMs {
                 guard pool.wireProtocol == .h2c else {
@@ -597,6 +606,7 @@ enum Bounds {
     static let poolCount = IntBound(name: "the number of pools", range: 1...64)
     // TargetMask, which records failed targets per connect, holds 64.
     static let targetCount = IntBound(name: "the number of targets", range: 1...TargetMask.capacity)
+    static let discoveredTargetCount = IntBound(name: "the number of targets", range: 0...TargetMask.capacity)
     static let weight = IntBound(name: "weight", range: 0...10_000)
     static let backlog = IntBound(name: "backlog", range: 1...65_535)
     static let maxConnections = IntBound(name: "limits.max_connections", range: 1...1_000_000)

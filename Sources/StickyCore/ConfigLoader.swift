@@ -101,7 +101,7 @@ public enum ConfigLoader {
 }
 
 /// The keys of one YAML mapping, already checked against the schema.
-private struct Fields {
+struct Fields {
     var node: Node
     var values: [String: Node]
     /// What the mapping is, for messages ("listener", "limits").
@@ -115,7 +115,7 @@ private struct Fields {
 /// Turns nodes into config values, remembering where each one was written.
 /// Only shape and type are checked here; ranges and cross-references are
 /// `StickyConfig.validate`'s, which asks `position(of:)` for the lines.
-private struct NodeReader {
+struct NodeReader {
     let file: String
     /// Paths like `pools[0].targets[1].weight`, the same ones `validate` uses.
     var positions: [String: SourcePosition] = [:]
@@ -298,14 +298,19 @@ private struct NodeReader {
 
     private mutating func pool(_ node: Node, path: String) throws -> PoolConfig {
         let keys = try fields(node, path: path, what: "pool", prefix: "",
-                              known: ["name", "targets", "affinity", "send_proxy", "health", "protocol", "max_connection_age"])
+                              known: ["name", "targets", "affinity", "send_proxy", "health", "protocol", "max_connection_age",
+                                      "discovery"])
         let name = try string(required("name", in: keys), name: "name")
-        let targetNodes = try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
+        let discovery = try keys["discovery"].map { try self.discovery($0, path: "\(path).discovery") }
+        // With discovery the targets come from it; a file may still list some.
+        let targetNodes = discovery != nil && keys["targets"] == nil
+            ? [] : try list(required("targets", in: keys), path: "\(path).targets", name: "targets")
         var targets: [TargetSpec] = []
         for (index, node) in targetNodes.enumerated() {
             targets.append(try target(node, path: "\(path).targets[\(index)]"))
         }
         var pool = PoolConfig(name: name, targets: targets)
+        pool.discovery = discovery
         if let node = keys["affinity"] { pool.affinity = try affinity(node, path: "\(path).affinity") }
         if let node = keys["send_proxy"] {
             // nil, the default, is written `none`.
@@ -314,6 +319,11 @@ private struct NodeReader {
         }
         if let node = keys["health"] { pool.health = try health(node, path: "\(path).health") }
         if let node = keys["protocol"] { pool.wireProtocol = try choice(node, name: "protocol") }
+        if case .kubernetes(var k)? = pool.discovery {
+            // An affinity.timeout written in the file wins over the Service's.
+            k.affinityFromService = positions["\(path).affinity.timeout"] == nil
+            pool.discovery = .kubernetes(k)
+        }
         if let node = keys["max_connection_age"] {
             // Whether the pool may have one, and its range, are validate's.
             let text = try scalar(node, name: "max_connection_age", expected: "a duration or off")
@@ -450,7 +460,7 @@ private struct NodeReader {
 
     /// Checks a mapping's keys against the schema and records where it and
     /// each of its values are.
-    private mutating func fields(
+    mutating func fields(
         _ node: Node, path: String, what: String, prefix: String, known: [String]
     ) throws -> Fields {
         guard case .mapping(let mapping) = node else {
@@ -474,7 +484,7 @@ private struct NodeReader {
         return Fields(node: node, values: values, what: what, prefix: prefix)
     }
 
-    private mutating func list(_ node: Node, path: String, name: String) throws -> [Node] {
+    mutating func list(_ node: Node, path: String, name: String) throws -> [Node] {
         guard case .sequence(let sequence) = node else {
             throw failure(node, "\(name) must be a list, got \(describe(node))")
         }
@@ -482,7 +492,7 @@ private struct NodeReader {
         return Array(sequence)
     }
 
-    private func required(_ key: String, in fields: Fields) throws -> Node {
+    func required(_ key: String, in fields: Fields) throws -> Node {
         guard let node = fields[key] else { throw missing(key, in: fields) }
         return node
     }
@@ -494,14 +504,14 @@ private struct NodeReader {
 
     // MARK: Scalars
 
-    private func scalar(_ node: Node, name: String, expected: String) throws -> String {
+    func scalar(_ node: Node, name: String, expected: String) throws -> String {
         guard case .scalar(let scalar) = node, !isNull(scalar) else {
             throw failure(node, "\(name) must be \(expected), got \(describe(node))")
         }
         return scalar.string
     }
 
-    private func string(_ node: Node, name: String) throws -> String {
+    func string(_ node: Node, name: String) throws -> String {
         try scalar(node, name: name, expected: "a string")
     }
 
@@ -521,13 +531,13 @@ private struct NodeReader {
         return E(rawValue: text)!
     }
 
-    private func int(_ node: Node, name: String) throws -> Int {
+    func int(_ node: Node, name: String) throws -> Int {
         let text = try scalar(node, name: name, expected: "an integer")
         guard let value = Int(text) else { throw failure(node, "\(name) must be an integer, got '\(text)'") }
         return value
     }
 
-    private func address(_ node: Node, name: String) throws -> SocketAddress {
+    func address(_ node: Node, name: String) throws -> SocketAddress {
         let text = try scalar(node, name: name, expected: "an address")
         guard let address = SocketAddress(text) else {
             throw failure(node, "\(name) '\(text)' is not an address; \(addressHint)")
@@ -535,7 +545,7 @@ private struct NodeReader {
         return address
     }
 
-    private func duration(_ node: Node, name: String) throws -> Millis {
+    func duration(_ node: Node, name: String) throws -> Millis {
         let text = try scalar(node, name: name, expected: "a duration")
         guard let value = parseDuration(text) else {
             throw failure(node, "\(name) must be a whole number with a unit (250ms, 5s, 2m, 3h, 1d), got '\(text)'")
@@ -553,20 +563,20 @@ private struct NodeReader {
 
     // MARK: Helpers
 
-    private mutating func record(_ path: String, _ node: Node) {
+    mutating func record(_ path: String, _ node: Node) {
         if let mark = node.mark { positions[path] = SourcePosition(line: mark.line, column: mark.column) }
     }
 
-    private func failure(_ node: Node, _ message: String) -> ConfigError {
+    func failure(_ node: Node, _ message: String) -> ConfigError {
         ConfigError(file: file, line: node.mark?.line, column: node.mark?.column, message: message)
     }
 
     /// YAML's null: an empty value, `~` or `null`, unless quoted.
-    private func isNull(_ scalar: Node.Scalar) -> Bool {
+    func isNull(_ scalar: Node.Scalar) -> Bool {
         scalar.style == .plain && ["", "~", "null", "Null", "NULL"].contains(scalar.string)
     }
 
-    private func describe(_ node: Node) -> String {
+    func describe(_ node: Node) -> String {
         switch node {
         case .mapping: return "a mapping"
         case .sequence: return "a list"

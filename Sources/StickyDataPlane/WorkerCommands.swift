@@ -40,6 +40,8 @@ extension Worker {
                 settings.connectRetries = connectRetries
                 serveBacklog()
                 resumeAccepting()
+            case .setAffinityTimeout(let pool, let timeoutMs):
+                pools[pool].balancer.setAffinityTimeout(ms: timeoutMs)
             case .report(let query, let entries, let request):
                 publishReport(query, entries: entries, request: request)
             case .handoffPause(let box):

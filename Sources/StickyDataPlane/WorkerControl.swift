@@ -55,6 +55,8 @@ public enum WorkerCommand: Sendable {
     /// worker's share of `limits.max_connections` (at most the slots made
     /// at start) and `connect_retries`.
     case setLimits(connectionsMax: Int, connectRetries: Int)
+    /// Discovery read a pool's affinity timeout from its Kubernetes Service.
+    case setAffinityTimeout(pool: Int, timeoutMs: Millis)
     /// Publish a fresh report: with affinity pins if a query asks for them,
     /// and with per-target entry counts (a walk of the table) if `entries`.
     /// A non-zero `request` also files it as that request's answer, so a

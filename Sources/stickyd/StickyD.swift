@@ -147,8 +147,11 @@ struct Serve: ParsableCommand {
         if let path = config {
             cfg = try ConfigLoader.load(path: path)
             if !listen.isEmpty || !target.isEmpty {
+                // Without --target only the listeners are taken from `quick`;
+                // a discovery pool may list no targets, and quick mode needs one.
+                let fileTargets = cfg.pools[0].targets.map { "\($0.address)" }
                 let quick = try StickyConfig.quick(listen: listen.isEmpty ? cfg.listeners.map { "\($0.address)" } : listen,
-                                                   targets: target.isEmpty ? cfg.pools[0].targets.map { "\($0.address)" } : target)
+                                                   targets: !target.isEmpty ? target : fileTargets.isEmpty ? ["127.0.0.1:1"] : fileTargets)
                 if !listen.isEmpty { cfg.listeners = quick.listeners.map { var l = $0; l.pool = cfg.pools[0].name; return l } }
                 if !target.isEmpty { cfg.pools[0].targets = quick.pools[0].targets }
             }
@@ -286,6 +289,13 @@ struct Serve: ParsableCommand {
         } catch let e as SystemError {
             logger.critical("cannot start: \(e)")
             throw ExitCode(1)
+        } catch let e as ConfigError {
+            // A kubeconfig (discovery) that cannot be used: FILE:LINE: why.
+            logger.critical("cannot start: \(e)")
+            throw ExitCode(1)
+        } catch let e as DiscoveryStartError {
+            logger.critical("cannot start: \(e)")
+            throw ExitCode(1)
         }
     }
 }
@@ -309,7 +319,11 @@ struct CheckConfig: ParsableCommand {
 
     func run() throws {
         do {
-            _ = try ConfigLoader.load(path: file)
+            let config = try ConfigLoader.load(path: file)
+            // A kubeconfig is a local file: checked here, with its line. No
+            // lookup and no request is made (systemctl reload runs this),
+            // and in-cluster credentials exist only in the pod.
+            _ = try DiscoveryService.credentials(config, inCluster: false)
             print("\(file): OK")
         } catch {
             throw fail(error)

@@ -154,11 +154,11 @@ def run_stickyd(request, stickyd_path, tmp_path):
 
 @pytest.fixture
 def backend():
-    """Factory: backend(handler=echo_handler, host=...) -> TcpServer; stopped at teardown."""
+    """Factory: backend(handler=echo_handler, host=..., port=0) -> TcpServer; stopped at teardown."""
     servers: list[TcpServer] = []
 
-    def start(handler=echo_handler, host: str = LOOPBACK, name: str | None = None) -> TcpServer:
-        s = TcpServer(handler, host=host, name=name or f"backend{len(servers) + 1}")
+    def start(handler=echo_handler, host: str = LOOPBACK, name: str | None = None, port: int = 0) -> TcpServer:
+        s = TcpServer(handler, host=host, name=name or f"backend{len(servers) + 1}", port=port)
         servers.append(s)
         return s
 

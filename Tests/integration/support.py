@@ -257,12 +257,12 @@ class TcpServer:
     """
 
     def __init__(self, handler: Handler, host: str = LOOPBACK, backlog: int = 4096,
-                 name: str = "backend") -> None:
+                 name: str = "backend", port: int = 0) -> None:
         self.handler = handler
         self.name = name
         self.host = host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, 0), family=family, backlog=backlog)
+        self.sock = socket.create_server((host, port), family=family, backlog=backlog)
         self.port = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)

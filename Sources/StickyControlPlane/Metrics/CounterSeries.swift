@@ -18,6 +18,7 @@ extension CounterLabel {
         case .h2TrackerStop: return H2TrackerStop.allCases.map(\.metricName)
         case .goawayCause: return GoawayCause.allCases.map(\.metricName)
         case .version: return nil
+        case .discoveryChange: return DiscoveryChange.allCases.map(\.label)
         }
     }
 }

@@ -116,7 +116,11 @@ public final class MetricsExporter: Sendable {
         func poolName(_ p: Int) -> String { r.pools.indices.contains(p) ? r.pools[p].name : "\(p)" }
 
         let workerFields = CounterTable.fields.filter { $0.scope == .worker }
-        let poolFields = CounterTable.fields.filter { $0.scope == .pool }
+        let poolFields = CounterTable.fields.filter {
+            guard $0.scope == .pool else { return false }
+            if case .discovery = $0.source { return false }
+            return true
+        }
         for (w, report) in reports.enumerated() {
             // Per worker: the loop and the connections it took.
             let wl = ["\(w)"]
@@ -155,6 +159,17 @@ public final class MetricsExporter: Sendable {
                         count(CounterTable.field(.target(.bytes)), tl + [d.rawValue], worker: w,
                               d == .clientToTarget ? t.bytesUp : t.bytesDown)
                     }
+                }
+            }
+        }
+
+        // Discovery: one source, the control plane (worker 0).
+        for p in r.pools.indices {
+            guard let d = control.discoveryFigures(pool: p) else { continue }
+            for f in CounterTable.fields {
+                guard case .discovery(let which) = f.source else { continue }
+                for (label, value) in d.series(which) {
+                    figure(f, [poolName(p)] + (label.map { [$0] } ?? []), worker: 0, value)
                 }
             }
         }

@@ -25,14 +25,21 @@ public enum AdminTable {
 public struct TargetsAnswer: AdminAnswer, Equatable {
     public var targets: [TargetRow]
     public init(targets: [TargetRow]) { self.targets = targets }
-    /// The GOAWAYS column only when an h2c pool is listed: a tcp-only
-    /// daemon's table stays as it always was.
+    /// The GOAWAYS column only when an h2c pool is listed, and ORIGIN
+    /// only when discovery added a target: a daemon without either keeps
+    /// the table it always had.
     public var text: String {
-        guard targets.contains(where: { $0.goawaysSent != nil }) else {
-            return AdminTable.render(TargetRow.header, targets.map(\.cells))
+        var header = TargetRow.header
+        var rows = targets.map(\.cells)
+        if targets.contains(where: { $0.goawaysSent != nil }) {
+            header.append("GOAWAYS")
+            for i in rows.indices { rows[i].append(targets[i].goawaysSent.map { "\($0)" } ?? "-") }
         }
-        return AdminTable.render(TargetRow.header + ["GOAWAYS"],
-                                 targets.map { $0.cells + [$0.goawaysSent.map { "\($0)" } ?? "-"] })
+        if targets.contains(where: { $0.origin == .discovery }) {
+            header.append("ORIGIN")
+            for i in rows.indices { rows[i].append(targets[i].origin.rawValue) }
+        }
+        return AdminTable.render(header, rows)
     }
 }
 

@@ -112,7 +112,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     /// before the bound looks at it.
     public static let boundFloor = 4
 
-    public let config: AffinityConfig
+    public internal(set) var config: AffinityConfig
     public let hashKey: SipKey
 
     @usableFromInline var table: AffinityTable

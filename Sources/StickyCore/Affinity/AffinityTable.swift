@@ -74,7 +74,9 @@ public struct AffinityTable: Sendable {
     public let bucketCount: Int
     public let mode: AffinityConfig.Mode
     /// The timeout in whole seconds (rounded up from the config's ms).
-    public let timeoutSec: UInt32
+    /// Discovery may change it at runtime (a Service's ClientIP timeout):
+    /// every pin is judged by the value in force when it is looked at.
+    public internal(set) var timeoutSec: UInt32
 
     @usableFromInline var tags: [UInt64]
     @usableFromInline var entries: [AffinityEntry]

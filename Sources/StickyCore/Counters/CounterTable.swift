@@ -35,6 +35,7 @@ public enum CounterLabel: Sendable, CaseIterable {
     case h2TrackerStop
     case goawayCause
     case version
+    case discoveryChange
 
     public var name: String {
         switch self {
@@ -43,6 +44,7 @@ public enum CounterLabel: Sendable, CaseIterable {
         case .moveReason, .closeReason, .proxyRejection, .h2TrackerStop: return "reason"
         case .goawayCause: return "cause"
         case .version: return "version"
+        case .discoveryChange: return "change"
         }
     }
 }
@@ -100,6 +102,33 @@ public enum TargetFigure: Sendable {
     case openAtDeadline
 }
 
+/// Per-pool discovery figures, kept by the control plane (docs/DISCOVERY.md).
+public enum DiscoveryFigure: Sendable, CaseIterable {
+    case up
+    case endpoints
+    case leftOut
+    case failures
+    case relists
+    case changes
+}
+
+/// What discovery did to a target: the `change` label.
+public enum DiscoveryChange: Int, Sendable, CaseIterable {
+    case added
+    case readied
+    case drained
+    case removed
+
+    public var label: String {
+        switch self {
+        case .added: return "added"
+        case .readied: return "readied"
+        case .drained: return "drained"
+        case .removed: return "removed"
+        }
+    }
+}
+
 public enum ProcessFigure: Sendable {
     case buildInfo
     case startTime
@@ -114,6 +143,7 @@ public enum CounterSource: Sendable, Equatable {
     case affinityMoves
     case target(TargetFigure)
     case process(ProcessFigure)
+    case discovery(DiscoveryFigure)
 }
 
 /// One figure the daemon exposes: its Prometheus name, its `show stats`
@@ -326,6 +356,26 @@ public enum CounterTable {
         CounterField(source: .worker(.peerPinsIgnored), scope: .worker, kind: .counter,
                      metric: "stickyd_peer_pins_ignored_total", stat: nil, extraLabels: [],
                      help: "Pins from peers left out: their target is not in the pool or takes no pinned clients here, they lapsed under this instance's timeout, or the table had no room."),
+
+        // Per pool: discovery (docs/DISCOVERY.md), pools with a `discovery` section only.
+        CounterField(source: .discovery(.up), scope: .pool, kind: .gauge,
+                     metric: "stickyd_discovery_up", stat: nil, extraLabels: [],
+                     help: "1 while the pool's discovery source answers (the Kubernetes watch runs, the last DNS lookup worked); 0 while the daemon keeps the last known targets and retries with backoff."),
+        CounterField(source: .discovery(.endpoints), scope: .pool, kind: .gauge,
+                     metric: "stickyd_discovery_endpoints", stat: nil, extraLabels: [],
+                     help: "Endpoints in the source's last complete answer, ready or not, each address once."),
+        CounterField(source: .discovery(.leftOut), scope: .pool, kind: .gauge,
+                     metric: "stickyd_discovery_endpoints_left_out", stat: nil, extraLabels: [],
+                     help: "Ready endpoints not added because the pool holds its 64 targets."),
+        CounterField(source: .discovery(.failures), scope: .pool, kind: .counter,
+                     metric: "stickyd_discovery_failures_total", stat: "discovery_failures", extraLabels: [],
+                     help: "Failed requests to the source (a list, a watch, a lookup). The targets stay as last known."),
+        CounterField(source: .discovery(.relists), scope: .pool, kind: .counter,
+                     metric: "stickyd_discovery_relists_total", stat: "discovery_relists", extraLabels: [],
+                     help: "Kubernetes: lists after the first, because the watch's version was gone (410) or the watch could not resume."),
+        CounterField(source: .discovery(.changes), scope: .pool, kind: .counter,
+                     metric: "stickyd_discovery_changes_total", stat: "discovery_changes", extraLabels: [.discoveryChange],
+                     help: "Targets discovery changed, by change."),
 
         // The process.
         CounterField(source: .process(.buildInfo), scope: .process, kind: .gauge,

@@ -25,11 +25,14 @@ public struct StateFile: Codable, Equatable, Sendable {
         public var drainMode: String?
         public var drainDeadlineUnixMs: Int64?
         public var origin: TargetOrigin
+        /// Written only when true: discovery started the drain, and may end it.
+        public var drainByDiscovery: Bool?
 
         enum CodingKeys: String, CodingKey {
             case address, weight, name, state, origin
             case drainMode = "drain_mode"
             case drainDeadlineUnixMs = "drain_deadline_unix_ms"
+            case drainByDiscovery = "drain_by_discovery"
         }
     }
 
@@ -73,7 +76,8 @@ public struct StateFile: Codable, Equatable, Sendable {
                     if let d = t.drain { deadline = nowUnixMs + (d.deadlineMs - nowMs) }
                 }
                 return Target(address: "\(t.spec.address)", weight: t.spec.weight, name: t.spec.name,
-                              state: state, drainMode: mode, drainDeadlineUnixMs: deadline, origin: t.origin)
+                              state: state, drainMode: mode, drainDeadlineUnixMs: deadline, origin: t.origin,
+                              drainByDiscovery: t.drain?.byDiscovery == true ? true : nil)
             }, removedConfigTargets: p.removedConfigTargets.map { "\($0)" })
         }
     }
@@ -138,6 +142,7 @@ public struct StateFile: Codable, Equatable, Sendable {
                     state = .draining(mode)
                     let remaining = (st.drainDeadlineUnixMs ?? nowUnixMs) - nowUnixMs
                     drain = DrainInfo(mode: mode, startedMs: nowMs, deadlineMs: nowMs + max(0, remaining))
+                    drain?.byDiscovery = st.drainByDiscovery ?? false
                 default: state = .ready
                 }
                 targets.append(TargetRecord(spec: TargetSpec(address: address, weight: st.weight, name: st.name),

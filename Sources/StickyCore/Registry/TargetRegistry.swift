@@ -5,6 +5,10 @@ public enum TargetOrigin: String, Sendable, Equatable, Codable {
     case config
     /// Added through the admin socket.
     case runtime
+    /// Added by the pool's discovery (Kubernetes EndpointSlices or DNS):
+    /// discovery drains and removes it as its source says; a reload and
+    /// the state file's merge leave it alone, as they do runtime targets.
+    case discovery
 }
 
 /// A drain in progress: how, and until when.
@@ -17,6 +21,10 @@ public struct DrainInfo: Sendable, Equatable {
     /// Started by a reload that dropped the target from the config: the
     /// target leaves the pool once the deadline (and grace) have passed.
     public var removeAtDeadline = false
+    /// Started by discovery (the endpoint stopped being ready, or left):
+    /// discovery may end it again. Any other drain is an operator's, and
+    /// discovery leaves it alone.
+    public var byDiscovery = false
     public init(mode: DrainMode, startedMs: Millis, deadlineMs: Millis) {
         self.mode = mode
         self.startedMs = startedMs
