@@ -63,8 +63,15 @@ public enum ConfigLoader {
     }
 
     static func syntaxError(_ error: YamlError, text: String, file: String) -> ConfigError {
+        let lines = yamlLines(text)
         func located(_ mark: Mark, _ message: String) -> ConfigError {
-            ConfigError(file: file, line: mark.line, column: mark.column, message: message)
+            // At the end of the text libyaml starts a new line even when the
+            // text does not end with one, so an error there pointed one line
+            // past the file: point at the end of the last line instead.
+            if mark.line > lines.count, let last = lines.last {
+                return ConfigError(file: file, line: lines.count, column: last.count + 1, message: message)
+            }
+            return ConfigError(file: file, line: mark.line, column: mark.column, message: message)
         }
         func yamlSyntax(_ context: YamlError.Context?, _ problem: String, _ mark: Mark) -> ConfigError {
             guard let context else { return located(mark, "YAML syntax error: \(problem)") }
@@ -75,8 +82,7 @@ public enum ConfigLoader {
             // libyaml's context points at the construct it was in the middle of,
             // which is often where the real mistake is (an unclosed quote).
             var message = "YAML syntax error: \(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
-            let line = text.split(separator: "\n", omittingEmptySubsequences: false).dropFirst(mark.line - 1).first
-            if line?.unicodeScalars.dropFirst(mark.column - 1).first == "\t" {
+            if lines.dropFirst(mark.line - 1).first?.dropFirst(mark.column - 1).first == "\t" {
                 message += "; YAML does not allow tabs for indentation"
             }
             return located(mark, message)
@@ -97,6 +103,30 @@ public enum ConfigLoader {
         default:
             return ConfigError(file: file, message: "YAML: \(error)")
         }
+    }
+
+    /// The text's lines as libyaml numbers them, in Unicode scalars (its
+    /// columns): a line ends at LF, CR, CRLF, NEL, LS or PS. Splitting the
+    /// `String` on "\n" saw a CRLF file as one line, "\r\n" being one
+    /// `Character`.
+    static func yamlLines(_ text: String) -> [Substring.UnicodeScalarView] {
+        let scalars = text.unicodeScalars
+        var lines: [Substring.UnicodeScalarView] = []
+        var start = scalars.startIndex
+        var i = start
+        while i < scalars.endIndex {
+            let c = scalars[i]
+            guard c == "\n" || c == "\r" || c == "\u{85}" || c == "\u{2028}" || c == "\u{2029}" else {
+                i = scalars.index(after: i)
+                continue
+            }
+            lines.append(scalars[start..<i])
+            i = scalars.index(after: i)
+            if c == "\r", i < scalars.endIndex, scalars[i] == "\n" { i = scalars.index(after: i) }
+            start = i
+        }
+        lines.append(scalars[start...])
+        return lines
     }
 }
 
