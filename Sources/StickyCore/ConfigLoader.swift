@@ -30,9 +30,25 @@ public enum ConfigLoader {
             throw ConfigError(file: file, message: "the file holds no settings; it needs at least 'listeners' and 'pools'")
         }
         var reader = NodeReader(file: file)
-        let config = try reader.config(root)
-        try config.validate(file: file, locate: reader.position(of:))
-        return config
+        do {
+            let config = try reader.config(root)
+            try config.validate(file: file, locate: reader.position(of:))
+            return config
+        } catch let error as ConfigError {
+            throw insideText(error, lines: yamlLines(text))
+        }
+    }
+
+    /// At the end of the text libyaml starts a new line even when the text
+    /// does not end with one, so a mark there (a syntax error, or the empty
+    /// node of "---") named the line after the last: it is moved to the end
+    /// of the last line.
+    static func insideText(_ error: ConfigError, lines: [Substring.UnicodeScalarView]) -> ConfigError {
+        guard let line = error.line, line > lines.count, let last = lines.last else { return error }
+        var moved = error
+        moved.line = lines.count
+        moved.column = last.count + 1
+        return moved
     }
 
     static func readFile(_ path: String) throws -> String {
@@ -65,13 +81,7 @@ public enum ConfigLoader {
     static func syntaxError(_ error: YamlError, text: String, file: String) -> ConfigError {
         let lines = yamlLines(text)
         func located(_ mark: Mark, _ message: String) -> ConfigError {
-            // At the end of the text libyaml starts a new line even when the
-            // text does not end with one, so an error there pointed one line
-            // past the file: point at the end of the last line instead.
-            if mark.line > lines.count, let last = lines.last {
-                return ConfigError(file: file, line: lines.count, column: last.count + 1, message: message)
-            }
-            return ConfigError(file: file, line: mark.line, column: mark.column, message: message)
+            insideText(ConfigError(file: file, line: mark.line, column: mark.column, message: message), lines: lines)
         }
         func yamlSyntax(_ context: YamlError.Context?, _ problem: String, _ mark: Mark) -> ConfigError {
             guard let context else { return located(mark, "YAML syntax error: \(problem)") }

@@ -45,3 +45,15 @@ extension ConfigFuzzCaseTests {
         XCTAssertEqual(crlf.column, 11, "\(crlf)")
     }
 }
+
+extension ConfigFuzzCaseTests {
+    /// The fuzzer's next input: "---" alone. The empty document's node has
+    /// libyaml's end-of-text mark too, so the reader's error named line 2
+    /// of a one-line file.
+    func testEmptyDocumentAfterAMarkerIsOnTheLastLine() {
+        guard let error = configError("---") else { return }
+        XCTAssertEqual(error.line, 1, "\(error)")
+        XCTAssertEqual(error.column, 4, "\(error)")
+        XCTAssertTrue(error.message.contains("the top level must be a mapping"), error.message)
+    }
+}
