@@ -125,7 +125,9 @@ FUZZ_SRC_proxy-parser := Sources/StickyCore/Address.swift Sources/StickyCore/Byt
 FUZZ_DIR_h2-tracker   := Fuzz/H2Tracker
 FUZZ_SRC_h2-tracker   := Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
                          Sources/StickyCore/SplitMix64.swift $(wildcard Sources/StickyCore/HTTP2/*.swift)
+# FUZZ_FLAGS_<t>: libFuzzer options of one target.
 FUZZ_DIR_admin-grammar := Fuzz/AdminGrammar
+FUZZ_FLAGS_admin-grammar := -max_len=512
 FUZZ_SRC_admin-grammar := $(wildcard Sources/StickyCore/Admin/*.swift) Sources/StickyCore/Address.swift \
                           Sources/StickyCore/Duration.swift Sources/StickyCore/Placement.swift \
                           Sources/StickyCore/Affinity/TargetState.swift
@@ -169,7 +171,7 @@ $(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
 	fi; \
 	echo $$((SECONDS - start)) > .build/fuzz/$*.build-seconds
 	SWIFT_BACKTRACE=enable=no .build/fuzz/$* -max_total_time=$(FUZZ_SECONDS) $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)) \
-	  -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR_$*)/crashes/ .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/corpus 2>&1 \
+	  $(FUZZ_FLAGS_$*) -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR_$*)/crashes/ .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/corpus 2>&1 \
 	  | tee .build/fuzz/$*.log
 
 bench: deps build ## Compare stickyd with direct, HAProxy and nginx (Benchmarks/compare/run.sh)

@@ -11,12 +11,12 @@ import PackageDescription
 /// A harness in `folder` beside its corpus. libFuzzer brings `main`; the
 /// harness only exports LLVMFuzzerTestOneInput, so the module must not
 /// get one of its own (-parse-as-library).
-func fuzzTarget(_ name: String, folder: String) -> Target {
+func fuzzTarget(_ name: String, folder: String, exclude: [String] = []) -> Target {
     .executableTarget(
         name: name,
         dependencies: [.product(name: "StickyCore", package: "stickyd")],
         path: folder,
-        exclude: ["corpus", "crashes"],
+        exclude: ["corpus", "crashes"] + exclude,
         swiftSettings: [.unsafeFlags(["-parse-as-library"])]
     )
 }
@@ -25,7 +25,7 @@ let package = Package(
     name: "StickyFuzz",
     dependencies: [.package(name: "stickyd", path: "..")],
     targets: [
-        fuzzTarget("FuzzConfigLoader", folder: "ConfigLoader"),
+        fuzzTarget("FuzzConfigLoader", folder: "ConfigLoader", exclude: ["seeds.py"]),
         fuzzTarget("FuzzStateFile", folder: "StateFile"),
     ]
 )
