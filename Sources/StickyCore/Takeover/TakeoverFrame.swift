@@ -34,9 +34,9 @@ public enum TakeoverFrame: UInt8, Sendable, CaseIterable {
     }
 
     /// Decodes the frame at the front of `bytes`. The length is checked as
-    /// soon as it has arrived, so an absurd one fails before anything is
-    /// buffered for it; the type only once the frame is complete, as the
-    /// channel always has.
+    /// soon as the 5-byte header has arrived, so an absurd one fails before
+    /// anything is buffered for it; the type only once the frame is
+    /// complete, as the channel always did.
     public static func decode(_ bytes: ArraySlice<UInt8>) -> Decoded {
         guard bytes.count >= headerBytes else { return .needMore }
         let s = bytes.startIndex
