@@ -106,6 +106,8 @@ integration: proto ## Run the integration tests (pytest); STICKYD_BIN defaults t
 # - FUZZ_PKG_<t>: a product of the package in Fuzz/Package.swift, for code a
 #   swiftc line cannot build (the config loader's Yams has C in it), built
 #   with SwiftPM's --sanitize into .build/fuzz-spm, apart from the main build.
+# The package is built whole (not --product), so the second such target
+# finds it up to date: SwiftPM rebuilt everything when the product changed.
 # Either way the binary lands in .build/fuzz/<t>. New inputs go to a working
 # corpus under .build/fuzz, the committed seeds in Fuzz/<Dir>/corpus stay as
 # they are, crashes go to Fuzz/<Dir>/crashes/ (ignored by git). To add a
@@ -161,8 +163,8 @@ $(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
 	mkdir -p .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/crashes
 	@start=$$SECONDS; \
 	if [ -n "$(FUZZ_PKG_$*)" ]; then \
-	  echo '$(FUZZ_SPM) --product $(FUZZ_PKG_$*)'; \
-	  $(FUZZ_SPM) --product $(FUZZ_PKG_$*); \
+	  echo '$(FUZZ_SPM)'; \
+	  $(FUZZ_SPM); \
 	  cp "$$($(FUZZ_SPM) --show-bin-path)/$(FUZZ_PKG_$*)" .build/fuzz/$*; \
 	else \
 	  echo '$(SWIFTC) -sanitize=fuzzer,address -parse-as-library $(FUZZ_SWIFTC_OPT) -use-ld=lld $(FUZZ_DIR_$*)/*.swift ... -o .build/fuzz/$*'; \
