@@ -102,34 +102,81 @@ integration: proto ## Run the integration tests (pytest); STICKYD_BIN defaults t
 	STICKYD_BIN="$${STICKYD_BIN:-$(CURDIR)/.build/debug/stickyd}" \
 	  $(PYTHON) -m pytest $(PYTEST_ARGS) Tests/integration
 
-# Fuzz targets: each is a harness in Fuzz/<Dir>/ built with the StickyCore
-# files it needs as one module, with libFuzzer and ASan (the toolchain ships
-# both). New inputs go to a working corpus under .build/fuzz, the committed
-# seeds in Fuzz/<Dir>/corpus stay as they are, crashes go to
-# Fuzz/<Dir>/crashes/ (ignored by git). To add a target: name it in
-# FUZZ_TARGETS and give its FUZZ_DIR_ and FUZZ_SRC_.
-FUZZ_TARGETS := proxy-parser h2-tracker
+# Fuzz targets (docs/FUZZING.md): each is a libFuzzer harness in Fuzz/<Dir>/,
+# built with libFuzzer and ASan (the toolchain ships both) in one of two ways:
+# - FUZZ_SRC_<t>: the harness and the StickyCore files it needs, compiled as
+#   one module by a single swiftc line (so it can reach internal helpers);
+# - FUZZ_PKG_<t>: a product of the package in Fuzz/Package.swift, for code a
+#   swiftc line cannot build (the config loader's Yams has C in it), built
+#   with SwiftPM's --sanitize into .build/fuzz-spm, apart from the main build.
+# The package is built whole (not --product), so the second such target
+# finds it up to date: SwiftPM rebuilt everything when the product changed.
+# Either way the binary lands in .build/fuzz/<t>. New inputs go to a working
+# corpus under .build/fuzz, the committed seeds in Fuzz/<Dir>/corpus stay as
+# they are, crashes go to Fuzz/<Dir>/crashes/ (ignored by git). To add a
+# target: name it in FUZZ_TARGETS and give its FUZZ_DIR_ and FUZZ_SRC_ (or
+# FUZZ_PKG_, with a target in Fuzz/Package.swift).
+#
+# A run stops after FUZZ_SECONDS, or after FUZZ_RUNS inputs if that comes
+# first (`make fuzz-state-file FUZZ_RUNS=10000000 FUZZ_SECONDS=2400`).
+# FUZZ_BUILD=debug builds without optimisation: about half the compile time
+# and a third of the speed, the right trade for CI's short runs.
+FUZZ_TARGETS := proxy-parser h2-tracker admin-grammar takeover-frame state-file config-loader
+FUZZ_RUNS    ?=
+FUZZ_BUILD   ?= release
 FUZZ_DIR_proxy-parser := Fuzz/ProxyParser
 FUZZ_SRC_proxy-parser := Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
                          $(wildcard Sources/StickyCore/Proxy/*.swift)
 FUZZ_DIR_h2-tracker   := Fuzz/H2Tracker
 FUZZ_SRC_h2-tracker   := Sources/StickyCore/Address.swift Sources/StickyCore/ByteWriter.swift \
                          Sources/StickyCore/SplitMix64.swift $(wildcard Sources/StickyCore/HTTP2/*.swift)
+# FUZZ_FLAGS_<t>: libFuzzer options of one target.
+FUZZ_DIR_admin-grammar := Fuzz/AdminGrammar
+FUZZ_FLAGS_admin-grammar := -max_len=512
+FUZZ_SRC_admin-grammar := $(wildcard Sources/StickyCore/Admin/*.swift) Sources/StickyCore/Address.swift \
+                          Sources/StickyCore/Duration.swift Sources/StickyCore/Placement.swift \
+                          Sources/StickyCore/Affinity/TargetState.swift
+# AffinityExport's balancer half needs the balancer; its admin half does not.
+FUZZ_DIR_takeover-frame := Fuzz/TakeoverFrame
+FUZZ_SRC_takeover-frame := $(wildcard Sources/StickyCore/Takeover/*.swift) Sources/StickyCore/Address.swift \
+                           Sources/StickyCore/Duration.swift Sources/StickyCore/Placement.swift \
+                           $(filter-out %+Admin.swift,$(wildcard Sources/StickyCore/Affinity/*.swift))
+# The state file needs the registry, which needs the config types: most of
+# StickyCore, so it shares the SwiftPM build of the config loader's target.
+FUZZ_DIR_state-file    := Fuzz/StateFile
+FUZZ_PKG_state-file    := FuzzStateFile
+FUZZ_DIR_config-loader := Fuzz/ConfigLoader
+FUZZ_PKG_config-loader := FuzzConfigLoader
+FUZZ_SWIFTC_OPT := $(if $(filter debug,$(FUZZ_BUILD)),-Onone,-O)
+FUZZ_SPM := $(SWIFT) build -c $(FUZZ_BUILD) --package-path Fuzz --scratch-path "$(CURDIR)/.build/fuzz-spm" \
+            --sanitize=fuzzer --sanitize=address -Xswiftc -use-ld=lld
 .PHONY: $(addprefix fuzz-,$(FUZZ_TARGETS))
 
 fuzz: $(addprefix fuzz-,$(FUZZ_TARGETS)) ## Build and run every fuzz target for FUZZ_SECONDS each (default 60); crashes in Fuzz/*/crashes/
 	@for t in $(FUZZ_TARGETS); do \
-	  echo "fuzz: $$t: $$(awk '/stat::number_of_executed_units/ {print $$2}' .build/fuzz/$$t.log) executions in $(FUZZ_SECONDS)s"; \
+	  log=.build/fuzz/$$t.log; \
+	  echo "fuzz: $$t: $$(awk '/stat::number_of_executed_units/ {print $$2}' $$log) executions" \
+	       "in $$(awk '/^Done [0-9]+ runs in/ {print $$5}' $$log) s, built in $$(cat .build/fuzz/$$t.build-seconds) s"; \
 	done
 
 # One target: `make fuzz-h2-tracker FUZZ_SECONDS=30`. The log is kept for the
-# summary `make fuzz` prints.
+# summary `make fuzz` prints. SWIFT_BACKTRACE=enable=no: the Swift runtime's
+# crash backtracer reads memory that ASan reports, burying the real failure.
 $(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
 	mkdir -p .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/crashes
-	$(SWIFTC) -sanitize=fuzzer,address -parse-as-library -O -use-ld=lld \
-	  $(wildcard $(FUZZ_DIR_$*)/*.swift) $(FUZZ_SRC_$*) -o .build/fuzz/$*
-	.build/fuzz/$* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR_$*)/crashes/ .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/corpus 2>&1 \
+	@start=$$SECONDS; \
+	if [ -n "$(FUZZ_PKG_$*)" ]; then \
+	  echo '$(FUZZ_SPM)'; \
+	  $(FUZZ_SPM); \
+	  cp "$$($(FUZZ_SPM) --show-bin-path)/$(FUZZ_PKG_$*)" .build/fuzz/$*; \
+	else \
+	  echo '$(SWIFTC) -sanitize=fuzzer,address -parse-as-library $(FUZZ_SWIFTC_OPT) -use-ld=lld $(FUZZ_DIR_$*)/*.swift ... -o .build/fuzz/$*'; \
+	  $(SWIFTC) -sanitize=fuzzer,address -parse-as-library $(FUZZ_SWIFTC_OPT) -use-ld=lld \
+	    $(wildcard $(FUZZ_DIR_$*)/*.swift) $(FUZZ_SRC_$*) -o .build/fuzz/$*; \
+	fi; \
+	echo $$((SECONDS - start)) > .build/fuzz/$*.build-seconds
+	SWIFT_BACKTRACE=enable=no .build/fuzz/$* -max_total_time=$(FUZZ_SECONDS) $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)) \
+	  $(FUZZ_FLAGS_$*) -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR_$*)/crashes/ .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/corpus 2>&1 \
 	  | tee .build/fuzz/$*.log
 
 bench: deps build ## Compare stickyd with direct, HAProxy and nginx (Benchmarks/compare/run.sh)

@@ -25,21 +25,13 @@ import StickyDataPlane
 /// kernel keeps queueing clients); new starts with accepting held and
 /// resumes only on `commit`. Anything but `ready` before the deadline rolls
 /// old back to accepting; once old has read `ready` it commits.
-enum TakeoverFrame: UInt8 {
-    case hello = 1
-    case fds = 2
-    case state = 3
-    case affinity = 4
-    case ready = 5
-    case failed = 6
-    case commit = 7
-}
+// The frame types and their decoder are StickyCore's `TakeoverFrame`, pure
+// so they can be fuzzed; this file owns the socket and the deadlines.
 
 enum TakeoverLimits {
     static let protocolVersion = 1
-    /// Largest frame: a shard of 2^27 pins is 3.5 GB, far past any real
-    /// table; 1 GiB holds some 40 M pins a worker.
-    static let frameBytesMax = 1 << 30
+    /// Largest frame (see `TakeoverFrame.lengthMax`).
+    static let frameBytesMax = TakeoverFrame.lengthMax
     static let fdsPerFrame = 253
     /// Listening sockets in one hand-over (listeners × workers).
     static let fdsMax = 65_536
@@ -139,12 +131,7 @@ final class TakeoverChannel {
     }
 
     static func frame(_ type: TakeoverFrame, _ payload: [UInt8]) -> [UInt8] {
-        precondition(payload.count < TakeoverLimits.frameBytesMax, "takeover frame over its limit")
-        let length = UInt32(payload.count + 1)
-        var out: [UInt8] = [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), type.rawValue]
-        out.reserveCapacity(payload.count + 5)
-        out.append(contentsOf: payload)
-        return out
+        TakeoverFrame.encode(type, payload)
     }
 
     private func sendBytes(_ bytes: [UInt8], fds: [Int32], deadline: Millis, what: String) throws {
@@ -180,17 +167,15 @@ final class TakeoverChannel {
     }
 
     private func parse() throws -> (TakeoverFrame, [UInt8])? {
-        guard buffer.count - start >= 5 else { return nil }
-        let length = Int(buffer[start]) << 24 | Int(buffer[start + 1]) << 16 | Int(buffer[start + 2]) << 8 | Int(buffer[start + 3])
-        guard length >= 1, length <= TakeoverLimits.frameBytesMax else {
-            throw SystemError("upgrade: frame of \(length) bytes; not a stickyd takeover peer", errno: EPROTO)
+        let type: TakeoverFrame
+        let range: Range<Int>
+        switch TakeoverFrame.decode(buffer[start...]) {
+        case .needMore: return nil
+        case .invalid(let reason): throw SystemError("upgrade: \(reason)", errno: EPROTO)
+        case .frame(let t, let payload): (type, range) = (t, payload)
         }
-        guard buffer.count - start >= 4 + length else { return nil }
-        guard let type = TakeoverFrame(rawValue: buffer[start + 4]) else {
-            throw SystemError("upgrade: unknown frame type \(buffer[start + 4])", errno: EPROTO)
-        }
-        let payload = Array(buffer[(start + 5)..<(start + 4 + length)])
-        start += 4 + length
+        let payload = Array(buffer[range])
+        start = range.upperBound
         if start == buffer.count {
             buffer.removeAll(keepingCapacity: true)
             start = 0

@@ -30,9 +30,25 @@ public enum ConfigLoader {
             throw ConfigError(file: file, message: "the file holds no settings; it needs at least 'listeners' and 'pools'")
         }
         var reader = NodeReader(file: file)
-        let config = try reader.config(root)
-        try config.validate(file: file, locate: reader.position(of:))
-        return config
+        do {
+            let config = try reader.config(root)
+            try config.validate(file: file, locate: reader.position(of:))
+            return config
+        } catch let error as ConfigError {
+            throw insideText(error, lines: yamlLines(text))
+        }
+    }
+
+    /// At the end of the text libyaml starts a new line even when the text
+    /// does not end with one, so a mark there (a syntax error, or the empty
+    /// node of "---") named the line after the last: it is moved to the end
+    /// of the last line.
+    static func insideText(_ error: ConfigError, lines: [Substring.UnicodeScalarView]) -> ConfigError {
+        guard let line = error.line, line > lines.count, let last = lines.last else { return error }
+        var moved = error
+        moved.line = lines.count
+        moved.column = last.count + 1
+        return moved
     }
 
     static func readFile(_ path: String) throws -> String {
@@ -63,8 +79,9 @@ public enum ConfigLoader {
     }
 
     static func syntaxError(_ error: YamlError, text: String, file: String) -> ConfigError {
+        let lines = yamlLines(text)
         func located(_ mark: Mark, _ message: String) -> ConfigError {
-            ConfigError(file: file, line: mark.line, column: mark.column, message: message)
+            insideText(ConfigError(file: file, line: mark.line, column: mark.column, message: message), lines: lines)
         }
         func yamlSyntax(_ context: YamlError.Context?, _ problem: String, _ mark: Mark) -> ConfigError {
             guard let context else { return located(mark, "YAML syntax error: \(problem)") }
@@ -75,8 +92,7 @@ public enum ConfigLoader {
             // libyaml's context points at the construct it was in the middle of,
             // which is often where the real mistake is (an unclosed quote).
             var message = "YAML syntax error: \(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
-            let line = text.split(separator: "\n", omittingEmptySubsequences: false).dropFirst(mark.line - 1).first
-            if line?.unicodeScalars.dropFirst(mark.column - 1).first == "\t" {
+            if lines.dropFirst(mark.line - 1).first?.dropFirst(mark.column - 1).first == "\t" {
                 message += "; YAML does not allow tabs for indentation"
             }
             return located(mark, message)
@@ -97,6 +113,30 @@ public enum ConfigLoader {
         default:
             return ConfigError(file: file, message: "YAML: \(error)")
         }
+    }
+
+    /// The text's lines as libyaml numbers them, in Unicode scalars (its
+    /// columns): a line ends at LF, CR, CRLF, NEL, LS or PS. Splitting the
+    /// `String` on "\n" saw a CRLF file as one line, "\r\n" being one
+    /// `Character`.
+    static func yamlLines(_ text: String) -> [Substring.UnicodeScalarView] {
+        let scalars = text.unicodeScalars
+        var lines: [Substring.UnicodeScalarView] = []
+        var start = scalars.startIndex
+        var i = start
+        while i < scalars.endIndex {
+            let c = scalars[i]
+            guard c == "\n" || c == "\r" || c == "\u{85}" || c == "\u{2028}" || c == "\u{2029}" else {
+                i = scalars.index(after: i)
+                continue
+            }
+            lines.append(scalars[start..<i])
+            i = scalars.index(after: i)
+            if c == "\r", i < scalars.endIndex, scalars[i] == "\n" { i = scalars.index(after: i) }
+            start = i
+        }
+        lines.append(scalars[start...])
+        return lines
     }
 }
 

@@ -67,6 +67,10 @@ public enum AdminGrammar {
     /// Ceiling for `limit` in `show affinity`: answers stay bounded.
     public static let affinityLimitMax = 100_000
     public static let weightMax = 10_000
+    /// `drain ... timeout` is less than this: the config's ceiling for every
+    /// timeout (30 days; past that a timer is a typo). The registry adds it
+    /// to the clock, so an unbounded one (`timeout 106751991167d`) overflowed.
+    public static let drainTimeoutCeilingMs: Millis = 30 * 86_400_000
 
     /// One line per command, in the order of the docs.
     public static let synopsis: [String] = [
@@ -178,8 +182,8 @@ public enum AdminGrammar {
                         }
                         mode = m
                     case "timeout":
-                        guard let v = w.popFirst(), let ms = parseDuration(String(v)), ms > 0 else {
-                            return .failure(AdminParseError("'timeout' takes a duration such as 30s or 5m"))
+                        guard let v = w.popFirst(), let ms = parseDuration(String(v)), ms > 0, ms < drainTimeoutCeilingMs else {
+                            return .failure(AdminParseError("'timeout' takes a duration such as 30s or 5m, less than \(formatDuration(drainTimeoutCeilingMs))"))
                         }
                         timeout = ms
                     default:

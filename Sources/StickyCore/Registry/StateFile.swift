@@ -100,9 +100,28 @@ public struct StateFile: Codable, Equatable, Sendable {
         guard s.version == currentVersion else {
             throw RegistryError("\(file): state file version \(s.version); this stickyd reads version \(currentVersion)")
         }
+        // The registry's own rules (`TargetRegistry.add` keeps them): a file
+        // that breaks one was edited by hand, and running on it would trap
+        // later, where a Maglev table is built from the duplicate.
+        var poolNames = Set<String>()
         for p in s.pools {
+            guard poolNames.insert(p.name).inserted else { throw RegistryError("\(file): pool '\(p.name)' is listed twice") }
+            guard p.targets.count <= TargetMask.capacity else {
+                throw RegistryError("\(file): pool '\(p.name)': \(p.targets.count) targets; a pool holds at most \(TargetMask.capacity)")
+            }
+            var addresses = Set<SocketAddress>()
+            var names = Set<String>()
             for t in p.targets {
-                guard SocketAddress(t.address) != nil else { throw RegistryError("\(file): pool '\(p.name)': bad address '\(t.address)'") }
+                guard let address = SocketAddress(t.address) else { throw RegistryError("\(file): pool '\(p.name)': bad address '\(t.address)'") }
+                guard addresses.insert(address).inserted else {
+                    throw RegistryError("\(file): pool '\(p.name)': target \(address) is listed twice")
+                }
+                if let name = t.name {
+                    if let problem = checkName(name, what: "target name") { throw RegistryError("\(file): pool '\(p.name)': \(problem)") }
+                    guard names.insert(name).inserted else {
+                        throw RegistryError("\(file): pool '\(p.name)': target name '\(name)' is used twice")
+                    }
+                }
                 guard ["ready", "draining", "maint"].contains(t.state) else {
                     throw RegistryError("\(file): pool '\(p.name)': target \(t.address): unknown state '\(t.state)'")
                 }
@@ -140,8 +159,14 @@ public struct StateFile: Codable, Equatable, Sendable {
                 case "draining":
                     let mode = st.drainMode.flatMap(DrainMode.init(rawValue:)) ?? .strict
                     state = .draining(mode)
-                    let remaining = (st.drainDeadlineUnixMs ?? nowUnixMs) - nowUnixMs
-                    drain = DrainInfo(mode: mode, startedMs: nowMs, deadlineMs: nowMs + max(0, remaining))
+                    // The deadline is the file's word, and a hand-edited one
+                    // may be anything: what is left of it is kept within the
+                    // longest drain an operator can ask for, so adding it to
+                    // the clock cannot overflow.
+                    let (left, overflow) = (st.drainDeadlineUnixMs ?? nowUnixMs).subtractingReportingOverflow(nowUnixMs)
+                    let remaining = overflow ? (nowUnixMs > 0 ? 0 : AdminGrammar.drainTimeoutCeilingMs) : left
+                    drain = DrainInfo(mode: mode, startedMs: nowMs,
+                                      deadlineMs: nowMs + min(max(0, remaining), AdminGrammar.drainTimeoutCeilingMs))
                     drain?.byDiscovery = st.drainByDiscovery ?? false
                 default: state = .ready
                 }
@@ -151,6 +176,18 @@ public struct StateFile: Codable, Equatable, Sendable {
             let removed = Set(sp.removedConfigTargets.compactMap(SocketAddress.init))
             let known = Set(targets.map(\.spec.address))
             for c in configured where !known.contains(c.spec.address) && !removed.contains(c.spec.address) {
+                // The file may already fill the pool with runtime targets.
+                guard targets.count < TargetMask.capacity else {
+                    warnings.append("pool '\(sp.name)': \(c.spec.address) is new in the config, but the pool is full (\(TargetMask.capacity) targets); not added")
+                    continue
+                }
+                // The file's names win for the targets it lists (a config that
+                // moved a name to a new target would otherwise name two).
+                var c = c
+                if let name = c.spec.name, targets.contains(where: { $0.spec.name == name }) {
+                    warnings.append("pool '\(sp.name)': \(c.spec.address) is new in the config as '\(name)', a name the state file gives another target; added without a name")
+                    c.spec.name = nil
+                }
                 targets.append(c)
             }
             result.pools[p].targets = targets
