@@ -165,6 +165,8 @@ public final class Daemon {
             }
         }
         let control = try makeControlPlane(received: received)
+        // Built (TLS contexts from the kubeconfigs) before anything is bound.
+        let discovery = try DiscoveryService(control: control, access: kubeAccess, logger: logger)
         // Metrics and access log: before any traffic listener, so that an
         // address in use or an unwritable log path stops a clean start. A
         // successor binds the metrics port after the old daemon let go of it.
@@ -307,10 +309,9 @@ public final class Daemon {
         let prober = HealthProber(logger: logger, plan: { control.probePlan(pool: $0) },
                                   report: { control.probeResult($0, ok: $1, reason: $2) })
         prober.start(pools: control.probedPools)
-        // Discovery: after the workers, so that each change it makes is
-        // published to them; a source that does not answer is retried
+        // Discovery starts after the workers, so that each change it makes
+        // is published to them; a source that does not answer is retried
         // without holding up the start.
-        let discovery = try DiscoveryService(control: control, access: kubeAccess, logger: logger)
         discovery.start()
 
         let cluster: ClusterRun

@@ -109,6 +109,7 @@ class KubeStandin:
         self.streams: set[socket.socket] = set()
         self.port = 0
         self.generation = 0
+        self.running = False
 
     # ---- objects ---------------------------------------------------------
 
@@ -182,6 +183,7 @@ class KubeStandin:
         self.server = srv
         with self.cond:
             self.generation += 1
+            self.running = True
         self.thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                                        name="kube-standin")
         self.thread.start()
@@ -190,10 +192,15 @@ class KubeStandin:
         """The API goes away: no new connection, open watches cut."""
         if self.server is None:
             return
+        with self.cond:
+            # First: a request already accepted, or a watch that read the
+            # generation just now, sees this and ends without a clean end.
+            self.running = False
+            self.generation += 1
+            self.cond.notify_all()
         self.server.shutdown()
         self.server.server_close()
         with self.cond:
-            self.generation += 1
             streams = list(self.streams)
             self.cond.notify_all()
         for s in streams:
@@ -210,6 +217,10 @@ class KubeStandin:
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         with self.cond:
             self.requests.append(h.path)
+            running = self.running
+        if not running:
+            h.close_connection = True
+            return
         auth = h.headers.get("Authorization", "")
         has_cert = bool(h.connection.getpeercert()) if isinstance(h.connection, ssl.SSLSocket) else False
         if auth != f"Bearer {self.token}" and not has_cert:
@@ -273,7 +284,8 @@ class KubeStandin:
                               if rv > sent and o["metadata"]["labels"].get(LABEL) == service]
                     if not events:
                         self.cond.wait(min(0.2, max(0.0, next_bookmark - time.monotonic())))
-                    if self.generation != generation:
+                    if self.generation != generation or not self.running:
+                        h.close_connection = True
                         return  # stopped: the connection is cut, no clean end
                     current = self.rv
                 for rv, t, o in events:
