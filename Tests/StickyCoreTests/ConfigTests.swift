@@ -136,7 +136,7 @@ final class ConfigTests: XCTestCase {
             listeners:
               - address: 127.0.0.1:7001
             pools: [
-            """, line: 4, "YAML syntax error")
+            """, line: 3, "YAML syntax error")  // the end of the last line: the file has no line 4
         assertError("""
             workers: 1
             engine: "splice
