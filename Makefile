@@ -133,7 +133,7 @@ FUZZ_SRC_h2-tracker   := Sources/StickyCore/Address.swift Sources/StickyCore/Byt
 # FUZZ_FLAGS_<t>: libFuzzer options of one target.
 FUZZ_DIR_admin-grammar := Fuzz/AdminGrammar
 FUZZ_FLAGS_admin-grammar := -max_len=512
-FUZZ_SRC_admin-grammar := $(wildcard Sources/StickyCore/Admin/*.swift) Sources/StickyCore/Address.swift \
+FUZZ_SRC_admin-grammar := Sources/StickyCore/Admin/AdminCommand.swift Sources/StickyCore/Admin/AdminLineFramer.swift Sources/StickyCore/Address.swift \
                           Sources/StickyCore/Duration.swift Sources/StickyCore/Placement.swift \
                           Sources/StickyCore/Affinity/TargetState.swift
 # AffinityExport's balancer half needs the balancer; its admin half does not.

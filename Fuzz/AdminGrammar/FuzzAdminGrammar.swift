@@ -147,6 +147,9 @@ func renderAdmin(_ request: AdminRequest) -> String {
     case .upgrade(let binary):
         w.append("upgrade")
         if let binary { w.append(binary) }
+    case .showPeers: w += ["show", "peers"]
+    case .withdraw: w.append("withdraw")
+    case .announce: w.append("announce")
     }
     return w.joined(separator: " ")
 }
