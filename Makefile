@@ -140,7 +140,7 @@ FUZZ_SRC_admin-grammar := Sources/StickyCore/Admin/AdminCommand.swift Sources/St
 FUZZ_DIR_takeover-frame := Fuzz/TakeoverFrame
 FUZZ_SRC_takeover-frame := $(wildcard Sources/StickyCore/Takeover/*.swift) Sources/StickyCore/Address.swift \
                            Sources/StickyCore/Duration.swift Sources/StickyCore/Placement.swift \
-                           $(filter-out %+Admin.swift,$(wildcard Sources/StickyCore/Affinity/*.swift))
+                           $(filter-out %+Admin.swift %+Peers.swift,$(wildcard Sources/StickyCore/Affinity/*.swift)) $(wildcard Sources/StickyCore/ByteReader.swift)
 # The state file needs the registry, which needs the config types: most of
 # StickyCore, so it shares the SwiftPM build of the config loader's target.
 FUZZ_DIR_state-file    := Fuzz/StateFile
