@@ -285,4 +285,100 @@ final class AffinityAgeTests: XCTestCase {
         }
         XCTAssertEqual(b.leavingForAge.reduce(0, +), 0)
     }
+
+    /// Two workers checking one over-full target at the same moment: each
+    /// claims its leave before it checks, so together they shed only the
+    /// excess. (Checking first and counting after let both shed it: a
+    /// pod over by one lost two clients in CI.)
+    func testConcurrentChecksOnTwoWorkersShedTheExcessOnce() {
+        for round in 0..<200 {
+            let shared = SharedLoads()
+            var workers = [make(4), make(4)]
+            workers[0].sharedLoads = shared
+            workers[1].sharedLoads = shared
+            // Pool-wide 4, 4, 4, 0 on target 0..3; target 0 split 2 + 2.
+            // Mean 3, bound 3.75: each of 0, 1 and 2 is over by one.
+            var conns: [[(IPAddress, Placement)]] = [[], []]
+            let layout = [(0, 0), (0, 0), (1, 0), (1, 0), (0, 1), (0, 1), (1, 1), (1, 1), (0, 2), (0, 2), (1, 2), (1, 2)]
+            for (i, (w, t)) in layout.enumerated() {
+                conns[w].append((T.client(i), open(&workers[w], T.client(i), on: t)))
+            }
+            let moved = UnsafeMutablePointer<Int>.allocate(capacity: 2 * 4)
+            moved.initialize(repeating: 0, count: 8)
+            defer { moved.deallocate() }
+            nonisolated(unsafe) let box = (workers: UnsafeMutablePointer<AffinityBalancer>.allocate(capacity: 2), moved: moved)
+            box.workers.initialize(from: workers, count: 2)
+            defer { box.workers.deinitialize(count: 2); box.workers.deallocate() }
+            let conns0 = conns
+            DispatchQueue.concurrentPerform(iterations: 2) { w in
+                for (client, placement) in conns0[w] {
+                    var p = placement
+                    if box.workers[w].rebalanceForAge(&p, client: client, now: 1_000) {
+                        box.moved[w * 4 + Int(p.target)] += 1
+                    }
+                }
+            }
+            for t in 0..<3 {
+                XCTAssertEqual(moved[t] + moved[4 + t], 1, "round \(round): target \(t) is over by one")
+            }
+        }
+    }
+
+    /// A moved client counts as arriving on its new target until its next
+    /// connection lands there, and while it is between connections it
+    /// counts in the pool's total: a late reconnect must not shrink the
+    /// bound (and move clients of targets within it).
+    func testAMovedClientHoldsItsPlaceUntilItsNextConnectionLands() {
+        var b = make(4)
+        var conns: [(client: IPAddress, placement: Placement)] = []
+        let layout = [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+        for (i, t) in layout.enumerated() { conns.append((T.client(i), open(&b, T.client(i), on: t))) }
+        var moved: [(client: IPAddress, placement: Placement)] = []
+        for k in conns.indices {
+            var p = conns[k].placement
+            if b.rebalanceForAge(&p, client: conns[k].client, now: 1_000) { moved.append((conns[k].client, p)) }
+        }
+        XCTAssertEqual(moved.count, 3)
+        for m in moved { b.closed(m.placement, client: m.client, now: 1_500) }
+        XCTAssertEqual(b.leavingForAge.reduce(0, +), 0, "the old connections are gone")
+        XCTAssertEqual(b.arrivingForAge[3], 3, "their places on target 3 are held")
+        XCTAssertEqual(b.inTransitForAge, 3)
+        // Between connections, target 1 (4 of 9 open, but 4 of 12 clients)
+        // is still within the bound: no one else moves.
+        for k in conns.indices where !moved.contains(where: { $0.client == conns[k].client }) {
+            XCTAssertFalse(age(&b, conns[k].placement, client: conns[k].client, now: 1_600), "client \(k)")
+        }
+        // Two come back, on their new pins; the third never does.
+        for m in moved.prefix(2) {
+            let p = b.place(client: m.client, now: 2_000, excluding: TargetMask())!
+            XCTAssertEqual(p.target, 3)
+        }
+        XCTAssertEqual(b.arrivingForAge[3], 1)
+        XCTAssertEqual(b.inTransitForAge, 1)
+        XCTAssertEqual(b.ageMoves.count, 1)
+        // Its place is given up once the wait runs out.
+        _ = b.place(client: T.client(99), now: 1_000 + Millis(AffinityBalancer.ageArrivalWaitSec) * 1_000, excluding: TargetMask())
+        XCTAssertEqual(b.arrivingForAge[3], 0)
+        XCTAssertEqual(b.inTransitForAge, 0)
+        XCTAssertTrue(b.ageMoves.isEmpty)
+    }
+
+    /// The usual gRPC order: the client's next connection opens (on the
+    /// GOAWAY) before the old one closes; the move settles at the close.
+    func testANextConnectionBeforeTheCloseSettlesAtTheClose() {
+        var b = make(2)
+        let x = T.client(0)
+        let first = open(&b, x, on: 0)
+        for i in 1..<6 { _ = open(&b, T.client(i), on: 0) }
+        var p = first
+        XCTAssertTrue(b.rebalanceForAge(&p, client: x, now: 0))
+        let next = b.place(client: x, now: 100, excluding: TargetMask())!
+        XCTAssertEqual(next.target, 1)
+        XCTAssertEqual(b.arrivingForAge[1], 0, "arrived")
+        XCTAssertEqual(b.leavingForAge[0], 1, "the old one is still open")
+        b.closed(p, client: x, now: 200)
+        XCTAssertEqual(b.leavingForAge[0], 0)
+        XCTAssertEqual(b.inTransitForAge, 0)
+        XCTAssertTrue(b.ageMoves.isEmpty)
+    }
 }

@@ -308,10 +308,14 @@ def test_max_connection_age_spreads_long_lived_clients_onto_a_new_pod(run_sticky
     report += "".join(f"\n  failed {c.start - t_add:+.2f}s client {c.client}: {c.code} {c.detail}" for c in failed[:10])
     print("\n" + report)
     assert not failed, f"{len(failed)} failed calls: {report}"
-    # Only clients of overloaded pods moved, each once, and only onto the new pod.
+    # Only clients of overloaded pods moved, each once, and only onto pods
+    # that were under the mean: the new pod, or an old pod that the start
+    # left short (12 clients hash onto 3 pods unevenly, 2/5/5 say).
     overloaded = {p for p, n in spread(before, names).items() if n > BALANCE_FACTOR * mean}
+    short = {p for p, n in spread(before, names).items() if n < mean}
     assert moves, report
-    assert all(m.new == new_name for m in moves), report
+    assert any(m.new == new_name for m in moves), f"nobody moved onto the new pod: {report}"
+    assert all(m.new in short for m in moves), f"a client moved onto a pod that was not short: {report}"
     assert all(m.old in overloaded for m in moves), f"a client of a pod within its bound moved: {report}"
     assert len({m.client for m in moves}) == len(moves), f"a client moved twice: {report}"
     age_moves = admin.json("show stats").get("affinity_moves_age", 0)

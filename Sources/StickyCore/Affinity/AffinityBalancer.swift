@@ -126,14 +126,20 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     @usableFromInline var states: [TargetState]
     @usableFromInline var generations: [UInt16]
     @usableFromInline var loads: [Int]
-    /// Per slot, age moves in flight (until the leaving connection
-    /// closes): connections told to leave it, and clients whose pins moved
-    /// to it. An age check subtracts the first from the source and adds the
+    /// Per slot, age moves in flight: connections told to leave it (until
+    /// they close), and clients whose pins moved to it (until their next
+    /// connection lands there, `AgeMoveInFlight`). An age check subtracts the first from the source and adds the
     /// second to the destination, so a burst of checks sheds only what is
     /// over the bound and does not overfill the target it sheds to. Kept in
     /// `sharedLoads` instead when workers share loads.
     @usableFromInline var leavingForAge: [Int]
     @usableFromInline var arrivingForAge: [Int]
+    /// Clients between connections: their age-moved connection closed and
+    /// their next one has not opened (`AgeMoveInFlight`).
+    @usableFromInline var inTransitForAge = 0
+    /// This balancer's age moves until both ends are settled; at most
+    /// `ageMovesMax`, reserved up front so the data path never allocates.
+    @usableFromInline var ageMoves: [AgeMoveInFlight] = []
     /// Slots holding a target of the pool (deleted ones are clear).
     @usableFromInline var present: UInt64 = 0
     /// Slots whose pinned clients may stay: present, and ready or sticky
@@ -192,6 +198,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         loads = Array(repeating: 0, count: n)
         leavingForAge = Array(repeating: 0, count: n)
         arrivingForAge = Array(repeating: 0, count: n)
+        ageMoves.reserveCapacity(AffinityBalancer.ageMovesMax)
         try updateTargets(targets, maglev: maglev)
     }
 
@@ -391,6 +398,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         let key = AffinityKey(client, maskV4: config.maskV4, maskV6: config.maskV6)
         let hash = key.hash(hashKey)
         let nowSec = AffinityTable.seconds(now)
+        if !ageMoves.isEmpty { settleOverdueArrivals(nowSec: nowSec) }
         let slot = table.find(key, hash: hash)
         if slot >= 0 {
             let e = table[slot]
@@ -404,6 +412,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
                         $0.seenSec = nowSec
                     }
                     addLoad(t, 1)
+                    if !ageMoves.isEmpty { arrived(entry: slot, at: t) }
                     return Placement(target: Int32(t), entry: slot)
                 }
                 return repin(slot: slot, hash: hash, nowSec: nowSec, excluding: excluding)
@@ -576,22 +585,23 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     /// down is the health checker's call, not this one's.
     public mutating func connectFailed(_ placement: Placement, client: IPAddress, now: Millis) {
         counts.connectFailures &+= 1
-        release(placement, client: client, refreshSec: nil)
+        release(placement, client: client, refreshSec: nil, nowSec: nil)
     }
 
     public mutating func closed(_ placement: Placement, client: IPAddress, now: Millis) {
         // Idle expiry counts from the last activity, and a close is one:
         // otherwise a client whose one connection lasted longer than the
         // timeout would lose its pin the moment it closed.
-        release(placement, client: client, refreshSec: config.mode == .idle ? AffinityTable.seconds(now) : nil)
+        let nowSec = AffinityTable.seconds(now)
+        release(placement, client: client, refreshSec: config.mode == .idle ? nowSec : nil, nowSec: nowSec)
     }
 
-    @usableFromInline mutating func release(_ placement: Placement, client: IPAddress, refreshSec: UInt32?) {
+    @usableFromInline mutating func release(_ placement: Placement, client: IPAddress, refreshSec: UInt32?, nowSec: UInt32?) {
         let t = Int(placement.target)
         precondition(t >= 0 && t < AffinityBalancer.maxTargets, "placement target out of range")
         precondition(loads[t] > 0, "close of a connection not counted on its target")
         addLoad(t, -1)
-        if placement.leavingForAge { endAgeMove(from: t, to: Int(placement.ageMoveTarget)) }
+        if placement.leavingForAge { leftForAge(placement, nowSec: nowSec ?? 0) }
         guard placement.entry >= 0 else { return }
         let key = AffinityKey(client, maskV4: config.maskV4, maskV6: config.maskV6)
         let e = table[placement.entry]

@@ -18,11 +18,15 @@ public final class SharedLoads: @unchecked Sendable {
     /// workers shed the same excess twice.
     @usableFromInline let leavingCounts: UnsafeMutablePointer<Atomic<Int>>
     @usableFromInline let arrivingCounts: UnsafeMutablePointer<Atomic<Int>>
+    /// Age-moved clients between connections, pool-wide (one count).
+    @usableFromInline let transitCount: UnsafeMutablePointer<Atomic<Int>>
 
     public init() {
         counts = .allocate(capacity: SharedLoads.slots)
         leavingCounts = .allocate(capacity: SharedLoads.slots)
         arrivingCounts = .allocate(capacity: SharedLoads.slots)
+        transitCount = .allocate(capacity: 1)
+        transitCount.initialize(to: Atomic(0))
         for i in 0..<SharedLoads.slots {
             (counts + i).initialize(to: Atomic(0))
             (leavingCounts + i).initialize(to: Atomic(0))
@@ -35,16 +39,32 @@ public final class SharedLoads: @unchecked Sendable {
             p.deinitialize(count: SharedLoads.slots)
             p.deallocate()
         }
+        transitCount.deinitialize(count: 1)
+        transitCount.deallocate()
     }
 
-    /// Records an age move from `from` to `to` (`delta` 1), or its end (-1).
-    public func ageMove(from: Int, to: Int, _ delta: Int) {
-        leavingCounts[from].wrappingAdd(delta, ordering: .relaxed)
-        arrivingCounts[to].wrappingAdd(delta, ordering: .relaxed)
+    /// Claims one more age move leaving `slot` (`delta` 1), or gives one
+    /// back (-1); returns the count before. Claim first, then check against
+    /// the count before: two workers checking the same excess at the same
+    /// moment see different counts, so only one sheds it.
+    @discardableResult
+    public func addLeaving(_ slot: Int, _ delta: Int) -> Int {
+        leavingCounts[slot].wrappingAdd(delta, ordering: .relaxed).oldValue
     }
 
-    public func leaving(_ slot: Int) -> Int { leavingCounts[slot].load(ordering: .relaxed) }
-    public func arriving(_ slot: Int) -> Int { arrivingCounts[slot].load(ordering: .relaxed) }
+    /// As `addLeaving`, for clients whose pins moved to `slot`.
+    @discardableResult
+    public func addArriving(_ slot: Int, _ delta: Int) -> Int {
+        arrivingCounts[slot].wrappingAdd(delta, ordering: .relaxed).oldValue
+    }
+
+    /// As `addLeaving`, for age-moved clients between connections.
+    @discardableResult
+    public func addInTransit(_ delta: Int) -> Int {
+        transitCount[0].wrappingAdd(delta, ordering: .relaxed).oldValue
+    }
+
+    public var inTransit: Int { transitCount[0].load(ordering: .relaxed) }
 
     @inlinable @inline(__always)
     public func add(_ slot: Int, _ delta: Int) {
