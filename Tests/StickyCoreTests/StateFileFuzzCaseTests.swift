@@ -100,4 +100,20 @@ extension StateFileFuzzCaseTests {
         XCTAssertEqual(merged.pools[0].targets.map(\.spec.name), ["a", nil])
         XCTAssertEqual(warnings, ["pool 'web': 10.0.0.5:80 is new in the config as 'a', a name the state file gives another target; added without a name"])
     }
+
+    /// The fuzzer's input: a target both listed and removed. It was laid
+    /// over as a live target that the daemon then saved as removed too, so
+    /// the next start dropped a target the operator never removed.
+    func testATargetListedAndRemovedIsRefused() {
+        let data = Data("""
+        {"version": 1, "written_at_unix_ms": 0, "pools": [
+          {"name": "web", "removed_config_targets": ["10.0.0.1:80"], "targets": [\(target("10.0.0.1:80"))]}]}
+        """.utf8)
+        XCTAssertEqual(refusal(data), "\(file): pool 'web': target 10.0.0.1:80 is listed and also in removed_config_targets")
+        let bad = Data("""
+        {"version": 1, "written_at_unix_ms": 0, "pools": [
+          {"name": "web", "removed_config_targets": ["nowhere"], "targets": []}]}
+        """.utf8)
+        XCTAssertEqual(refusal(bad), "\(file): pool 'web': bad address 'nowhere' in removed_config_targets")
+    }
 }

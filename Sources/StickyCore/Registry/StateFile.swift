@@ -129,6 +129,17 @@ public struct StateFile: Codable, Equatable, Sendable {
                     throw RegistryError("\(file): pool '\(p.name)': target \(t.address): weight \(t.weight) out of range")
                 }
             }
+            // A target cannot be both in the pool and removed from it: laid
+            // over, it would be served and also saved as removed, and the
+            // next start would drop it.
+            for r in p.removedConfigTargets {
+                guard let address = SocketAddress(r) else {
+                    throw RegistryError("\(file): pool '\(p.name)': bad address '\(r)' in removed_config_targets")
+                }
+                guard !addresses.contains(address) else {
+                    throw RegistryError("\(file): pool '\(p.name)': target \(address) is listed and also in removed_config_targets")
+                }
+            }
         }
         return s
     }
