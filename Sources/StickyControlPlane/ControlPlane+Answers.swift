@@ -43,6 +43,9 @@ extension ControlPlane {
                 for (label, value) in sums { entries.append(.init("\(key)_\(label)", value)) }
             case .discovery(let figure):
                 entries += discoveryStats(figure, key: key)
+            case .panic(let figure):
+                let (r, book) = registryAndHealth
+                entries.append(.init(key, r.pools.indices.reduce(0) { $0 &+ figure.value(pool: $1, in: book) }))
             case .target, .process:
                 preconditionFailure("show stats has no per-target or process fields: \(key)")
             }

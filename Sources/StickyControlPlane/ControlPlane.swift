@@ -50,6 +50,9 @@ public final class ControlPlane: Sendable {
     let cluster = ClusterHooks()
     /// Each discovery pool's status and figures (Discovery/ControlPlane+Discovery.swift).
     let discovery: Mutex<DiscoveryBook>
+    /// Starts trial connects to passively downed targets (the health
+    /// prober, once running; Health/ControlPlane+Health.swift).
+    let trialRunner = Mutex<(@Sendable ([ProbeTarget]) -> Void)?>(nil)
 
     public init(config: StickyConfig, registry: TargetRegistry, hashKey: SipKey, generatedKey: Bool,
                 stateFilePath: String?, logger: Logger, clock: any MillisClock = SystemClock(), reportTimeoutMs: Int = 2000) {
@@ -129,17 +132,28 @@ public final class ControlPlane: Sendable {
             // already published. States are the effective ones (health
             // combined with the operator's). Maglev is built once, off the
             // data path, and shared by every worker.
+            // Panic mode is decided before the states are read, since it
+            // changes them (targets added or weights changed move the
+            // healthy share).
             state.withLock { s in
                 s.health.book.sync(s.registry)
+                let change = s.health.book.updatePanic(pool: p, s.registry)
                 let specs = s.registry.pools[p].targets.map(\.spec)
                 let maglev = MaglevTable(targets: specs, key: key)
                 broadcast(.setTargets(pool: p, targets: specs, states: ControlPlane.effectiveStates(s.registry, pool: p, s.health),
                                       maglev: maglev))
+                publishPanic(change, pool: p, &s, statesSent: true)
             }
         case .state(let p, let address, _):
             state.withLock { s in
                 guard let record = s.registry.pools[p].targets.first(where: { $0.spec.address == address }) else { return }
-                broadcast(.setState(pool: p, address: address, state: s.health.book.effectiveState(pool: p, record: record)))
+                // A drain or maint changes the ready weight, and so maybe
+                // the panic mode, which republishes every state.
+                let change = s.health.book.updatePanic(pool: p, s.registry)
+                if change == nil {
+                    broadcast(.setState(pool: p, address: address, state: s.health.book.effectiveState(pool: p, record: record)))
+                }
+                publishPanic(change, pool: p, &s, statesSent: false)
             }
         }
     }

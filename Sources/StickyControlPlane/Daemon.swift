@@ -309,6 +309,7 @@ public final class Daemon {
         let prober = HealthProber(logger: logger, plan: { control.probePlan(pool: $0) },
                                   report: { control.probeResult($0, ok: $1, reason: $2) })
         prober.start(pools: control.probedPools)
+        control.setTrialRunner { prober.trial($0) }
         // Discovery starts after the workers, so that each change it makes
         // is published to them; a source that does not answer is retried
         // without holding up the start.

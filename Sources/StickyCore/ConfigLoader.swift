@@ -380,7 +380,7 @@ struct NodeReader {
     private mutating func health(_ node: Node, path: String) throws -> HealthConfig {
         let keys = try fields(node, path: path, what: "health", prefix: "health.",
                               known: ["type", "interval", "timeout", "rise", "fall", "service", "port", "passive",
-                                      "revive_after", "damping"])
+                                      "revive_after", "damping", "panic_threshold"])
         var h = HealthConfig()
         h.type = .tcp
         if let node = keys["type"] { h.type = try choice(node, name: "health.type") }
@@ -396,6 +396,7 @@ struct NodeReader {
         if let node = keys["port"] { h.port = try int(node, name: "health.port") }
         if let node = keys["passive"] { h.passive = try bool(node, name: "health.passive") }
         if let node = keys["revive_after"] { h.reviveAfterMs = try duration(node, name: "health.revive_after") }
+        if let node = keys["panic_threshold"] { h.panicThreshold = try percent(node, name: "health.panic_threshold") }
         if let node = keys["damping"] {
             let d = try fields(node, path: "\(path).damping", what: "health.damping", prefix: "health.damping.",
                                known: ["window", "hold_down", "hold_down_max"])
@@ -574,6 +575,15 @@ struct NodeReader {
     func int(_ node: Node, name: String) throws -> Int {
         let text = try scalar(node, name: name, expected: "an integer")
         guard let value = Int(text) else { throw failure(node, "\(name) must be an integer, got '\(text)'") }
+        return value
+    }
+
+    /// A whole percentage, written `50` or `50%`; the range is the
+    /// validator's.
+    func percent(_ node: Node, name: String) throws -> Int {
+        let text = try scalar(node, name: name, expected: "a percentage")
+        let digits = text.hasSuffix("%") ? String(text.dropLast()) : text
+        guard let value = Int(digits) else { throw failure(node, "\(name) must be a whole percentage such as 50 or 50%, got '\(text)'") }
         return value
     }
 

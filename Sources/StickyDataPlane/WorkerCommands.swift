@@ -18,6 +18,8 @@ extension Worker {
             case .setState(let pool, let address, let state):
                 pools[pool].balancer.setState(address: address, state: state)
                 endLeavingConnections(pool: pool)
+            case .setPanicked(let pool, let targets):
+                pools[pool].balancer.setPanicked(targets)
             case .closeTarget(let pool, let address, let graceMs, let graceful):
                 cutTarget(pool: pool, address: address, graceMs: graceMs, graceful: graceful)
             case .clearAffinity(let pool, let scope):

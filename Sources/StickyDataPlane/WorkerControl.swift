@@ -43,6 +43,10 @@ public enum WorkerCommand: Sendable {
     /// New target list for a pool (membership or weights changed).
     case setTargets(pool: Int, targets: [TargetSpec], states: [TargetState], maglev: MaglevTable)
     case setState(pool: Int, address: SocketAddress, state: TargetState)
+    /// The targets health has down that the pool's panic mode put back in
+    /// service (their state is then the operator's); empty when the pool
+    /// is not in panic. For counting placements made in panic.
+    case setPanicked(pool: Int, targets: [SocketAddress])
     /// A drain's deadline passed: end the target's connections now and
     /// reset what is still open `graceMs` later. `graceful` (a sticky
     /// drain's deadline): its pins are dropped and h2c connections get a

@@ -103,6 +103,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Without checks: how long a target passive detection took down stays down, e.g. 10s.")
     var healthReviveAfter: String?
 
+    @Option(name: .long, help: "Panic mode: below this percentage of a pool's ready weight healthy, health is ignored (0 = off; default 50).")
+    var healthPanicThreshold: Int?
+
     @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock).")
     var adminSocket: String?
 
@@ -257,6 +260,7 @@ struct Serve: ParsableCommand {
             if let healthHoldDownMax { h.damping.holdDownMaxMs = try duration(healthHoldDownMax, "--health-hold-down-max") }
             if let healthWindow { h.damping.windowMs = try duration(healthWindow, "--health-window") }
             if let healthReviveAfter { h.reviveAfterMs = try duration(healthReviveAfter, "--health-revive-after") }
+            if let healthPanicThreshold { h.panicThreshold = healthPanicThreshold }
             cfg.pools[p].health = h
         }
     }

@@ -278,7 +278,7 @@ final class ControlPlaneTests: XCTestCase {
             "connect_retries", "bytes_client_to_target", "bytes_target_to_client", "pipe_waits",
             "buffer_starvations", "drain_deadline_cuts", "affinity_hits", "affinity_misses",
             "affinity_spills", "affinity_expirations", "affinity_evictions", "affinity_unrecorded",
-            "affinity_no_target", "affinity_entries", "affinity_moves_target_down", "affinity_moves_target_drained",
+            "affinity_no_target", "affinity_panic_placements", "pools_in_panic", "panic_entered", "affinity_entries", "affinity_moves_target_down", "affinity_moves_target_drained",
             "affinity_moves_target_maint", "affinity_moves_target_removed", "affinity_moves_connect_failed", "affinity_moves_age", "proxy_headers_received",
             "proxy_headers_sent", "proxy_send_failures", "proxy_rejected_not_allowed", "proxy_rejected_timeout",
             "proxy_rejected_truncated", "proxy_rejected_read_error", "proxy_rejected_bad_signature", "proxy_rejected_oversized",

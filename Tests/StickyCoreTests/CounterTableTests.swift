@@ -15,6 +15,9 @@ final class CounterTableTests: XCTestCase {
         for a in AffinityCounter.allCases {
             XCTAssertEqual(CounterTable.fields.filter { $0.source == .affinity(a) }.count, 1, "\(a)")
         }
+        for f in PanicFigure.allCases {
+            XCTAssertEqual(CounterTable.fields.filter { $0.source == .panic(f) }.count, 1, "\(f)")
+        }
     }
 
     func testNamesAreUnique() {
@@ -59,7 +62,8 @@ final class CounterTableTests: XCTestCase {
         c.evictions = 5
         c.unrecorded = 6
         c.noTarget = 7
+        c.panicPlacements = 9
         c.size = 8
-        XCTAssertEqual(AffinityCounter.allCases.map { $0.value(in: c) }, [1, 2, 3, 4, 5, 6, 7, 8])
+        XCTAssertEqual(AffinityCounter.allCases.map { $0.value(in: c) }, [1, 2, 3, 4, 5, 6, 7, 9, 8])
     }
 }

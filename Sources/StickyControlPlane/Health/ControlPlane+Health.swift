@@ -48,14 +48,20 @@ extension ControlPlane {
         return r.pools[p].targets.map { ProbeTarget(pool: p, target: $0.spec.address, config: config.pools[p].health) }
     }
 
-    /// An active probe's result (the prober's thread).
+    /// An active probe's or a trial connect's result (the prober's thread).
     public func probeResult(_ t: ProbeTarget, ok: Bool, reason: String) {
         let now = clock.nowMs()
         state.withLock { s in
-            if let tr = s.health.book.probe(pool: t.pool, address: t.target, ok: ok, reason: reason, now: now) {
-                applyHealth(tr, pool: t.pool, address: t.target, &s)
-            }
+            let tr = t.trial
+                ? s.health.book.trialResult(pool: t.pool, address: t.target, ok: ok, reason: reason, now: now)
+                : s.health.book.probe(pool: t.pool, address: t.target, ok: ok, reason: reason, now: now)
+            if let tr { applyHealth(tr, pool: t.pool, address: t.target, &s) }
         }
+    }
+
+    /// Hands trial connects to `run` (the prober) from now on.
+    public func setTrialRunner(_ run: @escaping @Sendable ([ProbeTarget]) -> Void) {
+        trialRunner.withLock { $0 = run }
     }
 
     /// Runs on the control tick: passive deltas from the workers' reports,
@@ -92,22 +98,65 @@ extension ControlPlane {
                 applyHealth(tr, pool: p, address: address, &s)
             }
         }
+        startTrials(now: now)
         // Ask for fresh reports for the next round (no wait: read then).
         if round && passive {
             for c in chans { c.post(.report(nil, entries: false, request: 0)) }
         }
     }
 
+    /// Trial connects due now (passively downed targets of pools without
+    /// active checks, docs/HEALTH.md): a TCP connect each, on the prober.
+    /// Before the prober runs there is no one to start them, and they
+    /// are left for later.
+    func startTrials(now: Millis) {
+        guard let run = trialRunner.withLock({ $0 }) else { return }
+        let due = state.withLock { $0.health.book.startDueTrials(now: now) }
+        guard !due.isEmpty else { return }
+        run(due.map { ProbeTarget(pool: $0.pool, target: $0.address, config: config.pools[$0.pool].health, trial: true) })
+    }
+
     /// Logs a transition and tells the workers the target's new effective
     /// state, under the state lock so no older publish can overtake it.
     func applyHealth(_ tr: HealthTransition, pool p: Int, address: SocketAddress, _ s: inout State) {
         guard let record = s.registry.pools[p].targets.first(where: { $0.spec.address == address }) else { return }
+        let change = s.health.book.updatePanic(pool: p, s.registry)
         let effective = s.health.book.effectiveState(pool: p, record: record)
         logger.notice(tr.to == .down ? "target down" : "target up", metadata: [
             "pool": "\(s.registry.pools[p].name)", "target": "\(address)", "reason": "\(tr.reason)",
             "check": "\(config.pools[p].health.type.rawValue)", "state": "\(effective.label)",
         ])
-        broadcast(.setState(pool: p, address: address, state: effective))
+        if change == nil { broadcast(.setState(pool: p, address: address, state: effective)) }
+        publishPanic(change, pool: p, &s, statesSent: false)
+    }
+
+    /// After a change to pool `p`'s health or targets: logs a panic-mode
+    /// change and, on one, republishes every target's effective state
+    /// (unless the caller just sent them all); while in panic (or on
+    /// leaving it), tells the workers which targets panic put back, for
+    /// `panic_placements`. Under the state lock.
+    func publishPanic(_ change: PanicChange?, pool p: Int, _ s: inout State, statesSent: Bool) {
+        let pool = s.registry.pools[p]
+        if let change {
+            let meta: Logger.Metadata = [
+                "pool": "\(pool.name)", "healthy_share": "\(change.share.percent)%",
+                "healthy_weight": "\(change.share.healthyWeight)", "ready_weight": "\(change.share.readyWeight)",
+                "panic_threshold": "\(change.threshold)%",
+            ]
+            if change.panic {
+                logger.warning("pool in panic: too little of it is healthy, so health is ignored and down targets get clients", metadata: meta)
+            } else {
+                logger.warning("pool out of panic: health decides again", metadata: meta)
+            }
+            if !statesSent {
+                for t in pool.targets {
+                    broadcast(.setState(pool: p, address: t.spec.address, state: s.health.book.effectiveState(pool: p, record: t)))
+                }
+            }
+        }
+        if change != nil || s.health.book.inPanic(pool: p) {
+            broadcast(.setPanicked(pool: p, targets: s.health.book.panicked(pool: p, pool)))
+        }
     }
 
     /// `show targets`' health fields for one target. A target health does
@@ -124,5 +173,6 @@ extension ControlPlane {
         row.healthHoldMs = t.holdRemainingMs(now: now)
         row.healthReason = t.lastReason
         row.effectiveState = h.book.effectiveState(pool: p, record: record).name
+        if t.status == .down && record.state != .maint && h.book.inPanic(pool: p) { row.healthPanic = true }
     }
 }

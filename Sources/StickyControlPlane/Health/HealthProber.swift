@@ -16,10 +16,16 @@ public struct ProbeTarget: Sendable {
     /// Where the probe goes: the target, or its `health.port`.
     public var probeAddress: StickyCore.SocketAddress
     public var config: HealthConfig
+    /// A trial connect to a passively downed target (docs/HEALTH.md): a
+    /// TCP connect whatever the pool's check type, reported as a trial.
+    public var trial: Bool
 
-    public init(pool: Int, target: StickyCore.SocketAddress, config: HealthConfig) {
+    public init(pool: Int, target: StickyCore.SocketAddress, config: HealthConfig, trial: Bool = false) {
         self.pool = pool
         self.target = target
+        self.trial = trial
+        var config = config
+        if trial { config.type = .tcp }
         self.config = config
         var a = target
         if config.port != 0 { a.port = UInt16(config.port) }
@@ -89,7 +95,14 @@ public final class HealthProber: Sendable {
         try? group.syncShutdownGracefully()
     }
 
-    static func key(_ t: ProbeTarget) -> String { "\(t.pool) \(t.target)" }
+    static func key(_ t: ProbeTarget) -> String { "\(t.pool) \(t.target)\(t.trial ? " trial" : "")" }
+
+    /// Starts trial connects (the control tick's `startTrials`), through
+    /// the same queue and `inFlightMax` as the checks.
+    public func trial(_ targets: [ProbeTarget]) {
+        guard !stopping.load(ordering: .acquiring) else { return }
+        for t in targets { probe(t) }
+    }
 
     /// Starts a probe of `t`, or queues it while `inFlightMax` are out. A
     /// target already out or already waiting is not probed twice.

@@ -118,8 +118,10 @@ public final class MetricsExporter: Sendable {
         let workerFields = CounterTable.fields.filter { $0.scope == .worker }
         let poolFields = CounterTable.fields.filter {
             guard $0.scope == .pool else { return false }
-            if case .discovery = $0.source { return false }
-            return true
+            switch $0.source {
+            case .discovery, .panic: return false
+            default: return true
+            }
         }
         for (w, report) in reports.enumerated() {
             // Per worker: the loop and the connections it took.
@@ -171,6 +173,14 @@ public final class MetricsExporter: Sendable {
                 for (label, value) in d.series(which) {
                     figure(f, [poolName(p)] + (label.map { [$0] } ?? []), worker: 0, value)
                 }
+            }
+        }
+
+        // Panic mode: one source, the control plane's health book (worker 0).
+        for p in r.pools.indices {
+            for f in CounterTable.fields {
+                guard case .panic(let which) = f.source else { continue }
+                figure(f, [poolName(p)], worker: 0, which.value(pool: p, in: health))
             }
         }
 

@@ -78,6 +78,9 @@ public struct TargetRow: Codable, Equatable, Sendable {
     public var healthReason: String?
     /// What placement uses: `state` combined with health.
     public var effectiveState: TargetStateName?
+    /// True for a target health has down that its pool's panic mode put
+    /// back in service (docs/HEALTH.md); left out otherwise.
+    public var healthPanic: Bool?
 
     enum CodingKeys: String, CodingKey {
         case pool, address, name, state, weight, connections, origin, health
@@ -97,6 +100,7 @@ public struct TargetRow: Codable, Equatable, Sendable {
         case healthHoldMs = "health_hold_ms"
         case healthReason = "health_reason"
         case effectiveState = "effective_state"
+        case healthPanic = "health_panic"
     }
 
     public init(pool: String, address: String, name: String?, state: TargetStateName, weight: Int, origin: TargetOrigin,
@@ -125,6 +129,7 @@ public struct TargetRow: Codable, Equatable, Sendable {
         // Whole seconds, rounded up: "0s" only once it is over.
         let drainText = drainExpired == true ? "expired" : drainRemainingMs.map { "\(($0 + 999) / 1000)s" } ?? "-"
         var healthText = health.rawValue
+        if healthPanic == true { healthText += "(panic)" }
         if let hold = healthHoldMs, hold > 0 { healthText += "(hold:\((hold + 999) / 1000)s)" }
         return [pool, address, name ?? "-", stateText, "\(weight)", "\(connections)", "\(affinityEntries)",
                 "\(connectionsTotal)", "\(bytesIn)", "\(bytesOut)", drainText, healthText, "\(healthTransitions ?? 0)"]

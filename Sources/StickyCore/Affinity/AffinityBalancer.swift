@@ -20,6 +20,9 @@ public struct AffinityCounters: Sendable, Equatable {
     public var noTarget: UInt64 = 0
     /// `connectFailed` calls.
     public var connectFailures: UInt64 = 0
+    /// Placements (new or pinned clients) on a target health has down,
+    /// made because its pool is in panic mode.
+    public var panicPlacements: UInt64 = 0
     /// Entries in the table now.
     public var size: Int = 0
 
@@ -151,6 +154,10 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     /// bounded-load check costs no loop.
     @usableFromInline var newLoad = 0
     @usableFromInline var newWeight = 0
+    /// Slots of targets health has down that panic mode put back in
+    /// service (their state here is the operator's): only for counting
+    /// `panicPlacements`. Set by `setPanicked`.
+    @usableFromInline var panicked: UInt64 = 0
 
     @usableFromInline var counts = AffinityCounters()
 
@@ -247,6 +254,8 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         for (k, spec) in specs.enumerated() {
             let s = slotOfSpec[k]
             if addresses[s] != spec.address {
+                // A new target in the slot is not the panicked one.
+                panicked &= ~(1 << UInt64(s))
                 // The slot changes hands: old pins to it must read as stale.
                 assert(loads[s] == 0, "a slot changed hands with connections counted")
                 generations[s] &+= 1
@@ -256,6 +265,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
             weights[s] = spec.weight
         }
         present = keep
+        panicked &= keep
         self.maglev = maglev
         slotOfMaglevIndex = slotOfSpec.map { UInt8($0) }
         recomputeEligibility()
@@ -285,6 +295,16 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         guard let s = targetIndex(of: address) else { return false }
         setState(target: s, state: state)
         return true
+    }
+
+    /// The targets health has down that panic mode put back in service
+    /// (empty when the pool is not in panic); unknown addresses are
+    /// skipped. For `panicPlacements` only: eligibility follows the states.
+    public mutating func setPanicked(_ targets: [SocketAddress]) {
+        panicked = 0
+        for a in targets {
+            if let s = targetIndex(of: a) { panicked |= 1 << UInt64(s) }
+        }
     }
 
     @usableFromInline mutating func recomputeEligibility() {
@@ -395,6 +415,13 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
     // MARK: data path
 
     public mutating func place(client: IPAddress, now: Millis, excluding: TargetMask) -> Placement? {
+        let placement = placeClient(client, now: now, excluding: excluding)
+        if panicked != 0, let p = placement, panicked & 1 << UInt64(p.target) != 0 { counts.panicPlacements &+= 1 }
+        return placement
+    }
+
+    @inline(__always)
+    mutating func placeClient(_ client: IPAddress, now: Millis, excluding: TargetMask) -> Placement? {
         let key = AffinityKey(client, maskV4: config.maskV4, maskV6: config.maskV6)
         let hash = key.hash(hashKey)
         let nowSec = AffinityTable.seconds(now)

@@ -64,6 +64,7 @@ public enum AffinityCounter: Sendable, CaseIterable {
     case evictions
     case unrecorded
     case noTarget
+    case panicPlacements
     /// Pins in the table now (`AffinityCounters.size`): a gauge.
     case entries
 
@@ -76,6 +77,7 @@ public enum AffinityCounter: Sendable, CaseIterable {
         case .evictions: return c.evictions
         case .unrecorded: return c.unrecorded
         case .noTarget: return c.noTarget
+        case .panicPlacements: return c.panicPlacements
         case .entries: return UInt64(clamping: c.size)
         }
     }
@@ -129,6 +131,22 @@ public enum DiscoveryChange: Int, Sendable, CaseIterable {
     }
 }
 
+/// Per-pool panic-mode figures, kept by the control plane's health book
+/// (docs/HEALTH.md).
+public enum PanicFigure: Sendable, CaseIterable {
+    /// 1 while the pool is in panic: a gauge; `show stats` sums it over
+    /// the pools.
+    case inPanic
+    case entered
+
+    public func value(pool p: Int, in book: HealthBook) -> UInt64 {
+        switch self {
+        case .inPanic: return book.inPanic(pool: p) ? 1 : 0
+        case .entered: return book.panicEntered.indices.contains(p) ? book.panicEntered[p] : 0
+        }
+    }
+}
+
 public enum ProcessFigure: Sendable {
     case buildInfo
     case startTime
@@ -144,6 +162,7 @@ public enum CounterSource: Sendable, Equatable {
     case target(TargetFigure)
     case process(ProcessFigure)
     case discovery(DiscoveryFigure)
+    case panic(PanicFigure)
 }
 
 /// One figure the daemon exposes: its Prometheus name, its `show stats`
@@ -314,6 +333,15 @@ public enum CounterTable {
         CounterField(source: .affinity(.noTarget), scope: .pool, kind: .counter,
                      metric: "stickyd_affinity_no_target_total", stat: "affinity_no_target", extraLabels: [],
                      help: "Placements that found no eligible target."),
+        CounterField(source: .affinity(.panicPlacements), scope: .pool, kind: .counter,
+                     metric: "stickyd_affinity_panic_placements_total", stat: "affinity_panic_placements", extraLabels: [],
+                     help: "Placements (new or pinned clients) on a target health has down, made because the pool was in panic mode (docs/HEALTH.md)."),
+        CounterField(source: .panic(.inPanic), scope: .pool, kind: .gauge,
+                     metric: "stickyd_pool_panic", stat: "pools_in_panic", extraLabels: [],
+                     help: "1 while the pool is in panic mode: less than `health.panic_threshold` of its ready weight is healthy, so placement ignores health. `show stats` gives the number of pools in panic."),
+        CounterField(source: .panic(.entered), scope: .pool, kind: .counter,
+                     metric: "stickyd_pool_panic_entered_total", stat: "panic_entered", extraLabels: [],
+                     help: "Times the pool went into panic mode."),
         CounterField(source: .affinity(.entries), scope: .pool, kind: .gauge,
                      metric: "stickyd_affinity_entries", stat: "affinity_entries", extraLabels: [],
                      help: "Pins in the table now."),

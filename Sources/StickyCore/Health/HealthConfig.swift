@@ -56,6 +56,15 @@ public struct HealthConfig: Sendable, Equatable {
     /// down stays down before it gets traffic again.
     public var reviveAfterMs: Millis = 10_000
     public var damping = HealthDamping()
+    /// Panic mode (docs/HEALTH.md): when the targets health has up hold
+    /// less than this percentage of the pool's ready weight, placement
+    /// ignores health and uses the down targets too. 50 as Envoy's: with
+    /// less than half the capacity healthy, the health signal is more
+    /// likely wrong (a shared dependency, a partition, passive detection
+    /// counting one bad moment) than half the fleet truly dead, and if it
+    /// is right the remaining half would be overrun anyway. 0 turns panic
+    /// off (a pool with nothing healthy refuses clients).
+    public var panicThreshold = 50
 
     public init() {}
 
@@ -75,6 +84,9 @@ public struct HealthConfig: Sendable, Equatable {
         if service.utf8.count > 200 { return ("service", "health.service must be at most 200 bytes, got \(service.utf8.count)") }
         if type != .grpc && !service.isEmpty { return ("service", "health.service applies to type grpc only (type is \(type.rawValue))") }
         if let e = ms("revive_after", reviveAfterMs, max: 86_400_000) { return e }
+        if !(0...100).contains(panicThreshold) {
+            return ("panic_threshold", "health.panic_threshold must be a percentage from 0 to 100 (0 turns panic mode off), got \(panicThreshold)")
+        }
         if let e = ms("damping.window", damping.windowMs, max: 86_400_000) { return e }
         if damping.holdDownMs < 0 || damping.holdDownMs > 86_400_000 {
             return ("damping.hold_down", "health.damping.hold_down must be from 0 to 1d, got \(formatDuration(damping.holdDownMs))")

@@ -29,10 +29,20 @@ public struct HealthTransition: Sendable, Equatable {
 /// - With no active checks (`type: none`), a down target is up again
 ///   `revive_after` after it went down (or after its hold-down, if later);
 ///   passive detection takes it down again if it still fails.
+/// - Before that, a down target without active checks is given trial
+///   connects (half-open, as a circuit breaker): the first
+///   `trialFirstMs` after it went down, then after each failed trial
+///   twice the wait, up to `revive_after`. A trial that connects brings
+///   it up (not before its hold-down); so a target back within a second
+///   is back in service within about a second, not `revive_after`.
 public struct HealthTracker: Sendable, Equatable {
     /// Downs remembered for damping; more in one window only keeps the
     /// hold at its ceiling.
     public static let downsKeptMax = 32
+    /// The wait before the first trial connect of a passively downed
+    /// target: a restarted process is usually listening again within a
+    /// second, and one connect a second per down target costs nothing.
+    public static let trialFirstMs: Millis = 1_000
 
     public let config: HealthConfig
     public private(set) var status: HealthStatus = .up
@@ -48,6 +58,14 @@ public struct HealthTracker: Sendable, Equatable {
     /// Downs within the damping window, oldest first.
     public private(set) var recentDownsMs: [Millis] = []
     public private(set) var lastReason = "initial"
+    /// Trial connects (no active checks): when the next is due, the wait
+    /// after it if it fails, and when the one out started (nil if none).
+    public private(set) var trialDueMs: Millis = 0
+    public private(set) var trialBackoffMs: Millis = 0
+    public private(set) var trialStartedMs: Millis?
+    /// Trials run, and trials that brought the target up.
+    public private(set) var trials: UInt64 = 0
+    public private(set) var trialRevives: UInt64 = 0
 
     public init(config: HealthConfig) {
         self.config = config
@@ -84,11 +102,59 @@ public struct HealthTracker: Sendable, Equatable {
     /// revive for a pool without active checks.
     public mutating func tick(now: Millis) -> HealthTransition? {
         guard status == .down else { return nil }
+        expireTrial(now: now)
         if isActive {
             return riseIfDue(now: now, reason: "hold-down over after \(successes) successful check(s)")
         }
         guard now >= downSinceMs + config.reviveAfterMs, now >= holdUntilMs else { return nil }
         return goUp(reason: "no active checks: retried after \(formatDuration(config.reviveAfterMs)) down", now: now)
+    }
+
+    /// Whether a trial connect should start now: a down target without
+    /// active checks, none out, its wait over, and the plain revive not
+    /// due first.
+    public func trialDue(now: Millis) -> Bool {
+        guard status == .down, !isActive, trialStartedMs == nil else { return false }
+        return now >= trialDueMs && trialDueMs < downSinceMs + config.reviveAfterMs
+    }
+
+    /// A trial connect has started.
+    public mutating func trialStarted(now: Millis) {
+        trialStartedMs = now
+        trials &+= 1
+    }
+
+    /// A trial out for longer than this is taken as failed (the probe
+    /// reports within its timeout; this only guards a lost report, so the
+    /// target is not left without trials).
+    public var trialLostMs: Millis { config.timeoutMs + 1_000 }
+
+    /// A trial connect's result. Success brings the target up unless a
+    /// hold-down still runs (then the next trial is due when it ends);
+    /// failure doubles the wait, up to `revive_after`.
+    public mutating func trialResult(ok: Bool, reason: String, now: Millis) -> HealthTransition? {
+        guard trialStartedMs != nil else { return nil }
+        trialStartedMs = nil
+        guard status == .down else { return nil }
+        if ok {
+            if now >= holdUntilMs {
+                trialRevives &+= 1
+                return goUp(reason: "trial connect ok after \(formatDuration(now - downSinceMs)) down", now: now)
+            }
+            trialDueMs = holdUntilMs
+            return nil
+        }
+        lastReason = "trial connect failed: \(reason)"
+        trialDueMs = now + trialBackoffMs
+        trialBackoffMs = min(trialBackoffMs * 2, config.reviveAfterMs)
+        return nil
+    }
+
+    /// Time passing for a trial whose report never came.
+    mutating func expireTrial(now: Millis) {
+        if let started = trialStartedMs, now - started >= trialLostMs {
+            _ = trialResult(ok: false, reason: "no answer", now: now)
+        }
     }
 
     mutating func riseIfDue(now: Millis, reason: String) -> HealthTransition? {
@@ -100,6 +166,7 @@ public struct HealthTracker: Sendable, Equatable {
         status = .up
         failures = 0
         successes = 0
+        trialStartedMs = nil
         transitions &+= 1
         lastReason = reason
         return HealthTransition(to: .up, reason: reason)
@@ -122,6 +189,10 @@ public struct HealthTracker: Sendable, Equatable {
         recentDownsMs.append(now)
         let hold = config.damping.holdMs(downsInWindow: recentDownsMs.count)
         holdUntilMs = now + hold
+        // The first trial after `trialFirstMs`, or when the hold ends.
+        trialBackoffMs = min(HealthTracker.trialFirstMs * 2, config.reviveAfterMs)
+        trialDueMs = max(now + min(HealthTracker.trialFirstMs, config.reviveAfterMs), holdUntilMs)
+        trialStartedMs = nil
         var why = "\(reason) (fall \(config.fall))"
         if hold > 0 { why += "; flapping: \(recentDownsMs.count) downs in \(formatDuration(config.damping.windowMs)), held down for \(formatDuration(hold))" }
         lastReason = why
