@@ -68,7 +68,7 @@ def test_two_quick_mode_runs_on_one_host_both_serve_and_keep_nothing(stickyd_pat
     before = snapshot()
     runs = [quick(stickyd_path, tmp_path, request, n, srv.addr) for n in (1, 2)]
     for d in runs:
-        d.wait_for_output(r"\bready\b", timeout=20)
+        d.wait_for_output(r'msg="ready"', timeout=20)
     for d in runs:
         assert d.alive(), d.output_tail()
         assert "takeover_socket=none" in d.output(), d.output_tail()
@@ -94,7 +94,7 @@ def test_quick_mode_with_named_admin_socket_and_state_dir(stickyd_path, backend,
     state = tmp_path / "state"
     d = quick(stickyd_path, tmp_path, request, 1, srv.addr,
               extra=["--admin-socket", str(sock), "--state-dir", str(state)])
-    d.wait_for_output(r"\bready\b", timeout=20)
+    d.wait_for_output(r'msg="ready"', timeout=20)
     assert f"takeover_socket={tmp_path / 'admin.takeover.sock'}" in d.output(), d.output_tail()
     info = parse_fields(admin(sock, "show info"))
     assert info["state_file"] == str(state / "state.json")

@@ -145,7 +145,8 @@ def test_a_target_put_back_is_ready_and_an_admin_drain_stays(stickyd_path, backe
         d = Stickyd(argv, f"stickyd({label})", tmp_path / f"{label}.log", cwd=str(REPO))
         d.listen = [(LOOPBACK, port)]
         request.addfinalizer(d.stop)
-        d.wait_for_output(r"\bready\b", timeout=20)
+        # The ready line itself: a restart's warning also says "it is ready".
+        d.wait_for_output(r'msg="ready"', timeout=20)
         return d
 
     def reload(d: Stickyd, names: str) -> str:
