@@ -69,7 +69,8 @@ final class ReloadRulesTests: XCTestCase {
         XCTAssertEqual(plan.changes, [.state(pool: 0, address: b, state: .draining(.strict))])
         XCTAssertEqual(record(r, b)?.state, .draining(.strict))
         XCTAssertEqual(record(r, b)?.drain?.byReload, true)
-        XCTAssertEqual(record(r, b)?.drain?.removeAtDeadline, true)
+        XCTAssertEqual(record(r, b)?.drain?.cause, .reload)
+        XCTAssertEqual(record(r, b)?.leavingTheFile, true)
         XCTAssertEqual(tick(&r, now: 1_000 + ReloadRulesTests.drainMs), [])
         XCTAssertNotNil(record(r, b), "cut at the deadline, still there through the grace")
         XCTAssertEqual(tick(&r, now: 1_000 + ReloadRulesTests.drainMs + ReloadRulesTests.graceMs), [0])
@@ -132,7 +133,8 @@ final class ReloadRulesTests: XCTestCase {
         let plan = try reload(&r, [a, b], now: 1_000)
         XCTAssertTrue(plan.changes.isEmpty && plan.restored.isEmpty && plan.held.isEmpty)
         XCTAssertEqual(record(r, b)?.state, .draining(.sticky))
-        XCTAssertEqual(record(r, b)?.drain?.byReload, false)
+        XCTAssertEqual(record(r, b)?.drain?.cause, .admin)
+        XCTAssertEqual(record(r, b)?.leavingTheFile, false)
     }
 
     func testAdminDrainDroppedKeepsItsModeAndDeadlineThenLeaves() throws {

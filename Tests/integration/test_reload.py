@@ -168,6 +168,9 @@ def test_a_target_put_back_is_ready_and_an_admin_drain_stays(stickyd_path, backe
     line = reload(d, "ab")
     assert "draining 1," in line, line
     assert states() == {"a": "ready", "b": "draining", "c": "draining"}
+    t = targets(sock)
+    assert (t[addr["b"]]["drain_by"], t[addr["c"]]["drain_by"]) == ("admin", "reload")
+    assert "leaving" not in t[addr["b"]] and t[addr["c"]]["leaving"] is True
     assert "is leaving pool 'web'" in admin(sock, f"ready target {addr['c']}")
 
     line = reload(d, "abc")

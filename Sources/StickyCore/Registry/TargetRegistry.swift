@@ -40,6 +40,21 @@ public struct DrainInfo: Sendable, Equatable {
     }
 }
 
+/// Who started a drain, as `show targets` says it (`drain_by`).
+public enum DrainCause: String, Sendable, Equatable, Codable {
+    /// An admin command (`drain target`): only an admin command ends it.
+    case admin
+    /// A reload that dropped the target from the config file: a reload
+    /// that lists it again ends it.
+    case reload
+    /// The pool's discovery: discovery may end it.
+    case discovery
+}
+
+extension DrainInfo {
+    public var cause: DrainCause { byReload ? .reload : byDiscovery ? .discovery : .admin }
+}
+
 /// One target as the control plane knows it: its spec and its state.
 public struct TargetRecord: Sendable, Equatable {
     public var spec: TargetSpec
