@@ -48,7 +48,14 @@ extension ControlPlane {
             return ControlPlane.poolFilter(r, pool).map { pi in
                 affinity(r, pool: pi, client: client, limit: limit ?? 100, now: now)
             }
-        case .clearAffinity, .addTarget, .setWeight, .drain, .ready, .maint, .remove:
+        case .clearAffinity(let pool, let scope):
+            return ControlPlane.poolFilter(registry, pool).map { pi in
+                // Each worker clears its own shard and says how many it removed.
+                let answers = ask { .clearAffinity(pool: pi, scope: scope, request: $0) }
+                return ClearAffinityAnswer(removed: answers.reduce(0) { $0 + ($1.answer?.affinityCleared ?? 0) },
+                                           workersLate: answers.filter { $0.answer == nil }.count)
+            }
+        case .addTarget, .setWeight, .drain, .ready, .maint, .remove:
             return change(command, now: now).map { ResultAnswer.ok($0) }
         case .showPeers:
             return peersAnswer()
@@ -60,11 +67,6 @@ extension ControlPlane {
     /// The commands that change something. Success is the `ok:` message.
     func change(_ command: AdminCommand, now: Millis) -> Result<String, RegistryError> {
         switch command {
-        case .clearAffinity(let pool, let scope):
-            return ControlPlane.poolFilter(registry, pool).map { pi in
-                broadcast(.clearAffinity(pool: pi, scope: scope))
-                return "affinity cleared (entries with open connections stay until they close)"
-            }
         case .addTarget(let pool, let address, let weight, let name):
             return mutate { $0.add(pool: pool, address: address, weight: weight, name: name) }
                 .map { _ in "added \(address)" }
@@ -97,7 +99,8 @@ extension ControlPlane {
                     }
                     return "removed \(address)"
                 }
-        case .help, .quit, .upgrade, .showInfo, .showStats, .showTargets, .showAffinity, .showPeers, .withdraw, .announce:
+        case .help, .quit, .upgrade, .showInfo, .showStats, .showTargets, .showAffinity, .showPeers, .withdraw, .announce,
+             .clearAffinity:
             preconditionFailure("\(command) changes nothing")
         }
     }

@@ -73,6 +73,8 @@ extension ControlPlane {
                 if let d = t.drain {
                     row.drainRemainingMs = max(0, d.deadlineMs - now)
                     row.drainExpired = d.expired
+                    if case .draining = t.state { row.drainBy = d.cause }
+                    if d.removeAtDeadline { row.leaving = true }
                 }
                 addHealth(to: &row, pool: p, record: t, now: now)
                 rows.append(row)

@@ -36,7 +36,13 @@ extension ControlPlane {
         if new.pools.map(\.sendProxy) != config.pools.map(\.sendProxy) { ignored.append("send_proxy") }
         if new.pools.map(\.health) != config.pools.map(\.health) { ignored.append("health") }
         if new.pools.map(\.discovery) != config.pools.map(\.discovery) { ignored.append("discovery") }
-        var summary = "added \(plan.added.count), draining \(plan.draining.count), reweighted \(plan.reweighted.count); timeouts, max_connections and connect_retries applied"
+        // `restored` and `held` come last: the first three counts keep their
+        // places for whoever reads these lines.
+        var summary = "added \(plan.added.count), draining \(plan.draining.count), reweighted \(plan.reweighted.count), restored \(plan.restored.count)"
+        if !plan.held.isEmpty {
+            summary += " (\(plan.held.count) listed again but kept drained or in maint, as an admin command set them: \(plan.held.map { "\($0.address)" }.joined(separator: ", ")))"
+        }
+        summary += "; timeouts, max_connections and connect_retries applied"
         if !ignored.isEmpty { summary += "; needs a restart to change: \(ignored.joined(separator: ", "))" }
         return .success(summary)
     }

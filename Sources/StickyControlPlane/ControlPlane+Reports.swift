@@ -13,6 +13,14 @@ extension ControlPlane {
     /// it bounds how long an admin session or a scrape can hang on a stuck
     /// worker.
     public func collect(_ query: PinQuery? = nil, entries: Bool = false) -> [WorkerReport] {
+        ask { .report(query, entries: entries, request: $0) }.map { $0.answer ?? $0.channel.report }
+    }
+
+    /// Posts to every worker the command `make` builds around a fresh
+    /// request id, and waits (bounded by `reportTimeoutMs`, real time) for
+    /// each worker's answer to it: nil for a worker that did not answer in
+    /// time.
+    func ask(_ make: (UInt64) -> WorkerCommand) -> [(channel: WorkerChannel, answer: WorkerReport?)] {
         let chans = channels.withLock { $0 }
         guard !chans.isEmpty else { return [] }
         let request = nextRequest.add(1, ordering: .relaxed).newValue
@@ -20,12 +28,12 @@ extension ControlPlane {
         let arrived = DispatchSemaphore(value: 0)
         for c in chans {
             c.expect(request) { arrived.signal() }
-            c.post(.report(query, entries: entries, request: request))
+            c.post(make(request))
         }
         let deadline = DispatchTime.now() + .milliseconds(reportTimeoutMs)
         var waiting = chans.count
         while waiting > 0, arrived.wait(timeout: deadline) == .success { waiting -= 1 }
-        return chans.map { $0.takeAnswer(request) ?? $0.report }
+        return chans.map { ($0, $0.takeAnswer(request)) }
     }
 
     /// Per pool and target address: loads summed over the workers.

@@ -345,7 +345,13 @@ public struct StickyConfig: Sendable, Equatable {
             }
             specs.append(TargetSpec(address: address))
         }
-        let config = StickyConfig(listeners: listeners, pools: [PoolConfig(name: quickPoolName, targets: specs)])
+        var config = StickyConfig(listeners: listeners, pools: [PoolConfig(name: quickPoolName, targets: specs)])
+        // A throwaway run keeps nothing on the host unless its flags name a
+        // place: the global state file and admin socket would let two quick
+        // runs (or a quick run and the service) read each other's state and
+        // fight over the socket. The takeover socket follows the admin socket.
+        config.adminSocket = nil
+        config.stateDir = nil
         try config.validate(file: file)
         return config
     }

@@ -22,10 +22,12 @@ extension Worker {
                 pools[pool].balancer.setPanicked(targets)
             case .closeTarget(let pool, let address, let graceMs, let graceful):
                 cutTarget(pool: pool, address: address, graceMs: graceMs, graceful: graceful)
-            case .clearAffinity(let pool, let scope):
+            case .clearAffinity(let pool, let scope, let request):
+                var removed = 0
                 for p in pools.indices where pool == nil || pool == p {
-                    pools[p].balancer.clearAffinity(scope, now: now)
+                    removed += pools[p].balancer.clearAffinity(scope, now: now)
                 }
+                if request != 0 { publishReport(nil, entries: false, request: request, cleared: removed) }
             case .setTimeouts(let connectMs, let idleMs, let shutdownMs, let connectBudgetMs):
                 // The connect timespec is read at submission, so later
                 // connects use the new value; the idle sweep reads settings.

@@ -52,7 +52,9 @@ public enum WorkerCommand: Sendable {
     /// drain's deadline): its pins are dropped and h2c connections get a
     /// GOAWAY; otherwise, and for plain TCP, FIN both ways.
     case closeTarget(pool: Int, address: SocketAddress, graceMs: Millis, graceful: Bool)
-    case clearAffinity(pool: Int?, scope: AffinityScope)
+    /// Forget pins. A non-zero `request` is answered with a report whose
+    /// `affinityCleared` says how many this worker removed.
+    case clearAffinity(pool: Int?, scope: AffinityScope, request: UInt64)
     /// A reload changed the timeouts.
     case setTimeouts(connectMs: Millis, idleMs: Millis, shutdownMs: Millis, connectBudgetMs: Millis)
     /// A reload changed the limits that can change at runtime: this
@@ -129,6 +131,8 @@ public struct WorkerReport: Sendable {
     public var counters = WorkerCounters()
     public var pools: [PoolReport] = []
     public var pins: [(pool: Int, pin: AffinityPin)] = []
+    /// In the answer to a `clearAffinity` request: the pins it removed.
+    public var affinityCleared = 0
 }
 
 /// The worker's side of the control channel: a mailbox the control plane

@@ -8,9 +8,10 @@ import StickyCore
 extension Worker {
     /// Publishes a report, and files it as the answer to `request` when
     /// one asked. Cold: every fourth tick, and on demand.
-    func publishReport(_ query: PinQuery?, entries countEntries: Bool, request: UInt64 = 0) {
+    func publishReport(_ query: PinQuery?, entries countEntries: Bool, request: UInt64 = 0, cleared: Int = 0) {
         reportSequence += 1
         var r = WorkerReport()
+        r.affinityCleared = cleared
         r.sequence = reportSequence
         r.counters = counters
         r.counters[.sqFullFlushes] = UInt64(clamping: ring.sqFullFlushes)

@@ -316,7 +316,10 @@ struct ClearAffinity: ParsableCommand {
         case (nil, nil, true): scope = "all"
         default: throw ValidationError("give exactly one of CLIENT, --target ADDR or --all")
         }
-        try runAdmin(options) { try $0.run("clear affinity \(poolPrefix(pool))\(scope)", json: options.json) }
+        let line = "clear affinity \(poolPrefix(pool))\(scope)"
+        // Decoded, so that a daemon whose answer lacks the count is an
+        // error here rather than a count silently missing.
+        try runAdmin(options) { options.json ? try $0.run(line, json: true) : try $0.query(line, as: ClearAffinityAnswer.self).text }
     }
 }
 

@@ -106,7 +106,7 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Panic mode: below this percentage of a pool's ready weight healthy, health is ignored (0 = off; default 50).")
     var healthPanicThreshold: Int?
 
-    @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock).")
+    @Option(name: .long, help: "Admin socket path, or 'none' (default /run/stickyd/admin.sock; none in quick mode).")
     var adminSocket: String?
 
     @Option(name: .long, help: "Takeover socket path for upgrades, or 'none' (default: the admin socket path with .sock replaced by .takeover.sock).")
@@ -115,7 +115,7 @@ struct Serve: ParsableCommand {
     @Flag(name: .long, help: "Take over from the running stickyd (same config): its listening sockets, targets and affinity, with no connection refused.")
     var takeover = false
 
-    @Option(name: .long, help: "State directory for runtime changes, or 'none' (default /var/lib/stickyd).")
+    @Option(name: .long, help: "State directory for runtime changes, or 'none' (default /var/lib/stickyd; none in quick mode).")
     var stateDir: String?
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")

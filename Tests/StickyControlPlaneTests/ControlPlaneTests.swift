@@ -244,7 +244,7 @@ final class ControlPlaneTests: XCTestCase {
         XCTAssertEqual(cmd(r.control, "set target 127.0.0.1:9001 weight 3"), "ok: weight of 127.0.0.1:9001 set to 3")
         XCTAssertEqual(cmd(r.control, "json set target 127.0.0.1:9009 weight 3"), #"{"error":"no target 127.0.0.1:9009 in pool 'default'"}"#)
         XCTAssertEqual(cmd(r.control, "upgrade"), "error: upgrade is not available on this listener")
-        XCTAssertEqual(cmd(r.control, "clear affinity all"), "ok: affinity cleared (entries with open connections stay until they close)")
+        XCTAssertEqual(cmd(r.control, "clear affinity all"), "ok: affinity cleared: 0 entries removed (entries with open connections stay until they close)")
         XCTAssertEqual(cmd(r.control, "json show affinity"), #"{"entries":[]}"#)
 
         r.clock.advance(ms: 61_500)
@@ -370,5 +370,40 @@ final class ControlPlaneTests: XCTestCase {
             XCTAssertEqual(r.control.collect().map(\.sequence), [100, 101], "the answers to this request")
             XCTAssertLessThan(Date().timeIntervalSince(start), 5, "woken by the answers, not by the 30 s bound")
         }
+    }
+
+    /// `clear affinity` adds up what each worker removed from its shard; a
+    /// worker that does not answer in time is named in the answer, not
+    /// waited for beyond the bound.
+    func testClearAffinityCountsWhatEveryWorkerRemoved() throws {
+        let r = try rig(channels: 3, reportTimeoutMs: 300)
+        let served = r.channels.prefix(2)
+        let workers = served.enumerated().map { w, channel in
+            let t = Thread {
+                var value: UInt64 = 0
+                while read(channel.wakeFD, &value, 8) == 8 {
+                    for command in channel.take() {
+                        switch command {
+                        case .clearAffinity(let pool, let scope, let request):
+                            guard pool == nil, case .all = scope else { continue }
+                            var answer = WorkerReport()
+                            answer.affinityCleared = 2 + w
+                            if request != 0 { channel.answer(request, answer) }
+                        case .stop:
+                            return
+                        default:
+                            break
+                        }
+                    }
+                }
+            }
+            t.start()
+            return t
+        }
+        defer { for c in served { c.post(.stop) } }
+        _ = workers
+        let answer = try AdminJSON.decode(ClearAffinityAnswer.self, from: cmd(r.control, "json clear affinity all"))
+        XCTAssertEqual(answer.removed, 5)
+        XCTAssertEqual(answer.workersLate, 1, "the third channel is nobody's")
     }
 }

@@ -33,6 +33,24 @@ final class AdminAnswersTests: XCTestCase {
                              "stickyctl tells errors apart by this failing")
     }
 
+    /// `clear affinity` says how many pins it removed; a client that reads
+    /// only `result` and `message` still reads it as a `ResultAnswer`.
+    func testClearAffinityCount() throws {
+        let a = ClearAffinityAnswer(removed: 3)
+        XCTAssertEqual(a.text, "ok: affinity cleared: 3 entries removed (entries with open connections stay until they close)")
+        XCTAssertEqual(AdminJSON.encode(a),
+                       #"{"message":"affinity cleared: 3 entries removed (entries with open connections stay until they close)","removed":3,"result":"ok"}"#)
+        try roundTrip(a)
+        XCTAssertEqual(try AdminJSON.decode(ResultAnswer.self, from: AdminJSON.encode(a)).result, "ok")
+        XCTAssertEqual(ClearAffinityAnswer(removed: 1).message,
+                       "affinity cleared: 1 entry removed (entries with open connections stay until they close)")
+        let late = ClearAffinityAnswer(removed: 0, workersLate: 2)
+        XCTAssertEqual(late.text, "ok: affinity cleared: 0 entries removed (entries with open connections stay until they close); 2 worker(s) did not answer in time, so at least 0 entries: check with show affinity")
+        XCTAssertEqual(late.workersLate, 2)
+        XCTAssertTrue(AdminJSON.encode(late).contains(#""workers_late":2"#))
+        try roundTrip(late)
+    }
+
     func testUpgrade() throws {
         let a = UpgradeAnswer(message: "upgrade: pid 7 took over", successorPid: 7, pid: 5)
         XCTAssertEqual(a.text, "upgrade: pid 7 took over")

@@ -371,17 +371,25 @@ def test_show_and_clear_affinity(run_stickyd, backend):
         c.error("show affinity limit 0")
         c.error(f"show affinity {first} {first}x")
 
-        # One client.
-        assert c.ok(f"clear affinity {first}").startswith("ok: affinity cleared")
+        # One client. The answer counts what it removed.
+        assert c.ok(f"clear affinity {first}") == (
+            "ok: affinity cleared: 1 entry removed (entries with open connections stay until they close)")
         assert first not in entries() and len(entries()) == 6
-        # One target: its pins go, except one with a connection open.
+        # One target: its pins go, except one with a connection open, which
+        # is not counted.
         gone_target = placed[held_ip]
-        c.ok(f"clear affinity target {gone_target}")
+        pinned = {ip for ip, t in placed.items() if ip not in (first, held_ip) and t == gone_target}
+        answer = c.json(f"clear affinity target {gone_target}")
+        assert answer["removed"] == len(pinned), answer
         want = {ip for ip, t in placed.items() if ip != first and (t != gone_target or ip == held_ip)}
         assert set(entries()) == want
-        # All: only the pin with an open connection stays.
-        assert c.json("clear affinity all")["result"] == "ok"
+        # All: only the pin with an open connection stays; every other pinned
+        # client is counted.
+        answer = c.json("clear affinity all")
+        assert answer["result"] == "ok" and "workers_late" not in answer, answer
+        assert answer["removed"] == len(want) - 1, answer
         assert list(entries()) == [held_ip]
+        assert c.json("clear affinity all")["removed"] == 0
         held.close()
         wait_until(lambda: c.cmd("clear affinity default all").startswith("ok") and entries() == {}, 5,
                    interval=0.05, what="the last pin cleared once its connection closed")

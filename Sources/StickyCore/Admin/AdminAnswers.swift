@@ -57,6 +57,39 @@ public struct ResultAnswer: AdminAnswer, Equatable {
     public var text: String { message.map { "\(result): \($0)" } ?? result }
 }
 
+/// `clear affinity`: a `ResultAnswer` (`result`, `message`) that also says
+/// how many pins were removed, so a client that reads only those two keys
+/// still understands it.
+public struct ClearAffinityAnswer: AdminAnswer, Equatable {
+    public var result = "ok"
+    public var message: String
+    /// Pins removed, summed over the workers that answered. Pins whose
+    /// client has a connection open are not removed, and not counted.
+    public var removed: Int
+    /// Workers that did not answer within the report timeout (left out
+    /// when none): they clear their share when they get to the command,
+    /// and `removed` is then a lower bound.
+    public var workersLate: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case result, message, removed
+        case workersLate = "workers_late"
+    }
+
+    public init(removed: Int, workersLate: Int = 0) {
+        self.removed = removed
+        self.workersLate = workersLate > 0 ? workersLate : nil
+        let entries = removed == 1 ? "1 entry" : "\(removed) entries"
+        var m = "affinity cleared: \(entries) removed (entries with open connections stay until they close)"
+        if workersLate > 0 {
+            m += "; \(workersLate) worker(s) did not answer in time, so at least \(entries): check with show affinity"
+        }
+        message = m
+    }
+
+    public var text: String { "\(result): \(message)" }
+}
+
 /// A refused or malformed command. One line; the session goes on.
 public struct ErrorAnswer: AdminAnswer, Equatable {
     public var error: String

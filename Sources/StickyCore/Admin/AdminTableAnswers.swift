@@ -62,6 +62,12 @@ public struct TargetRow: Codable, Equatable, Sendable {
     public var drainMode: DrainMode?
     public var drainRemainingMs: Millis?
     public var drainExpired: Bool?
+    /// Who started the drain (draining targets only).
+    public var drainBy: DrainCause?
+    /// Only when true: the config file no longer lists the target, and it
+    /// leaves the pool at its drain's deadline (`drainRemainingMs`, also
+    /// for a target in `maint`).
+    public var leaving: Bool?
     /// Data-path connect failures to the target, cumulative.
     public var connectFailures: UInt64
     /// h2c pools only (nil, and left out, for tcp; docs/HTTP2.md): GOAWAYs
@@ -91,6 +97,8 @@ public struct TargetRow: Codable, Equatable, Sendable {
         case drainMode = "drain_mode"
         case drainRemainingMs = "drain_remaining_ms"
         case drainExpired = "drain_expired"
+        case drainBy = "drain_by"
+        case leaving
         case connectFailures = "connect_failures"
         case goawaysSent = "goaways_sent"
         case goawayClosed = "goaway_closed"

@@ -11,7 +11,10 @@ import Foundation
 ///   state file took from a config that no longer lists them are dropped
 ///   (the config removed them);
 /// - a pool only in the config: as configured;
-/// - a pool only in the state file: ignored, with a warning.
+/// - a pool only in the state file: ignored, with a warning;
+/// - a drain a reload started (`drain_by_reload`) on a target the config
+///   lists again is ended: the config is the desired set (docs/CONFIG.md,
+///   "Reload and restart: the rules"); an operator's drain or maint stays.
 /// `down` is never persisted: health is measured afresh after a restart.
 public struct StateFile: Codable, Equatable, Sendable {
     public static let currentVersion = 1
@@ -27,12 +30,17 @@ public struct StateFile: Codable, Equatable, Sendable {
         public var origin: TargetOrigin
         /// Written only when true: discovery started the drain, and may end it.
         public var drainByDiscovery: Bool?
+        /// Written only when true: a reload that dropped the target started
+        /// the drain, so a config that lists the target again ends it. Files
+        /// from before this field load as operators' drains, which stay.
+        public var drainByReload: Bool?
 
         enum CodingKeys: String, CodingKey {
             case address, weight, name, state, origin
             case drainMode = "drain_mode"
             case drainDeadlineUnixMs = "drain_deadline_unix_ms"
             case drainByDiscovery = "drain_by_discovery"
+            case drainByReload = "drain_by_reload"
         }
     }
 
@@ -77,7 +85,8 @@ public struct StateFile: Codable, Equatable, Sendable {
                 }
                 return Target(address: "\(t.spec.address)", weight: t.spec.weight, name: t.spec.name,
                               state: state, drainMode: mode, drainDeadlineUnixMs: deadline, origin: t.origin,
-                              drainByDiscovery: t.drain?.byDiscovery == true ? true : nil)
+                              drainByDiscovery: t.drain?.byDiscovery == true ? true : nil,
+                              drainByReload: t.state.name == .draining && t.drain?.byReload == true ? true : nil)
             }, removedConfigTargets: p.removedConfigTargets.map { "\($0)" })
         }
     }
@@ -167,6 +176,11 @@ public struct StateFile: Codable, Equatable, Sendable {
                 var drain: DrainInfo?
                 switch st.state {
                 case "maint": state = .maint
+                case "draining" where st.origin == .config && st.drainByReload == true:
+                    // A reload's drain, and the config lists the target again
+                    // (it is configured, or the check above dropped it): the
+                    // file wants it, so it is ready, as a reload would make it.
+                    warnings.append("pool '\(sp.name)': \(address) is in the config again; the drain a reload started is ended, and it is ready")
                 case "draining":
                     let mode = st.drainMode.flatMap(DrainMode.init(rawValue:)) ?? .strict
                     state = .draining(mode)

@@ -18,9 +18,17 @@ public struct DrainInfo: Sendable, Equatable {
     public var deadlineMs: Millis
     /// The deadline passed and the remaining connections were told to close.
     public var expired = false
-    /// Started by a reload that dropped the target from the config: the
-    /// target leaves the pool once the deadline (and grace) have passed.
+    /// The config file no longer lists the target (a reload dropped it):
+    /// it leaves the pool once the deadline (and grace) have passed. Set on
+    /// the reload's own drain, and also on an operator's drain or `maint`
+    /// that was in place, or came after: listing the target again clears it.
     public var removeAtDeadline = false
+    /// Started by a reload that dropped the target, rather than by an
+    /// operator: a reload that lists the target again ends it (the target
+    /// is ready again), where an operator's drain stays. Persisted
+    /// (`drain_by_reload`), so a restart with the target back in the file
+    /// ends it too.
+    public var byReload = false
     /// Started by discovery (the endpoint stopped being ready, or left):
     /// discovery may end it again. Any other drain is an operator's, and
     /// discovery leaves it alone.
@@ -30,6 +38,21 @@ public struct DrainInfo: Sendable, Equatable {
         self.startedMs = startedMs
         self.deadlineMs = deadlineMs
     }
+}
+
+/// Who started a drain, as `show targets` says it (`drain_by`).
+public enum DrainCause: String, Sendable, Equatable, Codable {
+    /// An admin command (`drain target`): only an admin command ends it.
+    case admin
+    /// A reload that dropped the target from the config file: a reload
+    /// that lists it again ends it.
+    case reload
+    /// The pool's discovery: discovery may end it.
+    case discovery
+}
+
+extension DrainInfo {
+    public var cause: DrainCause { byReload ? .reload : byDiscovery ? .discovery : .admin }
 }
 
 /// One target as the control plane knows it: its spec and its state.
@@ -44,6 +67,10 @@ public struct TargetRecord: Sendable, Equatable {
         self.drain = drain
         self.origin = origin
     }
+
+    /// A reload dropped it from the config file: it leaves the pool at its
+    /// drain's deadline.
+    public var leavingTheFile: Bool { drain?.removeAtDeadline == true }
 }
 
 public struct PoolRecord: Sendable, Equatable {
@@ -166,15 +193,35 @@ public struct TargetRegistry: Sendable, Equatable {
     public mutating func drain(pool: String?, address: SocketAddress, mode: DrainMode?, timeoutMs: Millis?, now: Millis) -> Result<RegistryChange, RegistryError> {
         locate(pool, address).flatMap { p, t in
             let m = mode ?? drainModeDefault
-            let info = DrainInfo(mode: m, startedMs: now, deadlineMs: now + (timeoutMs ?? drainTimeoutMsDefault))
+            var info = DrainInfo(mode: m, startedMs: now, deadlineMs: now + (timeoutMs ?? drainTimeoutMsDefault))
+            // The file's removal still holds: the target leaves at this
+            // drain's deadline. The drain itself is now the operator's, so
+            // listing the target again keeps it.
+            info.removeAtDeadline = pools[p].targets[t].leavingTheFile
             pools[p].targets[t].drain = info
             pools[p].targets[t].state = .draining(m)
             return .success(.state(pool: p, address: address, state: .draining(m)))
         }
     }
 
+    /// `ready` or `maint` from an operator (or discovery). A target the
+    /// config file no longer lists cannot be made ready: the file says it
+    /// goes, and a ready target would stay until the next restart dropped
+    /// it. `maint` on one keeps its removal deadline.
     public mutating func setState(pool: String?, address: SocketAddress, _ state: TargetState) -> Result<RegistryChange, RegistryError> {
         locate(pool, address).flatMap { p, t in
+            let record = pools[p].targets[t]
+            if record.leavingTheFile {
+                guard state != .ready else {
+                    return .failure(RegistryError("\(address) is leaving pool '\(pools[p].name)': the config file no longer lists it; list it again and reload (SIGHUP), or add it back once it has left"))
+                }
+                var removal = record.drain!
+                removal.byReload = false
+                removal.byDiscovery = false
+                pools[p].targets[t].state = state
+                pools[p].targets[t].drain = removal
+                return .success(.state(pool: p, address: address, state: state))
+            }
             pools[p].targets[t].state = state
             pools[p].targets[t].drain = nil
             return .success(.state(pool: p, address: address, state: state))
@@ -189,7 +236,9 @@ public struct TargetRegistry: Sendable, Equatable {
                 return .failure(RegistryError("\(address) still has \(openConnections) connection(s); drain it and wait, or add 'force'"))
             }
             let record = pools[p].targets.remove(at: t)
-            if record.origin == .config { pools[p].removedConfigTargets.append(address) }
+            // A target the file already dropped was only hurried out: it is
+            // not the operator's removal, and listing it again adds it.
+            if record.origin == .config && !record.leavingTheFile { pools[p].removedConfigTargets.append(address) }
             return .success(.targets(pool: p))
         }
     }
@@ -214,6 +263,12 @@ public struct TargetRegistry: Sendable, Equatable {
 /// What a reload changed, for the log line and for the caller to publish.
 public struct ReloadPlan: Equatable, Sendable {
     public var added: [(pool: Int, address: SocketAddress)] = []
+    /// Listed again while the drain a reload started was running: ready again.
+    public var restored: [(pool: Int, address: SocketAddress)] = []
+    /// Listed again while leaving, but drained or in `maint` by an operator:
+    /// they stay so, and no longer leave.
+    public var held: [(pool: Int, address: SocketAddress)] = []
+    /// Dropped from the file: leaving the pool at their drain's deadline.
     public var draining: [(pool: Int, address: SocketAddress)] = []
     public var reweighted: [(pool: Int, address: SocketAddress, weight: Int)] = []
     public var changes: [RegistryChange] = []
@@ -221,6 +276,8 @@ public struct ReloadPlan: Equatable, Sendable {
 
     public static func == (a: ReloadPlan, b: ReloadPlan) -> Bool {
         a.added.map { "\($0.pool) \($0.address)" } == b.added.map { "\($0.pool) \($0.address)" }
+            && a.restored.map { "\($0.pool) \($0.address)" } == b.restored.map { "\($0.pool) \($0.address)" }
+            && a.held.map { "\($0.pool) \($0.address)" } == b.held.map { "\($0.pool) \($0.address)" }
             && a.draining.map { "\($0.pool) \($0.address)" } == b.draining.map { "\($0.pool) \($0.address)" }
             && a.reweighted.map { "\($0.pool) \($0.address) \($0.weight)" } == b.reweighted.map { "\($0.pool) \($0.address) \($0.weight)" }
             && a.changes == b.changes
@@ -228,12 +285,20 @@ public struct ReloadPlan: Equatable, Sendable {
 }
 
 extension TargetRegistry {
-    /// Lays a reloaded config's targets over the running registry. Only
-    /// what the config owns changes: targets it adds are added, config
-    /// targets it no longer lists are drained with the default mode (and
-    /// removed once their drain deadline has passed), and config weights
-    /// that changed are applied. Targets added at runtime are left alone,
-    /// and so are config targets an operator removed at runtime.
+    /// Lays a reloaded config's targets over the running registry: the
+    /// file is the desired set of config targets (docs/CONFIG.md, "Reload
+    /// and restart: the rules"). Only what the config owns changes:
+    /// - a target it adds is added, ready;
+    /// - a target it lists again while a reload's drain takes it out is
+    ///   ready again (`restored`); one an operator drained or put in
+    ///   `maint` keeps that state and no longer leaves (`held`);
+    /// - a config target it no longer lists leaves the pool at a drain's
+    ///   deadline: a ready one is drained with the default mode and timeout
+    ///   (`byReload`), an operator's drain keeps its mode and deadline, and
+    ///   a `maint` one stays in `maint` until the default timeout;
+    /// - a changed weight or name is applied.
+    /// Targets added at runtime or by discovery are left alone, and so are
+    /// config targets an operator removed at runtime.
     ///
     /// Pools must be the same set, by name: adding or removing a pool
     /// needs a restart (workers size their tables per pool at start). A
@@ -260,6 +325,22 @@ extension TargetRegistry {
                 if let t = next.pools[p].targets.firstIndex(where: { $0.spec.address == spec.address }) {
                     let record = next.pools[p].targets[t]
                     guard record.origin == .config else { continue }
+                    if record.leavingTheFile {
+                        if record.drain!.byReload {
+                            next.pools[p].targets[t].state = .ready
+                            next.pools[p].targets[t].drain = nil
+                            plan.restored.append((p, spec.address))
+                            plan.changes.append(.state(pool: p, address: spec.address, state: .ready))
+                        } else {
+                            // The operator's state stays; only the removal ends.
+                            if case .draining = record.state {
+                                next.pools[p].targets[t].drain!.removeAtDeadline = false
+                            } else {
+                                next.pools[p].targets[t].drain = nil
+                            }
+                            plan.held.append((p, spec.address))
+                        }
+                    }
                     if record.spec.weight != spec.weight {
                         next.pools[p].targets[t].spec.weight = spec.weight
                         plan.reweighted.append((p, spec.address, spec.weight))
@@ -278,14 +359,29 @@ extension TargetRegistry {
             next.pools[p].removedConfigTargets.removeAll { wanted[$0] == nil }
             for t in next.pools[p].targets.indices {
                 let record = next.pools[p].targets[t]
-                guard record.origin == .config, wanted[record.spec.address] == nil else { continue }
-                if case .draining = record.state, record.drain?.removeAtDeadline == true { continue }
-                var info = DrainInfo(mode: drainModeDefault, startedMs: now, deadlineMs: now + drainTimeoutMsDefault)
-                info.removeAtDeadline = true
-                next.pools[p].targets[t].drain = info
-                next.pools[p].targets[t].state = .draining(drainModeDefault)
+                guard record.origin == .config, wanted[record.spec.address] == nil, !record.leavingTheFile else { continue }
                 plan.draining.append((p, record.spec.address))
-                plan.changes.append(.state(pool: p, address: record.spec.address, state: .draining(drainModeDefault)))
+                switch record.state {
+                case .draining(let mode):
+                    // An operator's drain: its mode and deadline were chosen;
+                    // the target leaves when it ends.
+                    var info = record.drain ?? DrainInfo(mode: mode, startedMs: now, deadlineMs: now + drainTimeoutMsDefault)
+                    info.removeAtDeadline = true
+                    next.pools[p].targets[t].drain = info
+                case .maint:
+                    // Out of service already; its connections end, and it
+                    // leaves, at the default drain deadline.
+                    var info = DrainInfo(mode: drainModeDefault, startedMs: now, deadlineMs: now + drainTimeoutMsDefault)
+                    info.removeAtDeadline = true
+                    next.pools[p].targets[t].drain = info
+                case .ready, .down:
+                    var info = DrainInfo(mode: drainModeDefault, startedMs: now, deadlineMs: now + drainTimeoutMsDefault)
+                    info.removeAtDeadline = true
+                    info.byReload = true
+                    next.pools[p].targets[t].drain = info
+                    next.pools[p].targets[t].state = .draining(drainModeDefault)
+                    plan.changes.append(.state(pool: p, address: record.spec.address, state: .draining(drainModeDefault)))
+                }
             }
             if membership { plan.changes.append(.targets(pool: p)) }
         }
