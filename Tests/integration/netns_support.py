@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,6 +146,40 @@ def why_no_netns() -> str | None:
     return None
 
 
+STALE = re.compile(r"^se(\d+)-(router|client|backend|lb\d+)$")
+
+
+def sweep_stale() -> list[str]:
+    """Remove what a killed run left: a run whose fixture never reached its
+    `finally` (SIGKILL, a timeout's SIGTERM) leaves its namespaces, and the
+    processes inside them, behind. They are known by the name (a dead pid
+    in it); only those are touched. Returns the namespaces removed."""
+    removed = []
+    for name in sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []:
+        m = STALE.match(name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        run(["ip", "netns", "del", name], check=False)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def enter_netns(name: str) -> None:
     """Move the calling thread (only it) into namespace `name`."""
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
@@ -201,7 +236,9 @@ class Lab:
             run(["ip", "-n", lb, "link", "set", "vip0peer", "up"])
         run(["ip", "-n", lb, "link", "set", "vip0", "up"])
 
-    def build(self, client_count: int) -> None:
+    def build(self, client_count: int, flow_pinning: bool = True, vip_on_lo: bool = True) -> None:
+        """The namespaces and links. The two switches exist to show what each
+        part is for: without either, `withdraw` resets open connections."""
         for name in (self.router, self.client, self.backend, *self.lbs):
             self.add_ns(name)
         r = self.router
@@ -217,11 +254,13 @@ class Lab:
             # The VIP stays local on lo whether or not it is on vip0: vip0
             # only drives the announcement, so after `withdraw` the open
             # connections' packets are still delivered here.
-            run(["ip", "-n", lb, "route", "add", "local", f"{VIP}/32", "dev", "lo"])
+            if vip_on_lo:
+                run(["ip", "-n", lb, "route", "add", "local", f"{VIP}/32", "dev", "lo"])
             # Flow pinning's per-balancer route (see flow_pinning_nft).
             run(["ip", "-n", r, "route", "add", f"{VIP}/32", "via", lb_ip(n), "table", str(ROUTE_TABLE_BASE + n)])
             run(["ip", "-n", r, "rule", "add", "fwmark", str(n + 1), "lookup", str(ROUTE_TABLE_BASE + n), "pref", "100"])
-        self.ns(r, "nft", "-f", "-", input=flow_pinning_nft(len(self.lbs)))
+        if flow_pinning:
+            self.ns(r, "nft", "-f", "-", input=flow_pinning_nft(len(self.lbs)))
         run(["ip", "-n", r, "route", "add", CLIENT_NET, "via", "10.90.0.2"])
         batch = "".join(f"addr add {ip}/32 dev uplink\n" for ip in client_ips(client_count))
         run(["ip", "-n", self.client, "-batch", "-"], input=batch)
