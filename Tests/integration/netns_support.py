@@ -276,6 +276,20 @@ class Lab:
         sock = self.dir / f"{label}.ctl"
         return self.spawn(ns, ["bird", "-f", "-c", str(path), "-s", str(sock), "-P", str(self.dir / f"{label}.pid")], label)
 
+    def silence(self, ns: str) -> None:
+        """The host stops answering, as after a power cut: every packet in or
+        out of `ns` is dropped, so nothing (no FIN, no RST) tells the router;
+        only its BGP hold timer does."""
+        self.ns(ns, "nft", "-f", "-", input="""\
+table inet powercut {
+  chain in { type filter hook input priority -400; policy drop; }
+  chain out { type filter hook output priority -400; policy drop; }
+}
+""")
+
+    def unsilence(self, ns: str) -> None:
+        self.ns(ns, "nft", "delete", "table", "inet", "powercut")
+
     # -- observing -----------------------------------------------------------
 
     def vip_paths(self) -> set[str]:

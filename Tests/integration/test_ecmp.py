@@ -324,12 +324,19 @@ def moved_clients(c: Cluster, targets: dict[str, str], rounds: int = 2, spacing:
     return visits, moved
 
 
-def test_b_c_instance_dies_and_comes_back(cluster, placed):
+@pytest.mark.parametrize("victim, power_cut", [(2, False), (2, True)], ids=["killed", "power-cut"])
+def test_b_c_instance_dies_and_comes_back(cluster, placed, victim, power_cut):
+    """(b) The host dies: stickyd and BIRD killed at once. `killed`: the host
+    itself lives, so its kernel closes BIRD's BGP session and the router
+    knows at once. `power-cut`: the host also goes silent first (every
+    packet dropped), so only the router's BGP hold timer (3 s) notices.
+    (c) Then it comes back."""
     c = cluster
     targets = placed.get("targets") or pytest.skip("needs (a)'s placements")
-    victim = c.n - 1
-    # (b) The host dies: stickyd and BIRD killed at once, as a power cut.
+    how = "power cut (silent), stickyd + BIRD killed" if power_cut else "stickyd + BIRD killed"
     t0 = time.monotonic()
+    if power_cut:
+        c.lab.silence(c.lab.lbs[victim])
     kill(c.stickyd[victim])
     kill(c.bird[victim])
     c.admins[victim] = None
@@ -338,12 +345,14 @@ def test_b_c_instance_dies_and_comes_back(cluster, placed):
     visits, moved = moved_clients(c, targets)
     assert not errors_of(visits), errors_of(visits)[:5]
     assert victim not in {v.via for v in visits}
-    print(f"\necmp (b): lb{victim} killed (stickyd + BIRD): path withdrawn in {withdrawn * 1000:.0f} ms; "
+    print(f"\necmp (b): lb{victim} {how}: path withdrawn in {withdrawn * 1000:.0f} ms; "
           f"clients moved {len(moved)}/{len(targets)}")
     assert moved == []
 
     # (c) It comes back: BIRD first (it announces nothing until the VIP is
     # on vip0), then stickyd, which pulls the table before it is ready.
+    if power_cut:
+        c.lab.unsilence(c.lab.lbs[victim])
     t0 = time.monotonic()
     c.start_bird(victim)
     c.start_stickyd(victim)
