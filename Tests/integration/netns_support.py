@@ -315,9 +315,16 @@ table inet powercut {
         problems = []
         for p in reversed(self.processes):
             try:
-                p.stop(10)
+                status = p.stop(10)
             except Exception as exc:  # keep going: the namespaces must go too
                 problems.append(f"stopping {p.label}: {exc}")
+                continue
+            if getattr(p, "expect_exit", False):
+                continue
+            if p.exited_on_its_own is not None:
+                problems.append(f"{p.label} exited on its own (status {status}):\n{p.output_tail(40)}")
+            elif p.label.startswith("stickyd") and status != 0:
+                problems.append(f"{p.label} exited with status {status} after SIGTERM (want 0):\n{p.output_tail(40)}")
         for name in reversed(self.namespaces):
             p = run(["ip", "netns", "del", name], check=False)
             if p.returncode != 0:
@@ -327,6 +334,7 @@ table inet powercut {
 
 def kill(p: ManagedProcess) -> None:
     """SIGKILL, as a crash or a dead host would: nothing runs on the way out."""
+    p.expect_exit = True
     p.send_signal(signal.SIGKILL)
     p.wait(10)
     p.stop(1)  # marks it stopped and closes its log

@@ -202,7 +202,17 @@ class Cluster:
         return out
 
     def peers_total(self, key: str) -> int:
-        return sum(int(a.json("show peers").get(key, 0)) for a in self.admins if a is not None)
+        return sum(int(a.json("show peers")[key]) for a in self.admins if a is not None)
+
+    def pins_lost(self) -> int:
+        """Pins an instance dropped instead of sending: its workers' outbox
+        overflowing, or a member's queue."""
+        total = 0
+        for a in self.admins:
+            if a is not None:
+                p = a.json("show peers")
+                total += int(p["outboxDropped"]) + sum(int(m["pinsDropped"]) for m in p["members"])
+        return total
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -258,7 +268,14 @@ def cluster(tmp_path_factory):
             c.close()
         problems = lab.close()
         if problems:
-            print("ecmp teardown:", "; ".join(problems), file=sys.stderr)
+            pytest.fail("ecmp teardown: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _outputs_on_failure(request, cluster):
+    """conftest attaches these processes' output to a failed test's report."""
+    request.node.__dict__["_managed_processes"] = [p for p in cluster.lab.processes if "stickyd" in p.label]
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -310,6 +327,7 @@ def test_a_spread_over_instances_one_target(cluster, placed):
     assert spread > CLIENTS // 2, f"only {spread} clients reached more than one instance"
     assert set(per_instance) == set(range(c.n))
     assert c.peers_total("conflicts") == 0
+    assert c.pins_lost() == 0
 
 
 def visit_in_ns(c: Cluster, ip: str) -> Visit:
@@ -466,8 +484,9 @@ def test_e_skewed_load(cluster, placed):
         firsts = Counter(vs[0].target for vs in rounds.values())
         print(f"\necmp (e): 150 connections held through lb{skewed} to {hog_target}; {len(SKEW_IPS)} new "
               f"clients x 3 (spread over >1 instance: {spread}), first placements {dict(sorted(firsts.items()))}; "
-              f"violations={violations}; conflicts={c.peers_total('conflicts')}")
+              f"violations={violations}; conflicts={c.peers_total('conflicts')}; pins lost={c.pins_lost()}")
         assert violations == 0
+        assert c.pins_lost() == 0
     finally:
         for s in held:
             s.close()
