@@ -51,7 +51,7 @@ CLIENTS = 1000
 ALL_IPS = client_ips(1400)  # the client namespace's addresses
 SKEW_IPS, HOG_IP = ALL_IPS[CLIENTS:CLIENTS + 300], ALL_IPS[-1]
 PER_CLIENT = 4     # connections per client in (a)
-BATCH = 100        # clients connecting at once
+BATCH = 250        # clients connecting at once (32 threads); fewer batches, fewer spacing waits
 ROUTE_BOUND = 15   # seconds: BGP hold time 3 s plus margin
 
 
