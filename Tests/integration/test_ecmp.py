@@ -300,7 +300,13 @@ def test_a_spread_over_instances_one_target(cluster, placed):
         lags.append(time.monotonic() - v.start)
     lags.sort()
     p50, p99, worst = lags[len(lags) // 2] * 1000, lags[int(len(lags) * 0.99)] * 1000, lags[-1] * 1000
-    spacing = max(worst, 20.0) / 1000  # the slowest pin seen, and no less than 20 ms
+    # The spacing: the slowest pin seen, doubled, and no less than 100 ms.
+    # Doubled because the later phases push pins in bursts (a drain re-pins
+    # a third of the clients at once) and the machine's load changes between
+    # phases: a spacing shorter than the lag of the moment makes two
+    # instances pick for one client, which is a conflict, not what the
+    # phases test. 100 ms is the aim for the propagation.
+    spacing = max(2 * worst, 100.0) / 1000
 
     t0 = time.monotonic()
     rounds = c.spaced_rounds(ips, PER_CLIENT, spacing)
