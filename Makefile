@@ -20,10 +20,15 @@ FUZZ_SECONDS ?= 60
 # BoringSSL, so no libssl-dev), and the tools that the tests (socat; openssl
 # makes the mTLS certificates and the Kubernetes stand-in's CA; prlimit from
 # util-linux caps descriptors; dnsmasq-base serves the DNS discovery tests'
-# records without starting a system service) and
+# records without starting a system service; test_ecmp builds its network
+# with iproute2's `ip netns`, runs BIRD 2 (bird2) on the router and the
+# balancers, and pins the router's flows with nftables; Debian enables a
+# bird.service whose stock config announces nothing, and the test runs its
+# own BIRDs with their own sockets) and
 # benchmarks (iperf3, wrk, haproxy, nginx stream) use.
 APT_PACKAGES := liburing-dev pkg-config iperf3 wrk haproxy nginx \
-                libnginx-mod-stream socat openssl util-linux systemd dnsmasq-base
+                libnginx-mod-stream socat openssl util-linux systemd dnsmasq-base \
+                iproute2 bird2 nftables
 # Python packages as import-name:pip-name.
 PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \
                 grpc_health.v1.health:grpcio-health-checking pytest:pytest

@@ -11,7 +11,7 @@ struct StickyD: ParsableCommand {
         commandName: "stickyd",
         abstract: "A Layer-4 sticky TCP load balancer on io_uring.",
         version: StickyVersion.string,
-        subcommands: [Serve.self, CheckConfig.self],
+        subcommands: [Serve.self, CheckConfig.self, VIPReleaseCommand.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -332,5 +332,40 @@ struct CheckConfig: ParsableCommand {
         } catch {
             throw fail(error)
         }
+    }
+}
+
+struct VIPReleaseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vip-release",
+        abstract: "Remove the config's vip: address from its interface and exit.",
+        discussion: """
+        The unit's ExecStopPost: systemd runs it after any exit, a crash included,
+        so a dead stickyd stops being announced (BIRD's direct protocol sees the
+        address go). Exit 0 if the address is gone (or was never there, or the
+        config has no vip:), 1 with the reason if it could not be removed.
+        """
+    )
+
+    @Argument(help: "Config file (the one the daemon runs with).")
+    var file: String
+
+    func run() throws {
+        let config: StickyConfig
+        do {
+            config = try ConfigLoader.load(path: file)
+        } catch {
+            throw fail(error)
+        }
+        guard let vip = config.vip else {
+            print("\(file): no vip: configured; nothing to remove")
+            return
+        }
+        do {
+            try VIPRelease.run(vip)
+        } catch {
+            throw fail(error)
+        }
+        print("vip \(vip.address) is not on \(vip.interface)")
     }
 }

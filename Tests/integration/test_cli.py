@@ -122,6 +122,28 @@ def test_check_config_missing_file(stickyd_path, tmp_path):
     assert str(missing) in output(p), output(p)
 
 
+def test_vip_release_without_vip_is_a_no_op(stickyd_path, good_config):
+    # The unit runs it after every stop: a config without vip: must pass.
+    path, _ = good_config
+    p = run([stickyd_path, "vip-release", path])
+    assert p.returncode == 0, output(p)
+    assert "no vip: configured" in p.stdout, output(p)
+
+
+def test_vip_release_says_why_it_failed(stickyd_path, good_config, tmp_path):
+    # An interface that does not exist: nothing on the host is touched.
+    _, text = good_config
+    path = tmp_path / "vip.yaml"
+    path.write_text(text + "\nvip:\n  address: 198.51.100.10\n  interface: nosuchvip0\n")
+    p = run([stickyd_path, "vip-release", path])
+    assert p.returncode == 1, output(p)
+    assert "198.51.100.10" in output(p) and "nosuchvip0" in output(p), output(p)
+    missing = tmp_path / "nope.yaml"
+    p = run([stickyd_path, "vip-release", missing])
+    assert_refused(p)
+    assert str(missing) in output(p), output(p)
+
+
 def test_daemon_refuses_bad_config(stickyd_path, good_config, tmp_path):
     _, text = good_config
     bad = tmp_path / "bad.yaml"

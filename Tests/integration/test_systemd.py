@@ -101,6 +101,10 @@ def test_unit_passes_systemd_analyze_verify(stickyd_path, tmp_path):
     assert set(s["CapabilityBoundingSet"][0].split()) == {"CAP_NET_BIND_SERVICE", "CAP_NET_ADMIN"}
     assert set(s["AmbientCapabilities"][0].split()) == {"CAP_NET_BIND_SERVICE", "CAP_NET_ADMIN"}
     assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
+    # After any exit, a crash included, the VIP comes off its interface, read
+    # from the same config (test_ecmp runs this command where systemd would).
+    config = s["ExecStart"][0].split("--config ", 1)[1]
+    assert s["ExecStopPost"] == [f"-{stickyd_path} vip-release {config}"]
 
 
 def expand_syscall_group(name: str, seen: set[str] | None = None) -> set[str]:

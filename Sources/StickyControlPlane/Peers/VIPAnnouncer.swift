@@ -44,3 +44,17 @@ final class VIPAnnouncer: Sendable {
         logger.notice(add ? "vip announced" : "vip withdrawn", metadata: ["vip": "\(address)", "interface": "\(interface)"])
     }
 }
+
+/// `stickyd vip-release`: the VIP off its interface with no daemon running.
+/// The unit runs it as `ExecStopPost`, which systemd runs after any exit, a
+/// crash included: a dead stickyd cannot remove the VIP itself, and while
+/// the VIP stays on the interface BIRD keeps drawing the router's traffic to
+/// a host that refuses it (docs/SCALING.md).
+public enum VIPRelease {
+    /// Removing an address that is not there succeeds (the state asked for);
+    /// a missing interface or a missing CAP_NET_ADMIN throws.
+    public static func run(_ config: VIPConfig) throws {
+        let quiet = Logger(label: "stickyd.vip", factory: { _ in SwiftLogNoOpLogHandler() })
+        try VIPAnnouncer(config, logger: quiet).withdraw()
+    }
+}
