@@ -154,7 +154,7 @@ FUZZ_DIR_config-loader := Fuzz/ConfigLoader
 FUZZ_PKG_config-loader := FuzzConfigLoader
 FUZZ_SWIFTC_OPT := $(if $(filter debug,$(FUZZ_BUILD)),-Onone,-O)
 FUZZ_SPM := $(SWIFT) build -c $(FUZZ_BUILD) --package-path Fuzz --scratch-path "$(CURDIR)/.build/fuzz-spm" \
-            --sanitize=fuzzer --sanitize=address
+            --sanitize=fuzzer --sanitize=address -Xswiftc -sanitize=fuzzer
 .PHONY: $(addprefix fuzz-,$(FUZZ_TARGETS))
 
 fuzz: $(addprefix fuzz-,$(FUZZ_TARGETS)) ## Build and run every fuzz target for FUZZ_SECONDS each (default 60); crashes in Fuzz/*/crashes/
@@ -183,8 +183,11 @@ $(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
 	SWIFT_BACKTRACE=enable=no .build/fuzz/$* -max_total_time=$(FUZZ_SECONDS) $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)) \
 	  $(FUZZ_FLAGS_$*) -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR_$*)/crashes/ .build/fuzz/corpus-$* $(FUZZ_DIR_$*)/corpus 2>&1 \
 	  | tee .build/fuzz/$*.log
-	@# A binary built without coverage still runs, blind, and finds nothing:
-	@# with SwiftPM, `-Xswiftc -use-ld=lld` did that silently. Fail such a run.
+	@# A binary built without coverage still runs, blind, and finds nothing.
+	@# SwiftPM's --sanitize=fuzzer instruments only the fuzz package's own
+	@# targets, not StickyCore (hence -Xswiftc -sanitize=fuzzer above): the
+	@# harness alone had counters, every input took its one path, and
+	@# libFuzzer warned and went on. Fail such a run.
 	@if grep -q 'Is the code instrumented for coverage' .build/fuzz/$*.log \
 	   || ! grep -Eq '^INFO: Loaded [0-9]+ modules +\([1-9][0-9]* inline 8-bit counters' .build/fuzz/$*.log; then \
 	  echo "fuzz-$*: the binary has no coverage counters; libFuzzer would be guessing blind" >&2; exit 1; \
