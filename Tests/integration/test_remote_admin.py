@@ -468,7 +468,7 @@ def test_stickyctl_remote_refusals_have_their_exit_status(served, certs, tmp_pat
     # Usage: exit 2, before any connection.
     for args, words in [(["--remote", fmt_addr(*s.remote)], "--remote needs --cert, --key and --ca"),
                         (["--cert", certs.by_cn.crt], "--cert, --key and --ca go with --remote"),
-                        ([*remote_args(s, certs, certs.by_cn), "--socket", s.sock], "not both"),
+                        ([*remote_args(s, certs, certs.by_cn), "--remote", fmt_addr(*s.remote)], "named twice"),
                         (["--remote", "nowhere", "--cert", "a", "--key", "b", "--ca", "c"], "is not HOST:PORT")]:
         p = ctl("show", "info", *args)
         assert p.returncode == 2, p
