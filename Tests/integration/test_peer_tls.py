@@ -18,6 +18,7 @@ from admin_support import AdminClient
 from support import LOOPBACK, fmt_addr, free_port, make_speak_first_handler, wait_until
 from test_cli import assert_refused, output, run
 from test_peers import KEY, pinned_on, visit
+from test_metrics import parse, scrape_raw
 from test_remote_admin import openssl
 
 
@@ -42,7 +43,7 @@ def make_member(d, ca, cn, file=None):
     return crt, key
 
 
-def config_text(listen, peer_listen, name, members, backends, tls):
+def config_text(listen, peer_listen, name, members, backends, tls, metrics_port=None):
     targets = "\n".join(f"      - {{ address: {b.addr}, name: {b.name} }}" for b in backends)
     ms = "\n".join(f"    - {{ name: {n}, address: {a} }}" for n, a in members)
     tls_text = "".join(f"    {k}: {v}\n" for k, v in tls.items()) if tls is not None else ""
@@ -55,6 +56,7 @@ pools:
     targets:
 {targets}
     affinity: {{ hash_key: "{KEY}" }}
+{f"metrics: {{ listen: '{LOOPBACK}:{metrics_port}' }}" if metrics_port else ""}
 peers:
   name: {name}
   listen: {peer_listen}
@@ -64,9 +66,9 @@ peers:
 """ + ("  tls:\n" + tls_text if tls is not None else "")
 
 
-def start(run_stickyd, tmp_path, name, listen, peer, members, backends, tls):
+def start(run_stickyd, tmp_path, name, listen, peer, members, backends, tls, metrics_port=None):
     cfg = tmp_path / f"{name}-{time.monotonic_ns()}.yaml"
-    cfg.write_text(config_text(listen, peer, name, members, backends, tls))
+    cfg.write_text(config_text(listen, peer, name, members, backends, tls, metrics_port))
     sock = str(tmp_path / f"{name}-{time.monotonic_ns()}.sock")
     d = run_stickyd(listen=[listen], args=["--config", str(cfg), "--admin-socket", sock,
                                            "--state-dir", str(tmp_path / f"state-{name}")])
@@ -89,7 +91,11 @@ def test_members_link_over_mutual_tls_and_strangers_are_refused(run_stickyd, bac
     backends = [backend(make_speak_first_handler(f"b{i}\n".encode()), name=f"b{i}") for i in range(3)]
     la, lb = fmt_addr(LOOPBACK, free_port()), fmt_addr(LOOPBACK, free_port())
     pa, pb = fmt_addr(LOOPBACK, free_port()), fmt_addr(LOOPBACK, free_port())
-    a, admin_a = start(run_stickyd, tmp_path, "a", la, pa, [("b", pb)], backends, tls_of(cert_a, ca))
+    mport = free_port()
+    a, admin_a = start(run_stickyd, tmp_path, "a", la, pa, [("b", pb)], backends, tls_of(cert_a, ca), mport)
+
+    def refused_metric() -> float:
+        return parse(scrape_raw(mport)[2]).get(("stickyd_peer_connections_refused_total", frozenset()), 0.0)
     b, admin_b = start(run_stickyd, tmp_path, "b", lb, pb, [("a", pa)], backends, tls_of(cert_b, ca))
 
     def links_up() -> bool:
@@ -134,6 +140,9 @@ def test_members_link_over_mutual_tls_and_strangers_are_refused(run_stickyd, bac
     wait_until(lambda: admin_a.json("show peers")["refused"] > before, 10, what="the impostor counted")
     a.wait_for_output(r"peer connection refused.*certificate CN 'mallory' is not the member's name", 5)
     m.stop(10)
+    refused = admin_a.json("show peers")["refused"]
+    wait_until(lambda: refused_metric() == refused, 5, what="the metric agrees with show peers")
+    assert refused >= 2
     # The real b is still linked.
     wait_until(links_up, 10, what="links still up")
 
