@@ -81,6 +81,9 @@ final class AdminSession {
     /// How long `ask` waits for the next bytes of an answer. A daemon that
     /// stops answering must not hang a rollout script.
     var answerTimeoutSeconds = 30.0
+    /// "INSTANCE: " before progress lines when several instances are at
+    /// work, so that a wait's lines say whose they are.
+    var label = ""
 
     /// Connects to one instance: a Unix socket, or a remote TLS listener.
     init(_ endpoint: AdminEndpoint, remote: RemoteOptions) throws {
@@ -246,7 +249,7 @@ func waitDrained(_ s: AdminSession, address: String, pool: String?, waitTimeout:
         if !quiet && elapsed - lastPrinted >= 1 {
             lastPrinted = elapsed
             let deadline = left.map { String(format: "deadline in %.0fs", $0) } ?? "no deadline"
-            print("draining \(address): \(conns) connection(s) left, \(deadline)\(goaways ?? "")", to: &err)
+            print("\(s.label)draining \(address): \(conns) connection(s) left, \(deadline)\(goaways ?? "")", to: &err)
         }
         // Every poll makes each worker count its pins per target (a table
         // walk), so ask twice a second, not more.

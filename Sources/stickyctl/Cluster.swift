@@ -109,6 +109,7 @@ final class Cluster {
             throw CtlFailure(status: failures[0].status,
                              message: "nothing changed: \(failures.count) of \(all.count) instances cannot be reached")
         }
+        if all.count > 1 { for (e, s) in zip(reached, sessions) { s.label = "\(e): " } }
         let c = Cluster(endpoints: reached, named: all.count, json: options.json)
         c.sessions = sessions
         return (c, failures)

@@ -12,7 +12,7 @@ import subprocess
 
 from admin_support import AdminClient, targets_by_address
 from rollout_support import stickyctl_bin
-from support import LOOPBACK, fmt_addr, free_port
+from support import LOOPBACK, connect, fmt_addr, free_port, wait_until
 
 
 def ctl(*args, timeout: float = 60.0) -> subprocess.CompletedProcess:
@@ -24,9 +24,8 @@ def start_three(run_stickyd, backend, tmp_path):
     """Three daemons with the same two targets; their sockets and clients."""
     targets = [backend().addr for _ in range(2)]
     socks = [str(tmp_path / f"i{n}.sock") for n in range(3)]
-    for sock in socks:
-        run_stickyd(targets=targets, args=["--admin-socket", sock])
-    return targets, socks, [AdminClient(s) for s in socks]
+    daemons = [run_stickyd(targets=targets, args=["--admin-socket", sock]) for sock in socks]
+    return targets, socks, [AdminClient(s) for s in socks], daemons
 
 
 def sockets(socks):
@@ -34,7 +33,7 @@ def sockets(socks):
 
 
 def test_reads_are_labelled_and_changes_reach_every_instance(run_stickyd, backend, tmp_path):
-    targets, socks, clients = start_three(run_stickyd, backend, tmp_path)
+    targets, socks, clients, daemons = start_three(run_stickyd, backend, tmp_path)
     p = ctl("show", "targets", *sockets(socks))
     assert p.returncode == 0, p
     for s in socks:
@@ -66,7 +65,7 @@ def test_reads_are_labelled_and_changes_reach_every_instance(run_stickyd, backen
 
 
 def test_a_failed_check_changes_nothing(run_stickyd, backend, tmp_path):
-    targets, socks, clients = start_three(run_stickyd, backend, tmp_path)
+    targets, socks, clients, daemons = start_three(run_stickyd, backend, tmp_path)
     new = backend().addr
     # The target is already on the middle instance: `add` refuses everywhere.
     clients[1].cmd(f"add target {new}")
@@ -87,13 +86,25 @@ def test_a_failed_check_changes_nothing(run_stickyd, backend, tmp_path):
     assert p.returncode == 3, p
     assert f"==> {socks[0]} <==" in p.stdout and targets[0] in p.stdout, p
 
+    # remove without --force: a connection through one instance fails the
+    # check there, and the target stays on all three.
+    held = connect(daemons[1].addr)
+    wait_until(lambda: targets_by_address(clients[1])[targets[0]]["connections"]
+               + targets_by_address(clients[1])[targets[1]]["connections"] == 1, 5, what="the held connection")
+    busy = next(t for t in targets if targets_by_address(clients[1])[t]["connections"] == 1)
+    p = ctl("remove", busy, *sockets(socks))
+    held.close()
+    assert p.returncode == 1, p
+    assert f"{socks[1]}: target {busy} still has 1 connection(s)" in p.stderr and "nothing changed" in p.stderr, p
+    assert all(busy in targets_by_address(c) for c in clients)
+
     # A target missing on every instance fails the check on each.
     p = ctl("remove", "10.9.9.9:1", *sockets(socks))
     assert p.returncode == 1 and p.stderr.count("no target 10.9.9.9:1") == 3, p
 
 
 def test_a_refusal_on_one_instance_is_reported_and_the_others_still_change(run_stickyd, backend, tmp_path):
-    targets, socks, clients = start_three(run_stickyd, backend, tmp_path)
+    targets, socks, clients, daemons = start_three(run_stickyd, backend, tmp_path)
     # `raw` has no check: instance 0 lacks the target and refuses; 1 and 2 drain.
     clients[0].cmd(f"remove target {targets[1]}")
     p = ctl("raw", "drain", "target", targets[1], *sockets(socks))
@@ -106,7 +117,7 @@ def test_a_refusal_on_one_instance_is_reported_and_the_others_still_change(run_s
 
 
 def test_replace_rolls_every_instance_in_step(run_stickyd, backend, tmp_path):
-    targets, socks, clients = start_three(run_stickyd, backend, tmp_path)
+    targets, socks, clients, daemons = start_three(run_stickyd, backend, tmp_path)
     new = backend().addr
     p = ctl("replace", targets[0], new, "--name", "fresh", "--timeout", "5s", "--quiet", *sockets(socks), timeout=120)
     assert p.returncode == 0, p
@@ -119,7 +130,7 @@ def test_replace_rolls_every_instance_in_step(run_stickyd, backend, tmp_path):
 
 
 def test_upgrade_refuses_several_and_usage_errors(run_stickyd, backend, tmp_path):
-    targets, socks, clients = start_three(run_stickyd, backend, tmp_path)
+    targets, socks, clients, daemons = start_three(run_stickyd, backend, tmp_path)
     p = ctl("upgrade", *sockets(socks[:2]))
     assert p.returncode == 2 and "one host at a time" in p.stderr, p
     p = ctl("show", "info", "--socket", socks[0], "--socket", socks[0])

@@ -481,6 +481,18 @@ def test_stickyctl_remote_refusals_have_their_exit_status(served, certs, tmp_pat
     assert_still_serving(s)
 
 
+def test_stickyctl_several_instances_mixes_socket_and_remote(served, certs):
+    """A repeated target list may mix transports (docs/ADMIN.md, "Several
+    instances"): here one daemon through both, so both answers are its."""
+    s = served
+    p = ctl("show", "info", "--json", *remote_args(s, certs, certs.by_cn), "--socket", s.sock)
+    assert p.returncode == 0, p
+    docs = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [d["instance"] for d in docs] == [s.sock, fmt_addr(*s.remote)], p.stdout
+    assert docs[0]["answer"]["pid"] == docs[1]["answer"]["pid"] == str(s.daemon.pid)
+    assert_still_serving(s)
+
+
 def test_stickyctl_remote_upgrade_answers_once_the_successor_serves(served, certs, request):
     """`upgrade` over TLS: the answer is pending until the hand-over is
     decided (as on the Unix socket), and the successor takes the remote
