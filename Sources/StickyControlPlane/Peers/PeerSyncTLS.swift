@@ -20,6 +20,7 @@ extension PeerSync {
         let timer = loop.scheduleTask(in: .milliseconds(left)) {
             promise.fail(SystemError("no whole table before peers.sync_timeout", errno: ETIMEDOUT))
         }
+        defer { timer.cancel() }
         let channel = try ClientBootstrap(group: loop)
             .connectTimeout(.milliseconds(left))
             .channelInitializer { ch in
@@ -35,10 +36,7 @@ extension PeerSync {
                 return loop.makeFailedFuture(error)
             }
             .wait()
-        defer {
-            timer.cancel()
-            channel.close(promise: nil)
-        }
+        defer { channel.close(promise: nil) }
         var hello = ByteBuffer(bytes: PeerWire.encode(.hello(name: name, fingerprint: fingerprint)))
         hello.writeBytes(PeerWire.encode(.syncRequest))
         channel.writeAndFlush(hello, promise: nil)
