@@ -152,6 +152,7 @@ public final class Daemon {
         // anything else is bound or written. A successor binds the remote
         // port once the old daemon has let go of it (completeTakeover).
         let remoteTLS = try config.adminRemote.map { try RemoteAdminTLS(config: $0) }
+        let peerTLS = try config.peers?.tls.map { try PeerTLS($0) }
         // Kubernetes credentials too: a bad kubeconfig stops the start
         // with its file and line (docs/DISCOVERY.md).
         let kubeAccess = try DiscoveryService.credentials(config)
@@ -193,7 +194,7 @@ public final class Daemon {
         control.attach(channels)
         // Before any worker runs: the members' table (their pins arrive
         // as the workers' first commands).
-        let peerStart = pullPeerTable(channels: channels, control: control)
+        let peerStart = pullPeerTable(channels: channels, control: control, tls: peerTLS)
         let budget = Daemon.descriptorBudget(limit: Int(fdLimit), workers: workers)
         descriptorBudget = budget
         // Two descriptors per connection; splice pipes (two each) are taken
@@ -317,7 +318,7 @@ public final class Daemon {
 
         let cluster: ClusterRun
         do {
-            cluster = try startCluster(peerStart, control: control, channels: channels)
+            cluster = try startCluster(peerStart, control: control, channels: channels, tls: peerTLS)
         } catch {
             for c in channels { c.post(.stop) }
             admin.stop()

@@ -29,11 +29,11 @@ extension Daemon {
 
     /// The start-up pull (PeerSync), its pins posted to the workers that
     /// own their clients. Nil without `peers:`.
-    func pullPeerTable(channels: [WorkerChannel], control: ControlPlane) -> PeerStart? {
+    func pullPeerTable(channels: [WorkerChannel], control: ControlPlane, tls: PeerTLS?) -> PeerStart? {
         guard let peers = config.peers else { return nil }
         let clock = PeerClock(unixMs: ControlPlane.unixMs(), monotonicMs: ControlPlane.monotonicMs())
         guard !peers.members.isEmpty else { return PeerStart(clock: clock, summary: "no members") }
-        guard let got = PeerSync.pull(peers, fingerprint: peerFingerprint(control), logger: logger) else {
+        guard let got = PeerSync.pull(peers, fingerprint: peerFingerprint(control), tls: tls, logger: logger) else {
             logger.warning("starting without a peer table: no member answered within peers.sync_timeout",
                            metadata: ["sync_timeout_ms": "\(peers.syncTimeoutMs)"])
             return PeerStart(clock: clock, summary: "none (no member answered)")
@@ -51,13 +51,14 @@ extension Daemon {
         config.pools.reduce(UInt64(0)) { $0 &* 31 &+ PeerWire.keyFingerprint($1.affinity.hashKey ?? control.hashKey) }
     }
 
-    func startCluster(_ start: PeerStart?, control: ControlPlane, channels: [WorkerChannel]) throws -> ClusterRun {
+    func startCluster(_ start: PeerStart?, control: ControlPlane, channels: [WorkerChannel], tls: PeerTLS?) throws -> ClusterRun {
         var run = ClusterRun()
         if let peers = config.peers, let start {
             let service = PeerService(config: peers, routing: PeerRouting(poolNames: config.pools.map(\.name),
                                                                           masks: config.pools.map { ($0.affinity.maskV4, $0.affinity.maskV6) },
                                                                           channels: channels),
-                                      clock: start.clock, fingerprint: peerFingerprint(control), syncSummary: start.summary, logger: logger,
+                                      clock: start.clock, fingerprint: peerFingerprint(control), syncSummary: start.summary, tls: tls,
+                                      logger: logger,
                                       exportTable: { control.collect(PinQuery(pool: nil, client: nil, limit: AffinityConfig.capacityMax)).flatMap(\.pins) })
             try service.start()
             control.cluster.peers.withLock { $0 = service }

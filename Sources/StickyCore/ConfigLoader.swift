@@ -288,7 +288,7 @@ struct NodeReader {
 
     private mutating func peers(_ node: Node) throws -> PeersConfig {
         let keys = try fields(node, path: "peers", what: "peers", prefix: "peers.",
-                              known: ["name", "listen", "members", "sync_timeout", "queue"])
+                              known: ["name", "listen", "members", "sync_timeout", "queue", "tls"])
         let name = try string(required("name", in: keys), name: "peers.name")
         let listen = try address(required("listen", in: keys), name: "peers.listen")
         var members: [PeersConfig.Member] = []
@@ -301,6 +301,14 @@ struct NodeReader {
         var peers = PeersConfig(name: name, listen: listen, members: members)
         if let n = keys["sync_timeout"] { peers.syncTimeoutMs = try duration(n, name: "peers.sync_timeout") }
         if let n = keys["queue"] { peers.queue = try int(n, name: "peers.queue") }
+        if let n = keys["tls"] {
+            // All three, or the link would be half-secured: a certificate
+            // without a CA cannot verify members.
+            let f = try fields(n, path: "peers.tls", what: "peers.tls", prefix: "peers.tls.", known: ["cert", "key", "ca"])
+            peers.tls = PeersConfig.TLS(certificate: try string(required("cert", in: f), name: "peers.tls.cert"),
+                                        privateKey: try string(required("key", in: f), name: "peers.tls.key"),
+                                        ca: try string(required("ca", in: f), name: "peers.tls.ca"))
+        }
         return peers
     }
 

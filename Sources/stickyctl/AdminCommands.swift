@@ -22,23 +22,51 @@ struct CtlFailure: Error {
 
 /// Options every admin subcommand takes.
 struct AdminOptions: ParsableArguments {
-    @Option(name: .long, help: "Admin socket path (default $STICKYD_ADMIN_SOCKET or /run/stickyd/admin.sock).")
-    var socket: String?
+    @Option(name: .long, help: "Admin socket path (default $STICKYD_ADMIN_SOCKET or /run/stickyd/admin.sock). Repeat it to act on several instances.")
+    var socket: [String] = []
 
     @OptionGroup var remote: RemoteOptions
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Act on every instance listed in FILE: one per line, an admin socket path (starting with /) or HOST:PORT of a remote admin listener (with --cert, --key and --ca); # starts a comment.",
+        valueName: "file"))
+    var cluster: String?
 
     @Flag(name: .long, help: "Print the daemon's JSON answer instead of text.")
     var json = false
 
-    var path: String {
-        socket ?? ProcessInfo.processInfo.environment["STICKYD_ADMIN_SOCKET"] ?? StickyConfig.adminSocketDefault
+    /// The single socket used when no instance is named.
+    static var defaultPath: String {
+        ProcessInfo.processInfo.environment["STICKYD_ADMIN_SOCKET"] ?? StickyConfig.adminSocketDefault
     }
 
-    /// Where the daemon is reached, for messages.
-    var endpoint: String { remote.remote ?? path }
-
     func validate() throws {
-        if remote.remote != nil && socket != nil { throw ValidationError("give --socket or --remote, not both") }
+        if !remote.remote.isEmpty && !remote.hasCredentials {
+            throw ValidationError("--remote needs --cert, --key and --ca")
+        }
+        if remote.remote.isEmpty && cluster == nil && (remote.cert != nil || remote.key != nil || remote.ca != nil) {
+            throw ValidationError("--cert, --key and --ca go with --remote (or a --cluster file that names remote instances)")
+        }
+    }
+
+    /// The instances to act on, in the order given: the --cluster file's,
+    /// then each --socket, then each --remote; the default socket when none
+    /// is named. Usage errors (an unreadable file, a bad line, a name given
+    /// twice) are thrown before any connection is made.
+    func endpoints() throws -> [AdminEndpoint] {
+        var list: [AdminEndpoint] = []
+        if let cluster { list += try ClusterFile.load(cluster) }
+        list += socket.map { .unix($0) }
+        list += remote.remote.map { .remote($0) }
+        if list.isEmpty { list = [.unix(AdminOptions.defaultPath)] }
+        if list.contains(where: { if case .remote = $0 { return true } else { return false } }) && !remote.hasCredentials {
+            throw CtlFailure(status: CtlExit.usage, message: "\(cluster ?? "--cluster") names remote instances: give --cert, --key and --ca")
+        }
+        var seen = Set<String>()
+        for e in list where !seen.insert(e.description).inserted {
+            throw CtlFailure(status: CtlExit.usage, message: "instance \(e) is named twice; each instance gets a command once")
+        }
+        return list
     }
 }
 
@@ -53,10 +81,13 @@ final class AdminSession {
     /// How long `ask` waits for the next bytes of an answer. A daemon that
     /// stops answering must not hang a rollout script.
     var answerTimeoutSeconds = 30.0
+    /// "INSTANCE: " before progress lines when several instances are at
+    /// work, so that a wait's lines say whose they are.
+    var label = ""
 
-    /// Connects to the Unix socket, or with --remote to the TLS listener.
-    init(_ options: AdminOptions) throws {
-        connection = try AdminConnection(path: options.path, remote: options.remote)
+    /// Connects to one instance: a Unix socket, or a remote TLS listener.
+    init(_ endpoint: AdminEndpoint, remote: RemoteOptions) throws {
+        connection = try AdminConnection(endpoint, remote: remote)
     }
 
     /// How long `ask` waits for an answer (30 s unless changed).
@@ -122,18 +153,6 @@ final class AdminSession {
     }
 }
 
-/// Runs an admin subcommand body, turning failures into exit statuses.
-func runAdmin(_ options: AdminOptions, _ body: (AdminSession) throws -> String?) throws {
-    do {
-        let session = try AdminSession(options)
-        if let out = try body(session), !out.isEmpty { print(out) }
-    } catch let f as CtlFailure {
-        var err = StandardErrorStream()
-        print("stickyctl: \(f.message)", to: &err)
-        throw ExitCode(f.status)
-    }
-}
-
 func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -161,7 +180,7 @@ struct Show: ParsableCommand {
         }
         var line = "show " + words.joined(separator: " ")
         if let limit { line += " limit \(limit)" }
-        try runAdmin(options) { try $0.run(line, json: options.json) }
+        try runAdmin(options, change: false) { try $0.run(line, json: options.json) }
     }
 }
 
@@ -177,7 +196,7 @@ struct Add: ParsableCommand {
         var line = "add target \(poolPrefix(pool))\(address)"
         if let weight { line += " weight \(weight)" }
         if let name { line += " name \(name)" }
-        try runAdmin(options) { try $0.run(line, json: options.json) }
+        try runAdmin(options, check: { try requireNoTarget($0, address, pool: pool) }) { try $0.run(line, json: options.json) }
     }
 }
 
@@ -188,6 +207,9 @@ struct TargetArguments: ParsableArguments {
 
     /// `<verb> target [<pool>] <address>`, the admin line's start.
     func line(_ verb: String) -> String { "\(verb) target \(poolPrefix(pool))\(address)" }
+
+    /// The check before a change on several instances: the target is on it.
+    func require(_ s: AdminSession) throws { try requireTarget(s, address, pool: pool) }
 }
 
 struct SetWeight: ParsableCommand {
@@ -197,7 +219,7 @@ struct SetWeight: ParsableCommand {
     @Argument(help: "New weight, 0-10000.") var weight: Int
 
     func run() throws {
-        try runAdmin(options) { try $0.run(target.line("set") + " weight \(weight)", json: options.json) }
+        try runAdmin(options, check: target.require) { try $0.run(target.line("set") + " weight \(weight)", json: options.json) }
     }
 }
 
@@ -227,7 +249,7 @@ func waitDrained(_ s: AdminSession, address: String, pool: String?, waitTimeout:
         if !quiet && elapsed - lastPrinted >= 1 {
             lastPrinted = elapsed
             let deadline = left.map { String(format: "deadline in %.0fs", $0) } ?? "no deadline"
-            print("draining \(address): \(conns) connection(s) left, \(deadline)\(goaways ?? "")", to: &err)
+            print("\(s.label)draining \(address): \(conns) connection(s) left, \(deadline)\(goaways ?? "")", to: &err)
         }
         // Every poll makes each worker count its pins per target (a table
         // walk), so ask twice a second, not more.
@@ -252,13 +274,17 @@ struct Drain: ParsableCommand {
         var line = target.line("drain")
         if let mode { line += " mode \(mode)" }
         if let timeout { line += " timeout \(timeout)" }
-        try runAdmin(options) { s in
-            let first = try s.run(line, json: options.json)
-            guard wait else { return first }
-            print(first)
-            let deadlineS = Double(parseDuration(timeout ?? "") ?? 60_000) / 1000
-            return try waitDrained(s, address: target.address, pool: target.pool, waitTimeout: waitTimeout ?? deadlineS + 30,
-                                   quiet: quiet)
+        let deadlineS = Double(parseDuration(timeout ?? "") ?? 60_000) / 1000
+        // The drain starts on every instance before the first wait, so
+        // they drain together and the wait is the slowest one's.
+        try withCluster(options, change: true) { c in
+            try c.check(target.require)
+            try c.step { try $0.run(line, json: options.json) }
+            guard wait else { return }
+            try c.step {
+                try waitDrained($0, address: target.address, pool: target.pool, waitTimeout: waitTimeout ?? deadlineS + 30,
+                                quiet: quiet)
+            }
         }
     }
 }
@@ -273,7 +299,9 @@ protocol TargetVerbCommand: ParsableCommand {
 }
 
 extension TargetVerbCommand {
-    func run() throws { try runAdmin(options) { try $0.run(target.line(Self.verb), json: options.json) } }
+    func run() throws {
+        try runAdmin(options, check: target.require) { try $0.run(target.line(Self.verb), json: options.json) }
+    }
 }
 
 struct Ready: TargetVerbCommand {
@@ -296,7 +324,19 @@ struct Remove: ParsableCommand {
     @OptionGroup var target: TargetArguments
     @Flag(help: "Remove even with connections open (they are reset).") var force = false
     func run() throws {
-        try runAdmin(options) { try $0.run(target.line("remove") + (force ? " force" : ""), json: options.json) }
+        let force = force
+        // Without --force the daemon refuses a target with connections;
+        // with several instances, find that out before removing anywhere.
+        let check = { (s: AdminSession) throws in
+            guard let t = try s.target(target.address, pool: target.pool) else {
+                throw CtlFailure(status: CtlExit.refused, message: "no target \(poolPrefix(target.pool))\(target.address)")
+            }
+            if !force && t.connections > 0 {
+                throw CtlFailure(status: CtlExit.refused,
+                                 message: "target \(target.address) still has \(t.connections) connection(s); drain it first or use --force")
+            }
+        }
+        try runAdmin(options, check: check) { try $0.run(target.line("remove") + (force ? " force" : ""), json: options.json) }
     }
 }
 
@@ -327,7 +367,12 @@ struct Raw: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Send one admin command line as it is (see `help`).")
     @OptionGroup var options: AdminOptions
     @Argument(help: "The command words.") var words: [String]
-    func run() throws { try runAdmin(options) { try $0.run(words.joined(separator: " "), json: options.json) } }
+    func run() throws {
+        // A `show` or `help` changes nothing: the instances that answer are
+        // printed even if one does not. Anything else is a change.
+        let read = ["show", "help"].contains(words.first ?? "")
+        try runAdmin(options, change: !read) { try $0.run(words.joined(separator: " "), json: options.json) }
+    }
 }
 
 struct Replace: ParsableCommand {
@@ -349,11 +394,24 @@ struct Replace: ParsableCommand {
     func run() throws {
         guard let newAddress = SocketAddress(new) else { throw ValidationError("NEW '\(new)' is not an address (ip:port)") }
         guard SocketAddress(old) != nil else { throw ValidationError("OLD '\(old)' is not an address (ip:port)") }
-        try runAdmin(options) { s in
-            guard let oldTarget = try s.target(old, pool: pool) else {
-                throw CtlFailure(status: CtlExit.refused, message: "no target \(old)")
+        // Each step runs on every instance before the next starts; a step
+        // that fails anywhere stops the roll there (see `Cluster`).
+        try withCluster(options, change: true) { c in
+            // OLD on every instance, NEW on none: checked before anything
+            // changes, also with one instance (nothing is added then).
+            var pools: [String] = []
+            var weights: [Int] = []
+            let oneOnly = !c.labelled
+            for (e, s) in zip(c.endpoints, c.sessions) {
+                let at = oneOnly ? "" : "\(e): "
+                guard let oldTarget = try s.target(old, pool: pool) else {
+                    throw CtlFailure(status: CtlExit.refused, message: "\(at)no target \(old)")
+                }
+                let targetPool = pool ?? oldTarget.pool
+                if !oneOnly { try requireNoTarget(s, new, pool: targetPool) }
+                pools.append(targetPool)
+                weights.append(weight ?? oldTarget.weight)
             }
-            let targetPool = pool ?? oldTarget.pool
             // 1. NEW must answer before it gets clients.
             let start = monotonicSeconds()
             while !acceptsConnections(newAddress) {
@@ -362,18 +420,32 @@ struct Replace: ParsableCommand {
                 }
                 usleep(200_000)
             }
-            var add = "add target \(poolPrefix(targetPool))\(new) weight \(weight ?? oldTarget.weight)"
-            if let name { add += " name \(name)" }
-            print(try s.run(add, json: false))
-            // 2. Drain OLD and wait for its last connection.
-            var drain = "drain target \(poolPrefix(targetPool))\(old)"
-            if let mode { drain += " mode \(mode)" }
-            if let timeout { drain += " timeout \(timeout)" }
-            print(try s.run(drain, json: false))
+            var i = 0
+            func each(_ body: (AdminSession, String, Int) throws -> String) throws {
+                i = 0
+                try c.step { s in
+                    defer { i += 1 }
+                    return try body(s, pools[i], weights[i])
+                }
+            }
+            try each { s, targetPool, w in
+                var add = "add target \(poolPrefix(targetPool))\(new) weight \(w)"
+                if let name { add += " name \(name)" }
+                return try s.run(add, json: false)
+            }
+            // 2. Drain OLD everywhere, then wait for its last connection.
+            try each { s, targetPool, _ in
+                var drain = "drain target \(poolPrefix(targetPool))\(old)"
+                if let mode { drain += " mode \(mode)" }
+                if let timeout { drain += " timeout \(timeout)" }
+                return try s.run(drain, json: false)
+            }
             let deadlineS = Double(parseDuration(timeout ?? "") ?? 60_000) / 1000
-            print(try waitDrained(s, address: old, pool: targetPool, waitTimeout: deadlineS + 30, quiet: quiet))
+            try each { s, targetPool, _ in
+                try waitDrained(s, address: old, pool: targetPool, waitTimeout: deadlineS + 30, quiet: quiet)
+            }
             // 3. Remove it.
-            return try s.run("remove target \(poolPrefix(targetPool))\(old)", json: false)
+            try each { s, targetPool, _ in try s.run("remove target \(poolPrefix(targetPool))\(old)", json: false) }
         }
     }
 }
@@ -396,6 +468,18 @@ struct Upgrade: ParsableCommand {
     }
 
     func run() throws {
+        // One host at a time (docs/SCALING.md): each upgrade is watched to
+        // its end, and a failed one should stop the rollout.
+        let endpoints: [AdminEndpoint]
+        do {
+            endpoints = try options.endpoints()
+        } catch let f as CtlFailure {
+            Cluster.report(f)
+            throw ExitCode(f.status)
+        }
+        guard endpoints.count == 1, let endpoint = endpoints.first else {
+            throw ValidationError("upgrade acts on one instance; upgrade a cluster one host at a time (docs/SCALING.md)")
+        }
         let start = monotonicSeconds()
         var successorPid: Int32 = 0
         try runAdmin(options) { s in
@@ -411,11 +495,11 @@ struct Upgrade: ParsableCommand {
         // serves; until then the old daemon (or nobody) answers there.
         var lastSeen = "no answer"
         while monotonicSeconds() - start < timeout {
-            if let session = try? AdminSession(options) {
+            if let session = try? AdminSession(endpoint, remote: options.remote) {
                 session.setAnswerTimeout(seconds: 5)
                 if let pid = try? session.query("show info", as: InfoAnswer.self).pid {
                     if pid == successorPid {
-                        if !options.json { print("pid \(successorPid) answers on \(options.endpoint)") }
+                        if !options.json { print("pid \(successorPid) answers on \(endpoint)") }
                         return
                     }
                     lastSeen = "pid \(pid) answers"
@@ -424,7 +508,7 @@ struct Upgrade: ParsableCommand {
             usleep(100_000)
         }
         var err = StandardErrorStream()
-        print("stickyctl: pid \(successorPid) took over but does not answer on \(options.endpoint) after \(Int(timeout))s (\(lastSeen))", to: &err)
+        print("stickyctl: pid \(successorPid) took over but does not answer on \(endpoint) after \(Int(timeout))s (\(lastSeen))", to: &err)
         throw ExitCode(CtlExit.timedOut)
     }
 }

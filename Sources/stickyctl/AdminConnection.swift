@@ -9,11 +9,13 @@ import StickyCore
 
 /// `--remote HOST:PORT --cert FILE --key FILE --ca FILE`: the daemon's
 /// remote admin listener over mutual TLS, in place of the Unix socket.
+/// `--remote` may be repeated (several instances, docs/ADMIN.md section 7);
+/// one certificate, key and CA serve them all.
 struct RemoteOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "Reach the daemon's remote admin listener (admin.remote) over mutual TLS instead of the Unix socket; needs --cert, --key and --ca.",
+        "Reach the daemon's remote admin listener (admin.remote) over mutual TLS instead of the Unix socket; needs --cert, --key and --ca. Repeat it to act on several instances.",
         valueName: "host:port"))
-    var remote: String?
+    var remote: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("With --remote: this client's certificate (PEM).", valueName: "file"))
     var cert: String?
@@ -24,14 +26,12 @@ struct RemoteOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("With --remote: the CA that signed the daemon's certificate (PEM).", valueName: "file"))
     var ca: String?
 
+    /// Whether --cert, --key and --ca are all given.
+    var hasCredentials: Bool { cert != nil && key != nil && ca != nil }
+
     func validate() throws {
-        if let remote {
-            guard cert != nil, key != nil, ca != nil else { throw ValidationError("--remote needs --cert, --key and --ca") }
-            guard RemoteOptions.split(remote) != nil else {
-                throw ValidationError("--remote '\(remote)' is not HOST:PORT (an IPv6 address goes in brackets: [::1]:9443)")
-            }
-        } else if cert != nil || key != nil || ca != nil {
-            throw ValidationError("--cert, --key and --ca go with --remote")
+        for r in remote where RemoteOptions.split(r) == nil {
+            throw ValidationError("--remote '\(r)' is not HOST:PORT (an IPv6 address goes in brackets: [::1]:9443)")
         }
     }
 
@@ -66,21 +66,27 @@ final class AdminConnection: @unchecked Sendable {
     let channel: Channel
     let inbox: Inbox
 
-    /// Connects to the Unix socket at `path`, or to `remote` over TLS.
-    init(path: String, remote: RemoteOptions) throws {
+    /// Connects to the endpoint: a Unix socket, or a remote listener over
+    /// TLS with the credentials in `remote`.
+    init(_ endpoint: AdminEndpoint, remote: RemoteOptions) throws {
         let inbox = Inbox()
         self.inbox = inbox
-        let endpoint = remote.remote ?? path
         func unreachable(_ why: String) -> CtlFailure {
             CtlFailure(status: CtlExit.unreachable, message: "cannot reach stickyd at \(endpoint): \(why)")
         }
-        let tls = remote.remote == nil ? nil : try AdminConnection.clientTLS(remote)
+        let hostPort: (host: String, port: Int)?
+        let path: String
+        switch endpoint {
+        case .unix(let p): (hostPort, path) = (nil, p)
+        case .remote(let r): (hostPort, path) = (RemoteOptions.split(r), "")
+        }
+        let tls = hostPort == nil ? nil : try AdminConnection.clientTLS(remote)
         let bootstrap = ClientBootstrap(group: AdminConnection.group)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    if let tls, let (host, _) = remote.remote.flatMap(RemoteOptions.split) {
+                    if let tls, let (host, _) = hostPort {
                         // SNI takes a name, never an address; the server's
                         // certificate is checked against either.
                         let isAddress = (try? NIOCore.SocketAddress(ipAddress: host, port: 0)) != nil
@@ -90,7 +96,7 @@ final class AdminConnection: @unchecked Sendable {
                 }
             }
         do {
-            if let (host, port) = remote.remote.flatMap(RemoteOptions.split) {
+            if let (host, port) = hostPort {
                 channel = try bootstrap.connect(host: host, port: port).wait()
             } else {
                 guard path.utf8.count < 108 else {

@@ -31,6 +31,19 @@ final class PeersConfigTests: XCTestCase {
         XCTAssertEqual(c.peers?.syncTimeoutMs, 1_500)
         XCTAssertEqual(c.peers?.queue, 2_048)
         XCTAssertEqual(c.vip, VIPConfig(address: IPAddress("198.51.100.10")!, interface: "vip0"))
+        XCTAssertNil(c.peers?.tls, "plain TCP unless peers.tls says")
+    }
+
+    func testPeersTLSLoads() throws {
+        let c = try ConfigLoader.parse(Self.config("""
+            peers:
+              name: a
+              listen: 192.0.2.11:7700
+              members: [{name: b, address: 192.0.2.12:7700}]
+              tls: {cert: /etc/stickyd/a.crt, key: /etc/stickyd/a.key, ca: /etc/stickyd/peers-ca.crt}
+            """), file: "t.yaml")
+        XCTAssertEqual(c.peers?.tls, PeersConfig.TLS(certificate: "/etc/stickyd/a.crt", privateKey: "/etc/stickyd/a.key",
+                                                     ca: "/etc/stickyd/peers-ca.crt"))
     }
 
     func testBadPeersConfigSaysWhy() {
@@ -47,6 +60,11 @@ final class PeersConfigTests: XCTestCase {
         fails("peers: {name: a, listen: 198.51.100.10:443, \(member)}", "also a traffic listener")
         fails("peers: {name: a, listen: 192.0.2.11:7700, queue: 5, \(member)}", "peers.queue must be")
         fails("peers: {name: a, listen: 192.0.2.11:7700, membres: []}", "unknown key 'membres'")
+        let peers = "peers: {name: a, listen: 192.0.2.11:7700, \(member)"
+        fails(peers + ", tls: {cert: a.crt, key: a.key}}", "peers.tls.ca")
+        fails(peers + ", tls: {cert: a.crt, key: a.key, ca: ca.crt, verify: none}}", "unknown key 'verify'")
+        fails(peers + ", tls: {cert: '', key: a.key, ca: ca.crt}}", "peers.tls.cert must be a file path")
+        fails(peers + ", tls: on}", "peers.tls")
         fails("vip: {address: 198.51.100.0/24, interface: vip0}", "vip.address must be one")
         fails("vip: {address: 198.51.100.10, interface: averyveryverylongname}", "vip.interface must be")
     }

@@ -468,7 +468,7 @@ def test_stickyctl_remote_refusals_have_their_exit_status(served, certs, tmp_pat
     # Usage: exit 2, before any connection.
     for args, words in [(["--remote", fmt_addr(*s.remote)], "--remote needs --cert, --key and --ca"),
                         (["--cert", certs.by_cn.crt], "--cert, --key and --ca go with --remote"),
-                        ([*remote_args(s, certs, certs.by_cn), "--socket", s.sock], "not both"),
+                        ([*remote_args(s, certs, certs.by_cn), "--remote", fmt_addr(*s.remote)], "named twice"),
                         (["--remote", "nowhere", "--cert", "a", "--key", "b", "--ca", "c"], "is not HOST:PORT")]:
         p = ctl("show", "info", *args)
         assert p.returncode == 2, p
@@ -478,6 +478,18 @@ def test_stickyctl_remote_refusals_have_their_exit_status(served, certs, tmp_pat
             "--ca", certs.ca.crt)
     assert p.returncode == 2, p
     assert f"--cert {missing}: No such file or directory" in p.stderr, p.stderr
+    assert_still_serving(s)
+
+
+def test_stickyctl_several_instances_mixes_socket_and_remote(served, certs):
+    """A repeated target list may mix transports (docs/ADMIN.md, "Several
+    instances"): here one daemon through both, so both answers are its."""
+    s = served
+    p = ctl("show", "info", "--json", *remote_args(s, certs, certs.by_cn), "--socket", s.sock)
+    assert p.returncode == 0, p
+    docs = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [d["instance"] for d in docs] == [s.sock, fmt_addr(*s.remote)], p.stdout
+    assert docs[0]["answer"]["pid"] == docs[1]["answer"]["pid"] == str(s.daemon.pid)
     assert_still_serving(s)
 
 

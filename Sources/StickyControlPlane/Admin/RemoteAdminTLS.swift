@@ -19,33 +19,9 @@ public final class RemoteAdminTLS: Sendable {
     /// Every failure names the config key and the file, and says why.
     public init(config: RemoteAdminConfig) throws {
         self.config = config
-        let files = [("admin.remote.cert", config.certificate), ("admin.remote.key", config.privateKey),
-                     ("admin.remote.client_ca", config.clientCA)]
-        // BoringSSL's words for a missing file are "system lib"; errno's are clearer.
-        for (key, path) in files {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw SystemError("\(key) \(path): cannot open", errno: errno) }
-            close(fd)
-        }
-        func invalid(_ message: String) -> SystemError { SystemError(message, errno: EINVAL) }
-        let chain = (try? NIOSSLCertificate.fromPEMFile(config.certificate)) ?? []
-        guard !chain.isEmpty else {
-            throw invalid("admin.remote.cert \(config.certificate): cannot load a PEM certificate: no certificate in the file")
-        }
-        // An encrypted key would need a passphrase at every start.
-        if let text = try? String(contentsOfFile: config.privateKey, encoding: .utf8), text.contains("ENCRYPTED") {
-            throw invalid("admin.remote.key \(config.privateKey): cannot load a PEM private key: an encrypted key is not supported")
-        }
-        let key: NIOSSLPrivateKey
-        do {
-            key = try NIOSSLPrivateKey(file: config.privateKey, format: .pem)
-        } catch {
-            throw invalid("admin.remote.key \(config.privateKey): cannot load a PEM private key: \(RemoteAdminTLS.reason(error))")
-        }
-        let authorities = (try? NIOSSLCertificate.fromPEMFile(config.clientCA)) ?? []
-        guard !authorities.isEmpty else {
-            throw invalid("admin.remote.client_ca \(config.clientCA): cannot load PEM CA certificates: no certificate in the file")
-        }
+        let (chain, key, authorities) = try TLSMaterial.load(
+            cert: ("admin.remote.cert", config.certificate), key: ("admin.remote.key", config.privateKey),
+            ca: ("admin.remote.client_ca", config.clientCA))
         var tls = TLSConfiguration.makeServerConfigurationWithMTLS(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key),
             trustRoots: .certificates(authorities))
@@ -58,14 +34,51 @@ public final class RemoteAdminTLS: Sendable {
         } catch NIOSSLError.failedToLoadPrivateKey {
             // The key was read above; BoringSSL refuses one that does not
             // match the certificate's public key.
-            throw invalid("admin.remote.key \(config.privateKey) is not the key of admin.remote.cert \(config.certificate)")
+            throw SystemError("admin.remote.key \(config.privateKey) is not the key of admin.remote.cert \(config.certificate)", errno: EINVAL)
         } catch {
-            throw invalid("admin.remote: cannot create a TLS context: \(RemoteAdminTLS.reason(error))")
+            throw SystemError("admin.remote: cannot create a TLS context: \(RemoteAdminTLS.reason(error))", errno: EINVAL)
         }
     }
 
     /// BoringSSL's reasons for `error`, in words.
     static func reason(_ error: Error) -> String { TLSErrorText.reason("\(error)") }
+}
+
+/// A certificate chain, its key and the CAs that peers must chain to, read
+/// from PEM files: the remote admin listener's and the peer links'. Every
+/// failure names the config key and the file, and says why.
+enum TLSMaterial {
+    typealias File = (key: String, path: String)
+
+    static func load(cert: File, key keyFile: File, ca: File) throws
+        -> (chain: [NIOSSLCertificate], key: NIOSSLPrivateKey, authorities: [NIOSSLCertificate]) {
+        // BoringSSL's words for a missing file are "system lib"; errno's are clearer.
+        for (key, path) in [cert, keyFile, ca] {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemError("\(key) \(path): cannot open", errno: errno) }
+            close(fd)
+        }
+        func invalid(_ message: String) -> SystemError { SystemError(message, errno: EINVAL) }
+        let chain = (try? NIOSSLCertificate.fromPEMFile(cert.path)) ?? []
+        guard !chain.isEmpty else {
+            throw invalid("\(cert.key) \(cert.path): cannot load a PEM certificate: no certificate in the file")
+        }
+        // An encrypted key would need a passphrase at every start.
+        if let text = try? String(contentsOfFile: keyFile.path, encoding: .utf8), text.contains("ENCRYPTED") {
+            throw invalid("\(keyFile.key) \(keyFile.path): cannot load a PEM private key: an encrypted key is not supported")
+        }
+        let key: NIOSSLPrivateKey
+        do {
+            key = try NIOSSLPrivateKey(file: keyFile.path, format: .pem)
+        } catch {
+            throw invalid("\(keyFile.key) \(keyFile.path): cannot load a PEM private key: \(RemoteAdminTLS.reason(error))")
+        }
+        let authorities = (try? NIOSSLCertificate.fromPEMFile(ca.path)) ?? []
+        guard !authorities.isEmpty else {
+            throw invalid("\(ca.key) \(ca.path): cannot load PEM CA certificates: no certificate in the file")
+        }
+        return (chain, key, authorities)
+    }
 }
 
 /// Lets a TLS session in, between swift-nio-ssl's handler and the session:

@@ -184,6 +184,11 @@ public final class MetricsExporter: Sendable {
             }
         }
 
+        // Peers: one source, the peer service (worker 0).
+        if let peers = control.cluster.peers.withLock({ $0 }) {
+            count(CounterTable.field(.process(.peerConnectionsRefused)), [], worker: 0, peers.refusals.withLock { $0.count })
+        }
+
         let loads = ControlPlane.loads(reports)
         for (p, pool) in loads {
             for (address, load) in pool {

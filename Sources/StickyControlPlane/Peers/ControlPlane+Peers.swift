@@ -27,7 +27,8 @@ extension ControlPlane {
             name: peers.name, listen: "\(peers.listen)",
             members: service?.status ?? peers.members.map { PeerStatus(name: $0.name, address: "\($0.address)", state: "not started", inbound: false) },
             pinsApplied: workers[.peerPinsApplied], conflicts: workers[.peerConflicts], pinsIgnored: workers[.peerPinsIgnored],
-            outboxDropped: dropped, sync: service?.syncSummary ?? "not yet"))
+            outboxDropped: dropped, sync: service?.syncSummary ?? "not yet",
+            tls: peers.tls != nil, refused: service?.refusals.withLock { $0 } ?? (0, nil)))
     }
 
     /// `withdraw` / `announce`: the VIP off the host (open connections stay

@@ -2,6 +2,7 @@ import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import StickyCore
 import StickyDataPlane
 import Synchronization
@@ -21,6 +22,9 @@ import Synchronization
 ///   same hash key. Their pins go to the worker whose shard owns the
 ///   client (the steering hash), as one `peerPins` command per batch.
 /// - A `syncRequest` (a member starting) is answered with the whole table.
+/// - With `peers.tls`, every connection is mutual TLS and the member's
+///   certificate CN must be its name (PeerTLS). Every refused connection
+///   is counted (`refusedCount`, in `show peers`).
 ///
 /// State below `loop` is touched only on the loop.
 final class PeerService: @unchecked Sendable {
@@ -41,6 +45,7 @@ final class PeerService: @unchecked Sendable {
     var channels: [WorkerChannel] { routing.channels }
     let clock: PeerClock
     let fingerprint: UInt64
+    let tls: PeerTLS?
     let logger: Logger
     /// The whole table, for a starting member (`ControlPlane.collect`).
     let exportTable: @Sendable () -> [(pool: Int, pin: AffinityPin)]
@@ -66,13 +71,18 @@ final class PeerService: @unchecked Sendable {
     let syncSummary: String
     /// What `show peers` and metrics read, refreshed each tick.
     let published: Mutex<[PeerStatus]>
+    /// Connections refused (not a member, wrong address or hash key, a
+    /// failed TLS handshake, a certificate for another name), and the last
+    /// reason: for `show peers`.
+    let refusals = Mutex<(count: UInt64, last: String?)>((0, nil))
 
-    init(config: PeersConfig, routing: PeerRouting, clock: PeerClock, fingerprint: UInt64, syncSummary: String, logger: Logger,
-         exportTable: @escaping @Sendable () -> [(pool: Int, pin: AffinityPin)]) {
+    init(config: PeersConfig, routing: PeerRouting, clock: PeerClock, fingerprint: UInt64, syncSummary: String, tls: PeerTLS?,
+         logger: Logger, exportTable: @escaping @Sendable () -> [(pool: Int, pin: AffinityPin)]) {
         self.config = config
         self.routing = routing
         self.clock = clock
         self.fingerprint = fingerprint
+        self.tls = tls
         self.syncSummary = syncSummary
         self.logger = logger
         self.exportTable = exportTable
@@ -90,6 +100,7 @@ final class PeerService: @unchecked Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] child in
                 child.eventLoop.makeCompletedFuture {
+                    if let tls { try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.server)) }
                     try child.pipeline.syncOperations.addHandler(PeerConnection(service: self, link: nil))
                 }
             }
@@ -105,6 +116,7 @@ final class PeerService: @unchecked Sendable {
                                                  delay: .milliseconds(PeerService.tickMs)) { [self] _ in tick() }
         }
         logger.info("peer listener up", metadata: ["listen": "\(config.listen)", "name": "\(config.name)",
+                                                   "tls": "\(tls != nil ? "mutual" : "off")",
                                                    "members": "\(config.members.map(\.name).joined(separator: ","))"])
     }
 
@@ -135,6 +147,9 @@ final class PeerService: @unchecked Sendable {
             .connectTimeout(.seconds(2))
             .channelInitializer { [self] ch in
                 ch.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try ch.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls.client, serverHostname: nil))
+                    }
                     try ch.pipeline.syncOperations.addHandler(PeerConnection(service: self, link: i))
                 }
             }
@@ -228,20 +243,31 @@ final class PeerService: @unchecked Sendable {
     func accept(_ ch: Channel, hello name: String, fingerprint theirs: UInt64, outbound: Int?) -> Int? {
         let remote = ch.remoteAddress?.ipAddress
         guard let i = links.firstIndex(where: { $0.member.name == name }) else {
-            logger.warning("peer refused: not a member", metadata: ["name": "\(name)", "from": "\(remote ?? "?")"])
-            ch.close(promise: nil)
+            refuse(ch, "not a member", ["name": "\(name)"])
             return nil
         }
         guard outbound != nil || remote == "\(links[i].member.address.ip)" else {
-            logger.warning("peer refused: not from the member's address",
-                           metadata: ["name": "\(name)", "from": "\(remote ?? "?")", "expected": "\(links[i].member.address.ip)"])
-            ch.close(promise: nil)
+            refuse(ch, "not from the member's address", ["name": "\(name)", "expected": "\(links[i].member.address.ip)"])
             return nil
         }
+        // The name said in the hello must be the one the CA vouched for:
+        // a certificate for one member cannot speak as another.
+        if tls != nil {
+            switch PeerTLS.commonName(on: ch) {
+            case .failure(let f):
+                refuse(ch, f.reason, ["name": "\(name)"])
+                return nil
+            case .success(let cn) where cn != name:
+                refuse(ch, "certificate CN '\(cn)' is not the member's name", ["name": "\(name)"])
+                links[i].status.lastError = "certificate CN '\(cn)' is not '\(name)'"
+                return nil
+            default:
+                break
+            }
+        }
         guard theirs == fingerprint else {
-            logger.error("peer refused: a different hash_key (clients would be placed differently)", metadata: ["name": "\(name)"])
+            refuse(ch, "a different hash_key (clients would be placed differently)", ["name": "\(name)"], level: .error)
             links[i].status.lastError = "different hash_key"
-            ch.close(promise: nil)
             return nil
         }
         if let o = outbound {
@@ -255,6 +281,19 @@ final class PeerService: @unchecked Sendable {
             ch.writeAndFlush(ByteBuffer(bytes: PeerWire.encode(.hello(name: config.name, fingerprint: fingerprint))), promise: nil)
         }
         return i
+    }
+
+    /// Closes a connection that is not let in, logs why and counts it.
+    func refuse(_ ch: Channel?, _ reason: String, _ extra: Logger.Metadata = [:], level: Logger.Level = .warning) {
+        var m = extra
+        m["from"] = "\(ch?.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?")"
+        m["reason"] = "\(reason)"
+        logger.log(level: level, "peer connection refused", metadata: m)
+        refusals.withLock {
+            $0.count &+= 1
+            $0.last = reason
+        }
+        ch?.close(promise: nil)
     }
 
     func received(_ message: PeerMessage, from i: Int, on ch: Channel) {
@@ -391,6 +430,14 @@ final class PeerConnection: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if case NIOSSLError.handshakeFailed = error {
+            // Not signed by peers.tls.ca, no certificate, an old TLS: the
+            // other side is not a member (or we are not one to it).
+            reason = "TLS handshake failed: \(RemoteAdminTLS.reason(error))"
+            service.refuse(context.channel, reason)
+            return
+        }
+        if case NIOSSLError.uncleanShutdown = error { return }
         reason = "\(error)"
         context.close(promise: nil)
     }

@@ -17,14 +17,16 @@ enum PeerSync {
     }
 
     /// The first member that answers in time; nil if none did.
-    static func pull(_ config: PeersConfig, fingerprint: UInt64, logger: Logger) -> Result? {
+    static func pull(_ config: PeersConfig, fingerprint: UInt64, tls: PeerTLS?, logger: Logger) -> Result? {
         let deadline = SystemClock().nowMs() + config.syncTimeoutMs
         for m in config.members {
             let left = deadline - SystemClock().nowMs()
             guard left > 0 else { break }
             do {
-                let r = try pull(from: m, name: config.name, fingerprint: fingerprint, deadline: deadline)
-                return r
+                if let tls {
+                    return try pullTLS(from: m, name: config.name, fingerprint: fingerprint, tls: tls, deadline: deadline)
+                }
+                return try pull(from: m, name: config.name, fingerprint: fingerprint, deadline: deadline)
             } catch {
                 logger.notice("peer table pull failed; trying the next member",
                               metadata: ["member": "\(m.name)", "address": "\(m.address)", "error": "\(error)"])
@@ -51,26 +53,10 @@ enum PeerSync {
         guard send(fd, &hello, hello.count, Int32(MSG_NOSIGNAL)) == hello.count else { throw SystemError("send", errno: errno) }
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65_536)
-        var pins: [String: [PeerPin]] = [:]
-        var count = 0
-        var greeted = false
+        var table = Table(member: m.name, fingerprint: fingerprint)
         while true {
             guard SystemClock().nowMs() < deadline else { throw SystemError("no whole table before peers.sync_timeout", errno: ETIMEDOUT) }
-            while let message = try PeerWire.decodeFrame(&buffer) {
-                switch message {
-                case .hello(let who, let fp):
-                    guard who == m.name else { throw SystemError("answered as '\(who)', not '\(m.name)'", errno: EPROTO) }
-                    guard fp == fingerprint else { throw SystemError("a different hash_key", errno: EPROTO) }
-                    greeted = true
-                case .pins(let pool, _, let batch) where greeted:
-                    pins[pool, default: []] += batch
-                    count += batch.count
-                case .syncEnd where greeted:
-                    return Result(member: m.name, pins: pins, count: count)
-                default:
-                    break
-                }
-            }
+            if let done = try table.take(&buffer) { return done }
             setTimeout()
             let n = recv(fd, &chunk, chunk.count, 0)
             if n == 0 { throw SystemError("closed before the table ended", errno: ECONNRESET) }
@@ -79,6 +65,35 @@ enum PeerSync {
                 throw SystemError("recv", errno: errno)
             }
             buffer += chunk[0..<n]
+        }
+    }
+
+    /// A member's answer to a sync request, as it arrives.
+    struct Table {
+        let member: String
+        let fingerprint: UInt64
+        var pins: [String: [PeerPin]] = [:]
+        var count = 0
+        var greeted = false
+
+        /// Takes the whole frames in `buffer`; the result once the table has ended.
+        mutating func take(_ buffer: inout [UInt8]) throws -> Result? {
+            while let message = try PeerWire.decodeFrame(&buffer) {
+                switch message {
+                case .hello(let who, let fp):
+                    guard who == member else { throw SystemError("answered as '\(who)', not '\(member)'", errno: EPROTO) }
+                    guard fp == fingerprint else { throw SystemError("a different hash_key", errno: EPROTO) }
+                    greeted = true
+                case .pins(let pool, _, let batch) where greeted:
+                    pins[pool, default: []] += batch
+                    count += batch.count
+                case .syncEnd where greeted:
+                    return Result(member: member, pins: pins, count: count)
+                default:
+                    break
+                }
+            }
+            return nil
         }
     }
 }

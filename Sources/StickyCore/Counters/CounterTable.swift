@@ -150,6 +150,9 @@ public enum PanicFigure: Sendable, CaseIterable {
 public enum ProcessFigure: Sendable {
     case buildInfo
     case startTime
+    /// Peer connections refused (PeerService.refuse): kept by the peer
+    /// service, one figure for the process.
+    case peerConnectionsRefused
 }
 
 /// Where a field's figures come from.
@@ -412,5 +415,8 @@ public enum CounterTable {
         CounterField(source: .process(.startTime), scope: .process, kind: .gauge,
                      metric: "stickyd_start_time_seconds", stat: nil, extraLabels: [],
                      help: "When the daemon started, in Unix seconds."),
+        CounterField(source: .process(.peerConnectionsRefused), scope: .process, kind: .counter,
+                     metric: "stickyd_peer_connections_refused_total", stat: nil, extraLabels: [],
+                     help: "Peer connections refused: not from a member (name, address), another hash_key, a failed TLS handshake (a certificate peers.tls.ca did not sign, or none), or a certificate whose CN is not the member's name. The last reason is in show peers."),
     ]
 }

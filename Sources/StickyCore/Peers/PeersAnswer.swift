@@ -40,9 +40,17 @@ public struct PeersAnswer: AdminAnswer, Equatable {
     public var outboxDropped: UInt64
     /// What the start-up pull got: the member and pin count, or why none.
     public var sync: String
+    /// Whether peer links are mutual TLS (`peers.tls`).
+    public var tls: Bool
+    /// Connections refused: not a member, the wrong address or hash key, a
+    /// failed TLS handshake, a certificate for another name. The last
+    /// reason, if any.
+    public var refused: UInt64
+    public var lastRefusal: String?
 
     public init(name: String, listen: String, members: [PeerStatus], pinsApplied: UInt64, conflicts: UInt64,
-                pinsIgnored: UInt64, outboxDropped: UInt64, sync: String) {
+                pinsIgnored: UInt64, outboxDropped: UInt64, sync: String, tls: Bool = false,
+                refused: (count: UInt64, last: String?) = (0, nil)) {
         self.name = name
         self.listen = listen
         self.members = members
@@ -51,10 +59,13 @@ public struct PeersAnswer: AdminAnswer, Equatable {
         self.pinsIgnored = pinsIgnored
         self.outboxDropped = outboxDropped
         self.sync = sync
+        self.tls = tls
+        self.refused = refused.count
+        self.lastRefusal = refused.last
     }
 
     public var text: String {
-        var lines = ["peer \(name) listen \(listen) applied \(pinsApplied) conflicts \(conflicts) ignored \(pinsIgnored) outbox_dropped \(outboxDropped) sync \(sync)"]
+        var lines = ["peer \(name) listen \(listen) applied \(pinsApplied) conflicts \(conflicts) ignored \(pinsIgnored) outbox_dropped \(outboxDropped) tls \(tls ? "mutual" : "off") refused \(refused) sync \(sync)"]
         for m in members {
             lines.append("member \(m.name) \(m.address) state \(m.state) inbound \(m.inbound ? "up" : "down") sent \(m.pinsSent) received \(m.pinsReceived) dropped \(m.pinsDropped) queued \(m.queued) queue_lag_ms \(m.queueLagMs) receive_lag_ms \(m.receiveLagMs) connects \(m.connects)" + (m.lastError.map { " error \($0)" } ?? ""))
         }

@@ -8,6 +8,10 @@
 ///     - {name: b, address: 192.0.2.2:7700}
 ///   sync_timeout: 3s           # how long a start waits for the table
 ///   queue: 65536               # pins queued per member before dropping
+///   tls:                       # optional: mutual TLS between members
+///     cert: /etc/stickyd/peer.crt   # this instance's; its CN is peers.name
+///     key: /etc/stickyd/peer.key
+///     ca: /etc/stickyd/peers-ca.crt # signs every member's certificate
 /// ```
 public struct PeersConfig: Sendable, Equatable {
     public struct Member: Sendable, Equatable {
@@ -19,9 +23,25 @@ public struct PeersConfig: Sendable, Equatable {
         }
     }
 
+    /// `peers.tls`: PEM files. Each member presents its certificate both
+    /// ways (as server to those that connect, as client when it connects);
+    /// it must chain to `ca` and its subject's CN must be the member's name.
+    public struct TLS: Sendable, Equatable {
+        public var certificate: String
+        public var privateKey: String
+        public var ca: String
+        public init(certificate: String, privateKey: String, ca: String) {
+            self.certificate = certificate
+            self.privateKey = privateKey
+            self.ca = ca
+        }
+    }
+
     public var name: String
     public var listen: SocketAddress
     public var members: [Member]
+    /// nil: plain TCP (members are still checked by address and name).
+    public var tls: TLS?
     /// A starting instance waits this long for a member's table, then
     /// starts without one (and logs it).
     public var syncTimeoutMs: Millis = 3_000
@@ -68,6 +88,11 @@ public struct PeersConfig: Sendable, Equatable {
         }
         guard PeersConfig.queueRange.contains(queue) else {
             throw failure("peers.queue", "peers.queue must be between \(PeersConfig.queueRange.lowerBound) and \(PeersConfig.queueRange.upperBound)")
+        }
+        if let tls {
+            for (key, value) in [("cert", tls.certificate), ("key", tls.privateKey), ("ca", tls.ca)] where value.isEmpty {
+                throw failure("peers.tls.\(key)", "peers.tls.\(key) must be a file path, got an empty string")
+            }
         }
     }
 }
