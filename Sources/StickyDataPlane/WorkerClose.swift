@@ -72,6 +72,9 @@ extension Worker {
         r.pointee.bytesUp = slots[i].up.bytes
         r.pointee.bytesDown = slots[i].down.bytes
         r.pointee.reason = slots[i].closeReason.staticName
+        r.pointee.withPlacement = settings.accessLogPlacement
+        r.pointee.placement = slots[i].placement.kind
+        r.pointee.moveReason = slots[i].placement.moveReason
     }
 
     func flushAccessLog() {
