@@ -24,11 +24,13 @@ to their baseline; RSS is reported, not asserted.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,8 +173,13 @@ class Soak:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # bursts hold hundreds of sockets
         (OUT / "logs").mkdir(parents=True, exist_ok=True)
-        for old in ("access.log", "report.json", "report.txt", "soak.png"):
+        for old in ("access.log", "report.json", "report.txt", "soak.png", "streams.jsonl.gz"):
             (OUT / old).unlink(missing_ok=True)
+        # A fresh start: the last run's state file names the same targets
+        # on other ports, which the daemon refuses.
+        shutil.rmtree(OUT / "state", ignore_errors=True)
+        for old in (OUT / "logs").glob("*.log"):
+            old.unlink()
         pb = OUT / "greeter_pb"
         pb.mkdir(exist_ok=True)
         greeter = REPO / "examples" / "greeter"
@@ -601,6 +608,12 @@ class Soak:
         if not joined and total:
             failures.append("no stream found in the access log (no placement= to judge by)")
         report["ci_failures"] = failures
+        # Every stream, for a second look at a verdict (`SOAK_SEED` repeats
+        # the choices, not the timing).
+        with gzip.open(OUT / "streams.jsonl.gz", "wt") as f:
+            for r in streams:
+                a = joined.get(id(r))
+                f.write(json.dumps({**vars(r), "line": a}) + "\n")
         judge.write_report(OUT, report, self.samples)
         return 1 if CI and failures else 0
 

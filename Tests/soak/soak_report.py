@@ -117,17 +117,22 @@ class Timeline:
 
 
 def join(streams: list, access: list[dict]) -> dict:
-    """Each stream's access log line, by (client ip, port) and the nearest
-    close time (ports are reused over a long run)."""
+    """Each stream's access log line, by (client ip, port), one line per
+    stream at most: ports are reused over a run, so the line must also fall
+    within the stream's time (accepted after the client began, closed at
+    most a few seconds after the client gave up)."""
     index: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for a in access:
         index[(a["ip"], a["port"])].append(a)
     joined = {}
+    taken: set[int] = set()
     for r in streams:
-        cands = index.get((r.ip, r.port), [])
+        cands = [a for a in index.get((r.ip, r.port), [])
+                 if id(a) not in taken and a["start"] >= r.start - 0.05 and a["ts"] <= r.end + 5]
         best = min(cands, key=lambda a: abs(a["ts"] - r.end), default=None)
-        if best is not None and abs(best["ts"] - r.end) < 30:
+        if best is not None:
             joined[id(r)] = best
+            taken.add(id(best))
     return joined
 
 
@@ -178,18 +183,21 @@ def misroutes(access: list[dict], streams: list, joined: dict, tl: Timeline,
     - miss/spill to another target while the client had a recent pin: the
       pin was lost; a misroute if its target was eligible.
     Returns (count, examples, placements seen by kind)."""
-    order: dict[int, tuple] = {}
+    # By stickyd's accept time (a stream client runs one stream at a time,
+    # so that is its order too); the client's own count breaks the ties of
+    # the daemon's coarse clock.
+    order: dict[int, int] = {}
     for r in streams:
         a = joined.get(id(r))
         if a is not None:
-            order[id(a)] = (r.start, r.seq)
+            order[id(a)] = r.seq
     per_client: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for a in access:
         per_client[(a["pool"], a["ip"])].append(a)
     kinds: Counter = Counter()
     bad: list[dict] = []
     for key, lines in per_client.items():
-        lines.sort(key=lambda a: order.get(id(a), (a["start"], 0)))
+        lines.sort(key=lambda a: (a["start"], order.get(id(a), -1)))
         pin = None
         pin_at = 0.0
         for a in lines:
