@@ -552,7 +552,8 @@ class Soak:
         streams = list(self.results)
         joined = judge.join(streams, access)
         spans = {k: [(a, b if b != float("inf") else time.time()) for a, b in v] for k, v in self.down_spans.items()}
-        tl = judge.Timeline(self.events, spans, self.fd_spans)
+        downs = judge.health_downs(OUT / "logs" / "stickyd.log")
+        tl = judge.Timeline(self.events + downs, spans, self.fd_spans)
         causes = judge.classify(streams, joined, tl, self.by_name, [t.addr for t in self.targets if t.pool == "echo"])
         misrouted, examples, placements = judge.misroutes(access, streams, joined, tl, AFFINITY_TIMEOUT_S)
         # The client saw its target announce itself: the access log must
@@ -585,6 +586,8 @@ class Soak:
             "greeter": {"ok": self.greeter.ok, "wrong": self.greeter.wrong, "failed": self.greeter.failed},
             "bursts": [{k: v for k, v in vars(b).items()} for b in self.bursts],
             "actions": dict(self.actions),
+            "daemon_health_downs": len(downs),
+            "daemon_complaints": judge.daemon_complaints(OUT / "logs" / "stickyd.log"),
             "daemon": {"rss_warm_kib": rss_warm, "rss_end_kib": rss_end,
                        "rss_change_pct": 100.0 * (rss_end - rss_warm) / max(1, rss_warm),
                        "fds_warm": window(warm_at, warm_at + 10, "fds"), "fds_end": window(load_end - 10, load_end, "fds"),

@@ -16,9 +16,12 @@ LINE = re.compile(r"(\w+)=(\S+)")
 # the daemon may give for them. A kill explains `down` (health checks or
 # passive detection) and `connect_failed`; descriptor exhaustion makes
 # connects and probes fail too.
+# The daemon's own "target down" log lines (`health_down`) explain both as
+# well: a probe that timed out on a loaded machine takes a live target
+# down, and a down target is not an eligible pin.
 EXPLAINS = {
-    "target_down": {"kill", "fd_exhaustion"},
-    "connect_failed": {"kill", "fd_exhaustion"},
+    "target_down": {"kill", "fd_exhaustion", "health_down"},
+    "connect_failed": {"kill", "fd_exhaustion", "health_down"},
     "target_drained": {"drain", "config_out"},
     "target_maint": {"maint"},
     "target_removed": {"remove", "config_out"},
@@ -51,6 +54,30 @@ def parse_access_log(path: Path) -> list[dict]:
                     "pool": f.get("pool", ""), "reason": f.get("reason", ""), "placement": placement,
                     "move": reason, "up": int(f.get("bytes_up", 0)), "down": int(f.get("bytes_down", 0))})
     return out
+
+
+def health_downs(daemon_log: Path) -> list[tuple[float, str, str]]:
+    """The daemon's `target down` lines as (wall time, "health_down", target)."""
+    out = []
+    if not daemon_log.exists():
+        return out
+    for raw in daemon_log.read_text(errors="replace").splitlines():
+        if 'msg="target down"' not in raw:
+            continue
+        ts = re.search(r"\bts=(\S+)", raw)
+        target = re.search(r"\btarget=(\S+)", raw)
+        if ts and target:
+            out.append((_wall(ts.group(1)), "health_down", target.group(1)))
+    return out
+
+
+def daemon_complaints(daemon_log: Path) -> dict:
+    """How often the daemon logged each warning or error message."""
+    out: Counter = Counter()
+    if daemon_log.exists():
+        for m in re.finditer(r'level=(warning|error|critical) msg="([^"]*)"', daemon_log.read_text(errors="replace")):
+            out[f"{m.group(1)}: {m.group(2)}"] += 1
+    return dict(out)
 
 
 def _wall(ts: str) -> float:
@@ -239,6 +266,7 @@ def write_report(out: Path, report: dict, samples: list[dict]) -> None:
     lines.append(f"  greeter calls: ok {g['ok']}, wrong answer {g['wrong']}, failed {g['failed']}")
     lines.append(f"  bursts: {report['bursts']}")
     lines.append(f"  actions: {report['actions']}")
+    lines.append(f"  daemon warnings and errors: {report['daemon_complaints']}")
     d = report["daemon"]
     lines.append(f"  daemon RSS KiB: after warm-up {d['rss_warm_kib']}, end {d['rss_end_kib']} "
                  f"({d['rss_change_pct']:+.1f}%)")
