@@ -597,6 +597,9 @@ class Soak:
             "admin_errors": self.admin_errors,
             "problems": self.problems,
             "marks": self.marks,
+            # What the harness did, for judging a verdict again by hand.
+            "timeline": {"events": self.events, "down_spans": spans, "fd_spans": self.fd_spans},
+            "samples": self.samples,
             "wall_seconds": round(time.time() - started, 1),
         }
         failures = []

@@ -42,15 +42,18 @@ def parse_access_log(path: Path) -> list[dict]:
         f = dict(LINE.findall(raw))
         if "client" not in f or "ts" not in f:
             continue
-        ts = _wall(f["ts"])
-        dur = int(f.get("duration_ms", "0")) / 1000.0
+        # In whole milliseconds, then seconds: `ts - duration` in floats
+        # makes two equal accept times unequal, and that decides an order.
+        ts_ms = round(_wall(f["ts"]) * 1000)
+        ts = ts_ms / 1000.0
+        start = (ts_ms - int(f.get("duration_ms", "0"))) / 1000.0
         ip, _, port = f["client"].rpartition(":")
         placement = f.get("placement", "-")
         reason = None
         if placement.startswith("repin("):
             reason = placement[6:-1]
             placement = "repin"
-        out.append({"ts": ts, "start": ts - dur, "ip": ip, "port": int(port), "target": f.get("target", "-"),
+        out.append({"ts": ts, "start": start, "ip": ip, "port": int(port), "target": f.get("target", "-"),
                     "pool": f.get("pool", ""), "reason": f.get("reason", ""), "placement": placement,
                     "move": reason, "up": int(f.get("bytes_up", 0)), "down": int(f.get("bytes_down", 0))})
     return out
@@ -144,23 +147,27 @@ class Timeline:
 
 
 def join(streams: list, access: list[dict]) -> dict:
-    """Each stream's access log line, by (client ip, port), one line per
-    stream at most: ports are reused over a run, so the line must also fall
-    within the stream's time (accepted after the client began, closed at
-    most a few seconds after the client gave up)."""
-    index: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for a in access:
-        index[(a["ip"], a["port"])].append(a)
-    joined = {}
-    taken: set[int] = set()
+    """Each stream's access log line, by (client ip, port). Ports are reused
+    within seconds, so a line goes to the stream of that address whose time
+    holds its accept (stickyd's clock is a few ms coarse; a connection the
+    client gave up on may be accepted just after), at most one line each."""
+    by_addr: dict[tuple[str, int], list] = defaultdict(list)
     for r in streams:
-        cands = [a for a in index.get((r.ip, r.port), [])
-                 if id(a) not in taken and a["start"] >= r.start - 0.05 and a["ts"] <= r.end + 5]
-        best = min(cands, key=lambda a: abs(a["ts"] - r.end), default=None)
-        if best is not None:
-            joined[id(r)] = best
-            taken.add(id(best))
-    return joined
+        by_addr[(r.ip, r.port)].append(r)
+
+    def distance(a: dict, r) -> float:
+        return max(0.0, r.start - a["start"], a["start"] - r.end)
+
+    best: dict[int, tuple[float, dict]] = {}
+    for a in access:
+        cands = by_addr.get((a["ip"], a["port"]), [])
+        r = min(cands, key=lambda r: distance(a, r), default=None)
+        if r is None or distance(a, r) > 1.0:
+            continue
+        d = distance(a, r)
+        if id(r) not in best or d < best[id(r)][0]:
+            best[id(r)] = (d, a)
+    return {k: a for k, (_, a) in best.items()}
 
 
 def classify(streams: list, joined: dict, tl: Timeline, target_addr: dict[str, str],
@@ -210,21 +217,23 @@ def misroutes(access: list[dict], streams: list, joined: dict, tl: Timeline,
     - miss/spill to another target while the client had a recent pin: the
       pin was lost; a misroute if its target was eligible.
     Returns (count, examples, placements seen by kind)."""
-    # By stickyd's accept time (a stream client runs one stream at a time,
-    # so that is its order too); the client's own count breaks the ties of
-    # the daemon's coarse clock.
-    order: dict[int, int] = {}
+    # A stream client runs one stream at a time: its lines go in the
+    # client's order (its clock and count). stickyd's times are a few ms
+    # coarse, and each batch of lines is stamped with its own wall-clock
+    # offset, so they cannot order two streams a millisecond apart; they
+    # place only the lines no stream claimed (bursts, gRPC, strays).
+    order: dict[int, tuple[float, int]] = {}
     for r in streams:
         a = joined.get(id(r))
         if a is not None:
-            order[id(a)] = r.seq
+            order[id(a)] = (r.start, r.seq)
     per_client: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for a in access:
         per_client[(a["pool"], a["ip"])].append(a)
     kinds: Counter = Counter()
     bad: list[dict] = []
     for key, lines in per_client.items():
-        lines.sort(key=lambda a: (a["start"], order.get(id(a), -1)))
+        lines.sort(key=lambda a: order.get(id(a), (a["start"], -1)))
         pin = None
         pin_at = 0.0
         for a in lines:
