@@ -570,6 +570,18 @@ class Soak:
             vals = sorted(s[key] for s in self.samples if lo <= s["t"] <= hi and s[key] >= 0)
             return vals[len(vals) // 2] if vals else -1
 
+        # RSS growth within each daemon process (an upgrade starts a new
+        # one, whose RSS starts low): the slope of a least-squares line
+        # over its samples after warm-up and its own first 10 s.
+        growth = {}
+        for pid in self.pids:
+            pts = [(s["t"], s["rss_kib"]) for s in self.samples if s["pid"] == pid and s["rss_kib"] > 0]
+            pts = [p for p in pts if p[0] >= max(warm_at, pts[0][0] + 10)] if pts else []
+            if len(pts) >= 10:
+                mt = sum(t for t, _ in pts) / len(pts)
+                mr = sum(r for _, r in pts) / len(pts)
+                var = sum((t - mt) ** 2 for t, _ in pts)
+                growth[str(pid)] = round(60 * sum((t - mt) * (r - mr) for t, r in pts) / var) if var else 0
         rss_warm = window(warm_at, warm_at + 10, "rss_kib")
         rss_end = window(load_end - 10, load_end, "rss_kib")
         report = {
@@ -590,6 +602,7 @@ class Soak:
             "daemon_complaints": judge.daemon_complaints(OUT / "logs" / "stickyd.log"),
             "daemon": {"rss_warm_kib": rss_warm, "rss_end_kib": rss_end,
                        "rss_change_pct": 100.0 * (rss_end - rss_warm) / max(1, rss_warm),
+                       "rss_growth_kib_per_min_by_pid": growth,
                        "fds_warm": window(warm_at, warm_at + 10, "fds"), "fds_end": window(load_end - 10, load_end, "fds"),
                        "fds_idle_baseline": self.fds_idle_baseline, "fds_idle_end": fds_idle_end,
                        "fd_kinds_idle_baseline": self.fd_kinds_baseline, "fd_kinds_idle_end": self.fd_kinds_end,

@@ -278,7 +278,8 @@ def write_report(out: Path, report: dict, samples: list[dict]) -> None:
     lines.append(f"  daemon warnings and errors: {report['daemon_complaints']}")
     d = report["daemon"]
     lines.append(f"  daemon RSS KiB: after warm-up {d['rss_warm_kib']}, end {d['rss_end_kib']} "
-                 f"({d['rss_change_pct']:+.1f}%)")
+                 f"({d['rss_change_pct']:+.1f}%; an upgrade restarts it); growth within each process, "
+                 f"KiB/min: {d['rss_growth_kib_per_min_by_pid']}")
     lines.append(f"  daemon fds under load: after warm-up {d['fds_warm']}, end {d['fds_end']}; "
                  f"idle: baseline {d['fds_idle_baseline']}, at the end {d['fds_idle_end']}")
     lines.append(f"  upgrades: {d['upgrades']}, daemon pids: {d['pids']}")
