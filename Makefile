@@ -15,6 +15,7 @@ PYTHON  ?= python3
 CONFIG  ?= config/stickyd.yaml
 PYTEST_ARGS ?= -q
 FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 1800
 
 # Debian packages: build deps (liburing; TLS is swift-nio-ssl's bundled
 # BoringSSL, so no libssl-dev), and the tools that the tests (socat; openssl
@@ -31,14 +32,15 @@ APT_PACKAGES := liburing-dev pkg-config iperf3 wrk haproxy nginx \
                 iproute2 bird2 nftables
 # Python packages as import-name:pip-name.
 PY_PACKAGES  := grpc:grpcio grpc_tools:grpcio-tools \
-                grpc_health.v1.health:grpcio-health-checking pytest:pytest
+                grpc_health.v1.health:grpcio-health-checking pytest:pytest \
+                matplotlib:matplotlib
 
 GREETER  := examples/greeter
 PROTO_PY := $(GREETER)/helloworld_pb2.py $(GREETER)/helloworld_pb2_grpc.py
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps proto build build-debug run test unit integration fuzz bench install clean
+.PHONY: help deps proto build build-debug run test unit integration fuzz soak bench install clean
 
 help: ## Show this list
 	@echo "stickyd: a Layer-4 sticky TCP load balancer"
@@ -193,6 +195,14 @@ $(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%:
 	  echo "fuzz-$*: the binary has no coverage counters; libFuzzer would be guessing blind" >&2; exit 1; \
 	fi
 
+# The chaos soak (docs/SOAK.md): the debug daemon (or STICKYD_BIN) under
+# byte-checked streams, kills, reloads, admin changes, upgrades and bursts
+# for SOAK_SECONDS. The report, its JSON and the plot go to .build/soak/.
+# SOAK_CI=1 makes it fail on corruption, misrouting or leaked descriptors.
+soak: deps build-debug ## Chaos soak for SOAK_SECONDS (default 1800); report and plot in .build/soak/
+	SOAK_SECONDS=$(SOAK_SECONDS) STICKYD_BIN="$${STICKYD_BIN:-$(CURDIR)/.build/debug/stickyd}" \
+	  $(PYTHON) Tests/soak/soak.py
+
 bench: deps build ## Compare stickyd with direct, HAProxy and nginx (Benchmarks/compare/run.sh)
 	bash Benchmarks/compare/run.sh
 
@@ -214,4 +224,4 @@ install: build ## Install binaries, the unit and (if absent) /etc/stickyd/sticky
 	@echo "install: now 'systemctl daemon-reload && systemctl enable --now stickyd' (see docs/OPERATIONS.md)"
 
 clean: ## Remove build products and generated code
-	rm -rf .build .pytest_cache $(PROTO_PY) $(GREETER)/__pycache__ Tests/integration/__pycache__
+	rm -rf .build .pytest_cache $(PROTO_PY) $(GREETER)/__pycache__ Tests/integration/__pycache__ Tests/soak/__pycache__

@@ -110,6 +110,7 @@ public final class Daemon {
         s.descriptorBudget = descriptorBudget
         s.acceptQueueMax = config.listeners.map(\.backlog).max() ?? 4096
         s.accessLog = accessLog
+        s.accessLogPlacement = config.observability.accessLogPlacement
         s.poolSendProxy = config.pools.map(\.sendProxy)
         return s
     }

@@ -257,7 +257,7 @@ struct NodeReader {
             config.takeoverSocket = text == "none" ? .none : .path(text)
         }
         if let node = top["log"] {
-            let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level", "format", "access"])
+            let log = try fields(node, path: "log", what: "log", prefix: "log.", known: ["level", "format", "access", "access_placement"])
             if let node = log["level"] { config.logLevel = try string(node, name: "log.level") }
             if let node = log["format"] { config.observability.logFormat = try choice(node, name: "log.format") }
             if let node = log["access"] {
@@ -266,6 +266,9 @@ struct NodeReader {
                     throw failure(node, "log.access must be none, stderr or an absolute file path, got '\(text)'")
                 }
                 config.observability.accessLog = destination
+            }
+            if let node = log["access_placement"] {
+                config.observability.accessLogPlacement = try bool(node, name: "log.access_placement")
             }
         }
         if let node = top["metrics"] {

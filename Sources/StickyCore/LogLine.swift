@@ -107,6 +107,10 @@ public struct AccessRecord: Sendable {
     public var bytesDown: UInt64 = 0
     /// The close reason's snake_case name (a `CloseReason.metricName`).
     public var reason: StaticString = "none"
+    /// `log.access_placement`: write `placement=` too, from these two.
+    public var withPlacement = false
+    public var placement: PlacementKind = .none
+    public var moveReason: MoveReason = .targetDown
 
     public init() {}
 
@@ -116,7 +120,9 @@ public struct AccessRecord: Sendable {
 
     /// `ts=... client=ip:port target=ip:port|- pool=NAME bytes_up=N
     /// bytes_down=N duration_ms=N reason=WORD\n`: logfmt whose values never
-    /// need quoting (pool names are plain words, see `checkName`).
+    /// need quoting (pool names are plain words, see `checkName`). With
+    /// `withPlacement`, ` placement=hit|miss|spill|repin(REASON)|-` comes
+    /// before the newline: last, so readers of the older line still parse.
     public func format(into w: inout ByteWriter, poolName: [UInt8]) {
         w.ascii("ts=")
         w.timestamp(unixMs: closeUnixMs)
@@ -134,6 +140,42 @@ public struct AccessRecord: Sendable {
         w.decimal(max(0, durationMs))
         w.ascii(" reason=")
         w.ascii(reason)
+        if withPlacement {
+            w.ascii(" placement=")
+            w.ascii(placement.staticName)
+            if placement == .repin {
+                w.byte(UInt8(ascii: "("))
+                w.ascii(moveReason.staticName)
+                w.byte(UInt8(ascii: ")"))
+            }
+        }
         w.byte(UInt8(ascii: "\n"))
+    }
+}
+
+extension PlacementKind {
+    /// The access log's word (a StaticString: writing it allocates nothing).
+    public var staticName: StaticString {
+        switch self {
+        case .none: return "-"
+        case .hit: return "hit"
+        case .miss: return "miss"
+        case .spill: return "spill"
+        case .repin: return "repin"
+        }
+    }
+}
+
+extension MoveReason {
+    /// `description` as a StaticString, for the access log.
+    public var staticName: StaticString {
+        switch self {
+        case .targetDown: return "target_down"
+        case .targetDrained: return "target_drained"
+        case .targetMaint: return "target_maint"
+        case .targetRemoved: return "target_removed"
+        case .connectFailed: return "connect_failed"
+        case .age: return "age"
+        }
     }
 }

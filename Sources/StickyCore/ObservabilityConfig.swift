@@ -35,6 +35,10 @@ public struct ObservabilityConfig: Sendable, Equatable {
     public var metricsListen: SocketAddress?
     public var logFormat: LogFormat = .text
     public var accessLog: AccessLogDestination = .none
+    /// `log.access_placement`: add `placement=` to each access log line.
+    /// Off by default: it lengthens every line, and most readers want
+    /// traffic, not the affinity engine's reasoning.
+    public var accessLogPlacement = false
 
     public init() {}
 }

@@ -30,10 +30,35 @@ public struct Placement: Sendable, Equatable {
     public var leavingForAge = false
     /// With `leavingForAge`: the target its client's pin moved to.
     public var ageMoveTarget: Int8 = -1
-    public init(target: Int32, entry: Int32 = -1) {
+    /// How `place` chose the target, for the access log's `placement=`
+    /// (`log.access_placement`): plain fields, so a placement stays a
+    /// value that costs no allocation.
+    public var kind: PlacementKind = .none
+    /// With `kind == .repin`: why the client's pin moved.
+    public var moveReason: MoveReason = .targetDown
+    public init(target: Int32, entry: Int32 = -1, kind: PlacementKind = .none) {
         self.target = target
         self.entry = entry
+        self.kind = kind
     }
+}
+
+/// How a placement came about. The access log writes it so that a run
+/// (the chaos soak, an operator's audit) can tell a client sent to its pin
+/// from one placed afresh or moved, and why, from the daemon's own record.
+public enum PlacementKind: UInt8, Sendable {
+    /// Not placed (no eligible target, or never got that far).
+    case none
+    /// Pinned, and sent to its pin.
+    case hit
+    /// No live pin (new, lapsed or evicted): placed by Maglev.
+    case miss
+    /// A miss, or a re-pin, where bounded load passed over the Maglev
+    /// choice. A re-pin that spilled is still written as a re-pin: the
+    /// move is what matters to whoever reads the line.
+    case spill
+    /// Pinned to a target it may no longer use: moved (see `moveReason`).
+    case repin
 }
 
 /// What the data path needs from a placement policy. One instance per worker

@@ -82,6 +82,14 @@ struct Slot {
     /// `policy.opened` was called, so `policy.closed` is owed.
     var placed = false
     var excluded = TargetMask()
+    /// For the access log's `placement=`: what this connection's placements
+    /// did to its client's pin, and the target last chosen (even when no
+    /// connect could start). Failover and a connect parked for a descriptor
+    /// place again, and the later placement finds the pin the earlier one
+    /// made as a hit: the move is what the line must say.
+    var logKind: PlacementKind = .none
+    var logMove: MoveReason = .targetDown
+    var logTarget: Int32 = -1
     var connectAttempts: Int32 = 0
     var client: IPAddress = .v4(0)
     /// For the access log, with `client`; and when the client came.

@@ -64,7 +64,7 @@ extension Worker {
         r.pointee.closeUnixMs = now
         r.pointee.durationMs = now - slots[i].acceptedMs
         r.pointee.client = SocketAddress(ip: slots[i].client, port: slots[i].clientPort)
-        let t = Int(slots[i].placement.target)
+        let t = Int(slots[i].logTarget)
         let target = t >= 0 ? pools[pool].balancer.address(ofTarget: t) : nil
         r.pointee.hasTarget = target != nil
         if let target { r.pointee.target = target }
@@ -72,6 +72,9 @@ extension Worker {
         r.pointee.bytesUp = slots[i].up.bytes
         r.pointee.bytesDown = slots[i].down.bytes
         r.pointee.reason = slots[i].closeReason.staticName
+        r.pointee.withPlacement = settings.accessLogPlacement
+        r.pointee.placement = slots[i].logKind
+        r.pointee.moveReason = slots[i].logMove
     }
 
     func flushAccessLog() {

@@ -16,6 +16,11 @@ extension Worker {
             return
         }
         notePinChange(pool: Int(slots[i].pool), p, since: tally)
+        slots[i].logTarget = p.target
+        if p.kind != .hit || slots[i].logKind == .none {
+            slots[i].logKind = p.kind
+            slots[i].logMove = p.moveReason
+        }
         let t = Int(p.target)
         precondition(pool.addressLengths[t] > 0, "placed on a target with no address")
         let family = pool.addresses[t].ss_family

@@ -46,6 +46,9 @@ public struct WorkerSettings: Sendable {
     public var acceptQueueMax = 4096
     /// Access log: one line per closed connection, nil for none.
     public var accessLog: AccessLogSink?
+    /// `log.access_placement`: each access log line says how its client
+    /// was placed (hit, miss, spill, or re-pin and why).
+    public var accessLogPlacement = false
     /// Per pool: the PROXY header written to its targets, or nil for none.
     public var poolSendProxy: [ProxyVersion?] = []
     /// Upgrade (successor): pins taken over from the old process, imported

@@ -205,6 +205,51 @@ final class AffinityBalancerTests: XCTestCase {
         XCTAssertEqual(b.pin(of: c, now: 0)?.target, Int(q.target))
     }
 
+    /// The access log's `placement=` comes from `Placement.kind`: each way
+    /// `place` can choose says so, and agrees with the counters.
+    func testPlacementSaysHowItChose() {
+        var b = make(3)
+        let c = Self.client(11)
+        let first = b.place(client: c, now: 0, excluding: TargetMask())!
+        XCTAssertEqual(first.kind, .miss)
+        b.opened(first, client: c, now: 0)
+        b.closed(first, client: c, now: 0)
+        let again = b.place(client: c, now: 0, excluding: TargetMask())!
+        XCTAssertEqual(again.kind, .hit)
+        XCTAssertEqual(again.target, first.target)
+        b.connectFailed(again, client: c, now: 0)
+        var excluded = TargetMask()
+        excluded.insert(Int(first.target))
+        let failover = b.place(client: c, now: 0, excluding: excluded)!
+        XCTAssertEqual(failover.kind, .repin)
+        XCTAssertEqual(failover.moveReason, .connectFailed)
+        b.opened(failover, client: c, now: 0)
+        b.closed(failover, client: c, now: 0)
+        b.setState(target: Int(failover.target), state: .down)
+        let moved = b.place(client: c, now: 0, excluding: TargetMask())!
+        XCTAssertEqual(moved.kind, .repin)
+        XCTAssertEqual(moved.moveReason, .targetDown)
+        XCTAssertEqual(b.counters.hits, 1)
+        XCTAssertEqual(b.counters.misses, 1)
+        XCTAssertEqual(b.counters.moves.total, 2)
+
+        // Bounded load: the new clients it passes over are written as spills.
+        var hot = make(3) { $0.balanceFactor = 1.25 }
+        let nat = Self.client(0)
+        var held: [Placement] = []
+        for _ in 0..<300 { held.append(hot.place(client: nat, now: 0, excluding: TargetMask())!) }
+        var spills: UInt64 = 0
+        for i in 1..<1_001 {
+            let p = hot.place(client: Self.client(i), now: 0, excluding: TargetMask())!
+            XCTAssertTrue(p.kind == .miss || p.kind == .spill, "\(p.kind)")
+            if p.kind == .spill { spills += 1 }
+            hot.closed(p, client: Self.client(i), now: 0)
+        }
+        XCTAssertGreaterThan(spills, 0)
+        XCTAssertEqual(spills, hot.counters.spills)
+        for p in held { hot.closed(p, client: nat, now: 0) }
+    }
+
     func testNoReadyTargetMeansNoPlacementAndPinsKept() {
         var b = make(2)
         let c = Self.client(7)

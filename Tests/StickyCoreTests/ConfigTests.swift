@@ -234,6 +234,11 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.observability.logFormat, .text)
         let stderr = try ConfigLoader.parse(minimal("log: { access: stderr }\n"), file: "test.yaml")
         XCTAssertEqual(stderr.observability.accessLog, .stderr)
+        XCTAssertFalse(stderr.observability.accessLogPlacement)
+        let placement = try ConfigLoader.parse(minimal("log: { access: stderr, access_placement: true }\n"), file: "test.yaml")
+        XCTAssertTrue(placement.observability.accessLogPlacement)
+        assertError(minimal("log: { access_placement: sometimes }\n"), line: 7, column: 26,
+                    "log.access_placement must be true or false, got 'sometimes'")
     }
 
     func testBadMetricsAndLogValues() {
@@ -346,7 +351,7 @@ final class ConfigTests: XCTestCase {
             pools: [ { name: web, targets: [ { address: 127.0.0.1:8081 } ] } ]
             listeners: 3
             """, line: 2, column: 12, "listeners must be a list, got '3'")
-        assertError(minimal("log: debug\n"), line: 7, column: 6, "log must be a mapping (keys: level, format, access), got 'debug'")
+        assertError(minimal("log: debug\n"), line: 7, column: 6, "log must be a mapping (keys: level, format, access, access_placement), got 'debug'")
         assertError(minimal("admin: { socket: }\n"), line: 7, "admin.socket must be a string, got nothing")
         assertError(minimal("log: { level: [info] }\n"), line: 7, column: 15, "log.level must be a string, got a list")
         assertError("- a\n- b\n", line: 1, "the top level must be a mapping (keys: engine, workers, listeners", "got a list")

@@ -146,6 +146,33 @@ final class LogLineTests: XCTestCase {
         XCTAssertEqual(text, "ts=1970-01-01T00:00:00.000Z client=[::1]:5 target=- pool=p bytes_up=0 bytes_down=0 duration_ms=0 reason=no_target\n")
     }
 
+    func testAccessLinePlacement() {
+        var r = AccessRecord()
+        r.client = SocketAddress("127.0.0.2:40000")!
+        r.target = SocketAddress("127.0.0.1:9001")!
+        r.hasTarget = true
+        r.reason = "done"
+        let prefix = "ts=1970-01-01T00:00:00.000Z client=127.0.0.2:40000 target=127.0.0.1:9001 pool=p bytes_up=0 bytes_down=0 duration_ms=0 reason=done"
+        // Off (the default): the line is the older line, byte for byte.
+        r.placement = .hit
+        XCTAssertEqual(written { r.format(into: &$0, poolName: Array("p".utf8)) }.0, prefix + "\n")
+        r.withPlacement = true
+        let cases: [(PlacementKind, MoveReason, String)] = [
+            (.hit, .targetDown, "hit"), (.miss, .targetDown, "miss"), (.spill, .targetDown, "spill"),
+            (.none, .targetDown, "-"),
+            (.repin, .targetDown, "repin(target_down)"), (.repin, .targetDrained, "repin(target_drained)"),
+            (.repin, .targetMaint, "repin(target_maint)"), (.repin, .targetRemoved, "repin(target_removed)"),
+            (.repin, .connectFailed, "repin(connect_failed)"), (.repin, .age, "repin(age)"),
+        ]
+        for (kind, reason, word) in cases {
+            r.placement = kind
+            r.moveReason = reason
+            XCTAssertEqual(written { r.format(into: &$0, poolName: Array("p".utf8)) }.0, prefix + " placement=\(word)\n")
+        }
+        // Every reason's StaticString is its description, one name each.
+        for reason in MoveReason.allCases { XCTAssertEqual("\(reason.staticName)", reason.description) }
+    }
+
     func testLongestAccessLineFits() {
         var r = AccessRecord()
         r.closeUnixMs = 253_402_300_799_999  // 9999-12-31T23:59:59.999Z
@@ -156,6 +183,9 @@ final class LogLineTests: XCTestCase {
         r.bytesUp = .max
         r.bytesDown = .max
         r.reason = "drain_deadline"
+        r.withPlacement = true
+        r.placement = .repin
+        r.moveReason = .connectFailed
         let pool = Array(repeating: UInt8(ascii: "p"), count: 64)
         let (text, overflowed) = written(AccessRecord.lineBytesMax) { r.format(into: &$0, poolName: pool) }
         XCTAssertFalse(overflowed, "\(text.utf8.count) bytes")

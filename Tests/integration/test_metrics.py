@@ -349,7 +349,9 @@ def access_lines(path) -> list[dict[str, str]]:
     out = []
     for line in text.splitlines():
         fields = [f.split("=", 1) for f in line.split(" ")]
-        assert [k for k, _ in fields] == ACCESS_FIELDS, f"fields out of order or missing: {line!r}"
+        keys = [k for k, _ in fields]
+        # `placement` (log.access_placement) comes last, when asked for.
+        assert keys in (ACCESS_FIELDS, ACCESS_FIELDS + ["placement"]), f"fields out of order or missing: {line!r}"
         out.append(dict(fields))
     return out
 
@@ -406,6 +408,39 @@ def test_access_log_names_no_target_when_connect_fails(run_stickyd, tmp_path):
     rec = access_lines(log)[0]
     assert rec["reason"] in ("connect_failed", "no_target"), rec
     assert rec["bytes_up"] == "0" and rec["bytes_down"] == "0", rec
+
+
+def test_access_log_placement_says_hit_miss_and_repin(stickyd_path, backend, tmp_path, request):
+    """log.access_placement: a new client's line says miss, its return hit,
+    and after its target is drained (strict) repin(target_drained)."""
+    from admin_support import admin
+    from conftest import REPO, Stickyd
+    a, b = backend(handler), backend(handler)
+    port = free_port()
+    log = tmp_path / "access.log"
+    sock = tmp_path / "admin.sock"
+    cfg = tmp_path / "stickyd.yaml"
+    cfg.write_text(f"listeners: [ {{ address: {LOOPBACK}:{port} }} ]\n"
+                   f"pools: [ {{ name: web, targets: [ {{ address: {a.addr} }}, {{ address: {b.addr} }} ] }} ]\n"
+                   f"admin: {{ socket: {sock} }}\nstate_dir: {tmp_path / 'state'}\n"
+                   f"log: {{ access: {log}, access_placement: true }}\n")
+    d = Stickyd([str(stickyd_path), "--config", str(cfg)], "stickyd(placement)", tmp_path / "stickyd.log",
+                cwd=str(REPO))
+    d.listen = [(LOOPBACK, port)]
+    request.addfinalizer(d.stop)
+    d.wait_for_output(r"\bready\b", 20)
+    for _ in range(2):
+        exchange(d.addr, "127.0.0.9", b"x")
+    wait_until(lambda: len(access_lines(log)) == 2, SETTLE_TIMEOUT, interval=0.05, what="two access log lines")
+    first, second = access_lines(log)
+    assert (first["placement"], second["placement"]) == ("miss", "hit"), (first, second)
+    assert first["target"] == second["target"]
+    assert admin(sock, f"drain target {first['target']}").startswith("ok")
+    exchange(d.addr, "127.0.0.9", b"x")
+    wait_until(lambda: len(access_lines(log)) == 3, SETTLE_TIMEOUT, interval=0.05, what="a third line")
+    third = access_lines(log)[2]
+    assert third["placement"] == "repin(target_drained)", third
+    assert third["target"] != first["target"]
 
 
 def test_bad_access_log_path_is_refused(run_stickyd, backend):

@@ -440,11 +440,12 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
                     }
                     addLoad(t, 1)
                     if !ageMoves.isEmpty { arrived(entry: slot, at: t) }
-                    return Placement(target: Int32(t), entry: slot)
+                    return Placement(target: Int32(t), entry: slot, kind: .hit)
                 }
                 return repin(slot: slot, hash: hash, nowSec: nowSec, excluding: excluding)
             }
             // Lapsed: the client starts afresh in the same slot.
+            let spills = counts.spills
             guard let t = choose(hash: hash, excluding: excluding) else {
                 counts.noTarget &+= 1
                 return nil
@@ -454,8 +455,9 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
             table[slot] = AffinityEntry(keyHi: key.hi, keyLo: key.lo, seenSec: nowSec, pinnedSec: nowSec,
                                         connections: 1, target: UInt16(t), generation: generations[t])
             addLoad(t, 1)
-            return Placement(target: Int32(t), entry: slot)
+            return Placement(target: Int32(t), entry: slot, kind: counts.spills != spills ? .spill : .miss)
         }
+        let spills = counts.spills
         guard let t = choose(hash: hash, excluding: excluding) else {
             counts.noTarget &+= 1
             return nil
@@ -463,7 +465,7 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         counts.misses &+= 1
         let newSlot = table.insert(key, hash: hash, target: UInt16(t), generation: generations[t], now: now)
         addLoad(t, 1)
-        return Placement(target: Int32(t), entry: newSlot)
+        return Placement(target: Int32(t), entry: newSlot, kind: counts.spills != spills ? .spill : .miss)
     }
 
     /// A pinned client whose target it may no longer use: pin it to a new
@@ -493,7 +495,9 @@ public struct AffinityBalancer: PlacementPolicy, Sendable {
         table[slot].seenSec = nowSec
         table[slot].connections += 1
         addLoad(t, 1)
-        return Placement(target: Int32(t), entry: slot)
+        var p = Placement(target: Int32(t), entry: slot, kind: .repin)
+        p.moveReason = reason
+        return p
     }
 
     /// The target for a client with no usable pin: its Maglev slot, then
