@@ -74,6 +74,10 @@ def test_a_failed_check_changes_nothing(run_stickyd, backend, tmp_path):
     assert f"{socks[1]}: target {new} is already in pool" in p.stderr, p.stderr
     assert "nothing changed" in p.stderr, p.stderr
     assert new not in targets_by_address(clients[0]) and new not in targets_by_address(clients[2])
+    # Put the instances back in step, so the connection held below lands on
+    # one of the targets all three have (not on the middle one's extra).
+    clients[1].cmd(f"remove target {new}")
+    wait_until(lambda: new not in targets_by_address(clients[1]), 5, what="the extra target gone")
 
     # One instance unreachable: a change is refused before anything is sent;
     # a read prints the others and exits 3.
