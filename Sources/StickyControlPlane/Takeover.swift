@@ -45,6 +45,12 @@ enum TakeoverLimits {
     static let readyMs: Millis = 60_000
     /// `commit` after `ready`.
     static let commitMs: Millis = 10_000
+    /// Test hook: frame types (comma-separated names, e.g. `commit`) this
+    /// process skips sending, to show the protocol survives their loss.
+    static let droppedFrames: Set<String> = {
+        guard let v = getenv("STICKYD_TEST_TAKEOVER_DROP") else { return [] }
+        return Set(String(cString: v).split(separator: ",").map(String.init))
+    }()
 }
 
 /// The listening sockets and state a successor takes over.
@@ -121,6 +127,10 @@ final class TakeoverChannel {
 
     /// Sends one frame; `fds` go first, on `fds` frames of their own.
     func send(_ type: TakeoverFrame, _ payload: [UInt8], fds: [Int32] = [], deadline: Millis) throws {
+        if TakeoverLimits.droppedFrames.contains("\(type)") {
+            Logger(label: "stickyd").warning("test hook STICKYD_TEST_TAKEOVER_DROP: not sending \(type)")
+            return
+        }
         var chunkStart = 0
         while chunkStart < fds.count {
             let chunk = Array(fds[chunkStart..<min(fds.count, chunkStart + TakeoverLimits.fdsPerFrame)])
