@@ -263,8 +263,8 @@ public final class Daemon {
         // Both admin listeners answer through one lock: two sessions that
         // change targets at once could publish them to the workers out of order.
         let adminLock = NSLock()
-        if let (client, _) = successor {
-            try completeTakeover(client, channels: channels, control: control, admin: admin,
+        if let (client, received) = successor {
+            try completeTakeover(client, received: received, channels: channels, control: control, admin: admin,
                                  remoteTLS: remoteTLS, takeoverServer: takeoverServer)
             if let exporter {
                 metrics = bindAfterHandover("metrics listener") { try startMetrics(exporter) }

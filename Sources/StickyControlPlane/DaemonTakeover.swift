@@ -104,16 +104,23 @@ extension Daemon {
     /// Workers are up with accepting held: tell the old daemon, wait for it
     /// to let go, then take the socket paths and start accepting, and bind
     /// the remote admin listener now that the old one has closed it.
-    func completeTakeover(_ client: TakeoverClient, channels: [WorkerChannel], control: ControlPlane,
+    func completeTakeover(_ client: TakeoverClient, received: TakeoverReceived, channels: [WorkerChannel], control: ControlPlane,
                           admin: AdminService, remoteTLS: RemoteAdminTLS?, takeoverServer: TakeoverServer?) throws {
+        let confirmed: Bool
         do {
-            try client.ready()
+            confirmed = try client.ready(oldPid: received.state.pid)
         } catch {
             // Held workers have no connections: they stop at once.
             for c in channels { c.post(.stop) }
             admin.stop()
             takeoverServer?.stop()
             throw error
+        }
+        if !confirmed {
+            // The old daemon rolls back only by closing the connection (or
+            // it died): with it open, it committed and its message was lost.
+            logger.warning("upgrade: no commit from the running daemon; serving anyway (it did not roll back)",
+                           metadata: ["old_pid": "\(received.state.pid)", "waited_ms": "\(TakeoverLimits.commitMs)"])
         }
         for c in channels { c.post(.handoffResume) }
         let pausedMs = ControlPlane.monotonicMs() - handoff.pausedAtMs.load(ordering: .relaxed)
@@ -124,6 +131,8 @@ extension Daemon {
             // Serving goes on; only the path is missing. Say so loudly.
             logger.error("upgrade: could not take over a socket path", metadata: ["error": "\(error)"])
         }
+        // Now the old daemon lets go of its ports (bound below, with retries).
+        client.serving()
         logger.notice("upgrade: took over; accepting", metadata: ["accept_paused_ms": "\(pausedMs)"])
         guard let remoteTLS else { return }
         _ = bindAfterHandover("remote admin listener") { try admin.listenRemote(remoteTLS) }
@@ -200,8 +209,9 @@ extension Daemon {
             rollback: { reason in rollback(reason) },
             commit: { pid in
                 flags.successorPid.store(pid, ordering: .relaxed)
-                // Before the successor hears `commit`: it binds the metrics
-                // and remote admin ports as soon as it does.
+                // The successor serves (it said so, or its word was lost);
+                // it binds the metrics and remote admin ports, retrying
+                // while these close.
                 releasePorts()
                 // `upgrade`'s answer first: the main loop stops the admin
                 // socket once it sees the hand-over.

@@ -20,11 +20,20 @@ import StickyDataPlane
 ///     old → new   affinity   one AffinityExport blob per worker, in order
 ///     new → old   ready | failed (JSON {error})
 ///     old → new   commit
+///     new → old   serving     (when hello said `confirms`)
 ///
 /// Old pauses accepting before it exports (the sockets stay open, so the
 /// kernel keeps queueing clients); new starts with accepting held and
-/// resumes only on `commit`. Anything but `ready` before the deadline rolls
-/// old back to accepting; once old has read `ready` it commits.
+/// resumes on `commit`. Anything but `ready` before the deadline rolls old
+/// back to accepting, and a rollback always closes the connection. So that
+/// no lost message can leave both processes stopped, each side reads
+/// silence as "the other one serves" and only a closed connection (or an
+/// explicit `failed`) as "it does not": new, not hearing `commit` within
+/// `commitMs` while the connection stays open, serves anyway and says
+/// `serving`; old, after `commit`, keeps its listeners (paused) until
+/// `serving`, takes the service back if the connection closes first (new
+/// died), and lets go after `servingMs` of silence (new lives and was told
+/// to serve). The table is in docs/OPERATIONS.md, "Commit".
 // The frame types and their decoder are StickyCore's `TakeoverFrame`, pure
 // so they can be fuzzed; this file owns the socket and the deadlines.
 
@@ -43,8 +52,11 @@ enum TakeoverLimits {
     static let transferMs: Millis = 60_000
     /// The successor building its workers and sockets, then `ready`.
     static let readyMs: Millis = 60_000
-    /// `commit` after `ready`.
+    /// `commit` after `ready`; past it the successor serves anyway.
     static let commitMs: Millis = 10_000
+    /// `serving` after `commit`: longer than `commitMs`, so a successor
+    /// whose `commit` was lost (and serves after `commitMs`) confirms first.
+    static let servingMs: Millis = 20_000
     /// Test hook: frame types (comma-separated names, e.g. `commit`) this
     /// process skips sending, to show the protocol survives their loss.
     static let droppedFrames: Set<String> = {
@@ -86,6 +98,10 @@ struct TakeoverState: Codable {
 struct TakeoverHello: Codable {
     var version: Int
     var pid: Int32
+    /// The successor sends `serving` once it accepts (absent from a
+    /// successor built before that frame: the old daemon then lets go at
+    /// `ready`, as those did).
+    var confirms: Bool?
 }
 
 struct TakeoverFailure: Codable {
@@ -363,6 +379,9 @@ final class TakeoverServer: @unchecked Sendable {
             try? ch.sendJSON(.failed, TakeoverFailure(error: "\(error)"), deadline: TakeoverChannel.deadline(1000))
             return false
         }
+        // The successor already serves: its `ready` was lost and it waited
+        // out `commitMs` (see below).
+        var served = false
         do {
             let transfer = TakeoverChannel.deadline(TakeoverLimits.transferMs)
             try ch.sendJSON(.state, offer.state, fds: offer.fds, deadline: transfer)
@@ -372,6 +391,10 @@ final class TakeoverServer: @unchecked Sendable {
             switch type {
             case .ready:
                 break
+            case .serving:
+                logger.warning("upgrade: the successor serves without our commit (its ready was lost); letting go",
+                               metadata: ["pid": "\(hello.pid)"])
+                served = true
             case .failed:
                 let f = try? TakeoverChannel.decodeJSON(TakeoverFailure.self, payload, what: "failure")
                 throw SystemError("upgrade: the successor failed: \(f?.error ?? "no reason given")", errno: ECANCELED)
@@ -382,14 +405,44 @@ final class TakeoverServer: @unchecked Sendable {
             hooks.rollback("\(error)")
             return false
         }
+        if !served {
+            // Committed from here: this process never accepts again unless
+            // the successor is gone before it serves.
+            do {
+                try ch.send(.commit, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
+            } catch {
+                logger.error("upgrade: could not send commit; the successor serves anyway once its wait is over",
+                             metadata: ["error": "\(error)"])
+            }
+            if hello.confirms == true, let gone = awaitServing(ch, pid: hello.pid) {
+                hooks.rollback(gone)
+                return false
+            }
+        }
         hooks.commit(hello.pid)
         listener.handOnPath()
-        do {
-            try ch.send(.commit, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
-        } catch {
-            logger.error("upgrade: could not confirm the hand-over to the successor", metadata: ["error": "\(error)"])
-        }
         return true
+    }
+
+    /// After `commit`: nil once the successor serves (it said so, or it
+    /// lives and was silent for `servingMs`: its `serving` was lost);
+    /// otherwise why it is gone (the connection closed first: it died
+    /// before serving), and this process takes the service back.
+    private func awaitServing(_ ch: TakeoverChannel, pid: Int32) -> String? {
+        do {
+            let (type, _) = try ch.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.servingMs),
+                                           doing: "waiting for the successor to serve")
+            if type != .serving {
+                logger.warning("upgrade: expected serving; taking the successor as serving", metadata: ["got": "\(type)"])
+            }
+            return nil
+        } catch let e as SystemError where e.errno == ETIMEDOUT {
+            logger.warning("upgrade: the successor did not confirm it serves; it lives and was told to, so letting go",
+                           metadata: ["pid": "\(pid)", "waited_ms": "\(TakeoverLimits.servingMs)"])
+            return nil
+        } catch {
+            return "the successor (pid \(pid)) went away after commit, before it served: \(error)"
+        }
     }
 }
 
@@ -417,7 +470,7 @@ final class TakeoverClient {
             throw SystemError("upgrade: cannot reach the running daemon's takeover socket \(path) (is stickyd running with takeover_socket set?)", errno: -fd)
         }
         channel = TakeoverChannel(fd: fd)
-        try channel.sendJSON(.hello, TakeoverHello(version: TakeoverLimits.protocolVersion, pid: getpid()),
+        try channel.sendJSON(.hello, TakeoverHello(version: TakeoverLimits.protocolVersion, pid: getpid(), confirms: true),
                              deadline: TakeoverChannel.deadline(TakeoverLimits.helloMs))
     }
 
@@ -461,11 +514,39 @@ final class TakeoverClient {
     }
 
     /// Tells the old daemon we are ready and waits for it to let go.
-    func ready() throws {
+    /// Returns false when serving without its `commit`: it stayed silent
+    /// for `commitMs` with the connection open (a rollback closes it, so
+    /// it committed and the message was lost), or it died. Throws when it
+    /// refused or rolled back: it serves, so we must not.
+    func ready(oldPid: Int32) throws -> Bool {
         try channel.send(.ready, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
-        let (type, _) = try channel.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs),
-                                            doing: "waiting for the running daemon to let go")
-        guard type == .commit else { throw SystemError("upgrade: expected commit, got \(type)", errno: EPROTO) }
+        do {
+            let (type, payload) = try channel.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs),
+                                                      doing: "waiting for the running daemon to let go")
+            switch type {
+            case .commit:
+                return true
+            case .failed:
+                let f = try? TakeoverChannel.decodeJSON(TakeoverFailure.self, payload, what: "failure")
+                throw SystemError("upgrade: the running daemon refused: \(f?.error ?? "no reason given")", errno: ECANCELED)
+            default:
+                throw SystemError("upgrade: expected commit, got \(type)", errno: EPROTO)
+            }
+        } catch let e as SystemError where e.errno == ETIMEDOUT {
+            return false
+        } catch let e as SystemError where e.errno == ECONNRESET && !TakeoverClient.alive(oldPid) {
+            return false
+        }
+    }
+
+    /// Tells the old daemon we accept, so it lets go now. Best effort: an
+    /// old daemon that does not wait for it has closed the connection.
+    func serving() {
+        try? channel.send(.serving, [], deadline: TakeoverChannel.deadline(1000))
+    }
+
+    static func alive(_ pid: Int32) -> Bool {
+        kill(pid, 0) == 0 || errno == EPERM
     }
 
     /// Tells the old daemon we give up, so it accepts again at once.

@@ -519,3 +519,32 @@ def test_second_concurrent_upgrade_is_refused(run_stickyd, tmp_path, request):
                         first[0]), first
     # Over: the next upgrade is judged on its own.
     assert admin(sock, "upgrade /nonexistent").startswith("error: upgrade failed: cannot use /nonexistent")
+
+
+# ---------------------------------------------------------------------------
+# The commit (docs/OPERATIONS.md, "Commit"): no lost message leaves both
+# daemons stopped. STICKYD_TEST_TAKEOVER_DROP makes a process skip sending
+# the named frame; both daemons get it, and only one of them sends each.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dropped", ["ready", "commit", "serving"])
+def test_a_lost_takeover_message_leaves_one_daemon_serving(run_stickyd, tmp_path, request, monkeypatch, dropped):
+    monkeypatch.setenv("STICKYD_TEST_TAKEOVER_DROP", dropped)
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, 16)
+    new = successor(old, tmp_path, f"stickyd-drop-{dropped}")
+    request.addfinalizer(new.stop)
+    old.wait_for_output("accepting paused for the hand-over", 20)
+    # Arrives while nobody accepts: it waits in the queue, and is served by
+    # whichever daemon serves once the commit is settled.
+    queued = socket.create_connection(old.addr, timeout=40)
+    request.addfinalizer(queued.close)
+    new.wait_for_output(r"took over; accepting", 40)
+    assert queued.recv(16).startswith(b"pod-")
+    old.expect_exit = True
+    assert old.wait(40) == 0, old.output_tail()
+    assert new.alive(), new.output_tail()
+    assert f"not sending {dropped}" in old.output() + new.output()
+    assert json.loads(admin(sock, "json show info"))["pid"] == str(new.pid)
+    for ip, name in pinned.items():
+        assert connect_from(ip, old.addr)[1] == name
+
