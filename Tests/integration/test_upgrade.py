@@ -548,3 +548,24 @@ def test_a_lost_takeover_message_leaves_one_daemon_serving(run_stickyd, tmp_path
     for ip, name in pinned.items():
         assert connect_from(ip, old.addr)[1] == name
 
+
+def test_a_successor_that_ends_after_taking_over_is_reaped(run_stickyd, tmp_path, request):
+    """The successor `upgrade` started is the old daemon's child: if it dies
+    while the old one still finishes its connections, the old one reaps it
+    (no zombie) and says so."""
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, 4)
+    # A connection through the old daemon keeps it finishing after the hand-over.
+    held, _ = connect_from(client_ip(CLIENTS + 2), old.addr)
+    request.addfinalizer(held.close)
+    result = ctl("upgrade", "--socket", sock, "--timeout", str(UPGRADE_TIMEOUT_S))
+    took = re.search(r"upgrade: pid (\d+) took over", result.stdout)
+    assert took, f"{result.stdout}{result.stderr}"
+    new_pid = int(took.group(1))
+    request.addfinalizer(lambda: stop_pid(new_pid))
+    old.expect_exit = True
+    os.kill(new_pid, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{new_pid}"), 10, what=f"successor pid {new_pid} reaped")
+    assert old.alive()
+    old.wait_for_output("the successor that took over has ended", 10)
+    held.close()
+    assert old.wait(20) == 0
