@@ -191,6 +191,7 @@ public final class Daemon {
         }
         let channels = try (0..<workers).map { _ in try WorkerChannel(pinOutbox: config.peers == nil ? 0 : Daemon.pinOutboxSize) }
         control.attach(channels)
+        if received != nil { control.publishPanicked() }
         // Before any worker runs: the members' table (their pins arrive
         // as the workers' first commands).
         let peerStart = pullPeerTable(channels: channels, control: control)
@@ -558,7 +559,11 @@ public final class Daemon {
             generated = true
         }
         if config.pools.allSatisfy({ $0.affinity.hashKey != nil }) { generated = false }
-        return ControlPlane(config: config, registry: registry, hashKey: key!, generatedKey: generated,
-                            stateFilePath: statePath, logger: logger)
+        let control = ControlPlane(config: config, registry: registry, hashKey: key!, generatedKey: generated,
+                                   stateFilePath: statePath, logger: logger)
+        // Health too: a restart measures it afresh, an upgrade must not
+        // put a dead target back in service for its first failures.
+        if let received { control.restoreHealth(received.state.health ?? []) }
+        return control
     }
 }

@@ -199,7 +199,7 @@ extension Daemon {
                     },
                     registry: StateFile(registry: control.registry, hashKey: control.hashKey.hex,
                                         nowMs: ControlPlane.monotonicMs(), nowUnixMs: ControlPlane.unixMs()),
-                    hashKey: control.hashKey.hex)
+                    hashKey: control.hashKey.hex, health: control.healthCarry())
                 var fds: [Int32] = []
                 for l in config.listeners.indices {
                     for w in 0..<workers { fds.append(listeners[w][l].fd) }

@@ -89,8 +89,11 @@ struct TakeoverState: Codable {
     var registry: StateFile
     /// The hash key of pools that do not configure one (32 hex digits).
     var hashKey: String
+    /// Targets whose health differs from a fresh start's (absent from a
+    /// predecessor built before it was carried).
+    var health: [HealthCarry]?
     enum CodingKeys: String, CodingKey {
-        case version, pid, workers, listeners, registry
+        case version, pid, workers, listeners, registry, health
         case hashKey = "hash_key"
     }
 }

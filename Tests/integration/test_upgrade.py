@@ -569,3 +569,42 @@ def test_a_successor_that_ends_after_taking_over_is_reaped(run_stickyd, tmp_path
     old.wait_for_output("the successor that took over has ended", 10)
     held.close()
     assert old.wait(20) == 0
+
+
+def test_health_crosses_an_upgrade(run_stickyd, tmp_path, request):
+    """A target passive detection took down stays down in the successor,
+    with its reason and the time it has been down (revive_after counts on
+    from there), instead of being put back in service for its first
+    failures."""
+    pods = start_backends(3)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2", "--health-revive-after", "120s"])
+    sock = flag(old, "--admin-socket")
+    dead = pods[2]
+    dead.stop()
+    ips = iter(range(10_000))
+
+    def down() -> bool:
+        # Clients Maglev sends to the dead target fail over; each failed
+        # connect counts toward `fall`.
+        connect_from(client_ip(next(ips)), old.addr)[0].close()
+        return targets(sock)[dead.addr]["health"] == "down"
+    wait_until(down, 30, what="the stopped target down")
+    before = targets(sock)[dead.addr]
+
+    new = successor(old, tmp_path, "stickyd-health-successor")
+    request.addfinalizer(new.stop)
+    new.wait_for_output(r"took over; accepting", 30)
+    old.expect_exit = True
+    assert old.wait(20) == 0
+    assert json.loads(admin(sock, "json show info"))["pid"] == str(new.pid)
+    after = targets(sock)[dead.addr]
+    assert after["health"] == "down", after
+    assert after["health_reason"] == before["health_reason"]
+    assert after["health_transitions"] == before["health_transitions"]
+    assert re.search(r"health carried over.*down=1", new.output()), new.output_tail()
+    # New clients go to the live targets only.
+    for i in range(20):
+        s, name = connect_from(client_ip(20_000 + i), old.addr)
+        s.close()
+        assert name in {"pod-1", "pod-2"}
