@@ -106,7 +106,9 @@ public final class Daemon {
         s.connectRetries = config.connectRetries
         s.connectBudgetMs = config.timeouts.connectBudgetMs
         s.ringEntries = ringEntries
-        s.sharePoolLoads = workers > 1
+        // A successor shares loads even with one worker: the predecessor's
+        // connections are added to the shared counts while it finishes them.
+        s.sharePoolLoads = workers > 1 || takeover
         s.descriptorBudget = descriptorBudget
         s.acceptQueueMax = config.listeners.map(\.backlog).max() ?? 4096
         s.accessLog = accessLog
@@ -270,6 +272,7 @@ public final class Daemon {
             if let exporter {
                 metrics = bindAfterHandover("metrics listener") { try startMetrics(exporter) }
             }
+            followPredecessorLoads(client, control: control)
         }
         let handoff = self.handoff
         let handoffRefusal = "an upgrade is handing over; try again in a moment"
@@ -402,11 +405,22 @@ public final class Daemon {
         // Drain deadlines keep running meanwhile (strict drains still cut
         // their connections on time).
         var nextTick = ControlPlane.monotonicMs() + 100
+        // After an upgrade the successor counts our open connections in
+        // its bounded load until we exit (ControlPlane+Predecessor.swift).
+        var loadsFeed = handedOver ? takeoverServer?.takeHandedChannel() : nil
+        // The first after a fresh round of reports: the latest may be a
+        // tick old, and the successor logs the first figure.
+        if loadsFeed != nil { for c in channels { c.post(.report(nil, entries: false, request: 0)) } }
+        var nextLoads = ControlPlane.monotonicMs() + TakeoverLimits.loadsEveryMs
         while finished.withLock({ $0.contains { $0 == nil } }) {
             usleep(10_000)
             if ControlPlane.monotonicMs() >= nextTick {
                 control.tick()
                 nextTick += 100
+            }
+            if let feed = loadsFeed, ControlPlane.monotonicMs() >= nextLoads {
+                if !feedLoads(feed, control: control) { loadsFeed = nil }
+                nextLoads += TakeoverLimits.loadsEveryMs
             }
         }
         metrics?.stop()

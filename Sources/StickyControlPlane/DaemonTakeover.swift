@@ -138,6 +138,39 @@ extension Daemon {
         _ = bindAfterHandover("remote admin listener") { try admin.listenRemote(remoteTLS) }
     }
 
+    /// Counts the old daemon's connections in bounded load until it exits
+    /// (ControlPlane+Predecessor.swift), on a thread of its own.
+    func followPredecessorLoads(_ client: TakeoverClient, control: ControlPlane) {
+        let logger = self.logger
+        let t = Thread {
+            var last: [TakeoverLoad]?
+            client.followLoads { loads in
+                guard loads != last else { return }
+                if last == nil {
+                    logger.notice("upgrade: the old daemon's open connections count toward bounded load until it exits",
+                                  metadata: ["connections": "\(loads.reduce(0) { $0 + $1.connections })"])
+                }
+                last = loads
+                control.setPredecessorLoads(loads)
+            }
+            logger.notice("upgrade: the old daemon's connections are gone; bounded load counts this process's own")
+        }
+        t.name = "stickyd-predecessor"
+        t.start()
+    }
+
+    /// Old side, after the hand-over: this process's loads to the
+    /// successor. False once it cannot take them (then no more are sent).
+    func feedLoads(_ ch: TakeoverChannel, control: ControlPlane) -> Bool {
+        do {
+            try ch.sendJSON(.loads, control.openConnections(), deadline: ControlPlane.monotonicMs() + 100)
+            return true
+        } catch {
+            logger.warning("upgrade: the successor no longer takes this process's loads", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
     /// The old daemon closes its remote admin and metrics ports on commit;
     /// a few tries over 5 s cover the moment that takes. A port still not
     /// free is logged and the daemon serves on without that listener.

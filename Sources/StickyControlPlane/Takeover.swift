@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import StickyCore
 import StickyDataPlane
+import Synchronization
 
 /// The zero-downtime upgrade's wire protocol (docs/OPERATIONS.md,
 /// "Upgrade"; docs/ARCHITECTURE.md, "Upgrade").
@@ -21,6 +22,7 @@ import StickyDataPlane
 ///     new → old   ready | failed (JSON {error})
 ///     old → new   commit
 ///     new → old   serving     (when hello said `confirms`)
+///     old → new   loads ...   JSON [TakeoverLoad], every 500 ms until old exits
 ///
 /// Old pauses accepting before it exports (the sockets stay open, so the
 /// kernel keeps queueing clients); new starts with accepting held and
@@ -46,6 +48,10 @@ enum TakeoverLimits {
     static let fdsMax = 65_536
     /// The successor's hello after it connects.
     static let helloMs: Millis = 5_000
+    /// After the hand-over, the old daemon sends its loads this often; a
+    /// successor that hears none for `loadsSilenceMs` counts them as gone.
+    static let loadsEveryMs: Millis = 500
+    static let loadsSilenceMs: Millis = 10_000
     /// Every worker's affinity export (a walk of its table).
     static let exportMs: Millis = 10_000
     /// Sending or receiving the state and the affinity.
@@ -111,9 +117,17 @@ struct TakeoverFailure: Codable {
     var error: String
 }
 
+/// One target's open connections in the old daemon (`loads` frames).
+struct TakeoverLoad: Codable, Equatable {
+    var pool: String
+    var address: String
+    var connections: Int
+}
+
 /// A framed connection with descriptor passing, every wait bounded by a
-/// deadline on the monotonic clock. Not thread-safe: one owner.
-final class TakeoverChannel {
+/// deadline on the monotonic clock. Not thread-safe: one owner at a time
+/// (after a hand-over the takeover thread passes it to the main thread).
+final class TakeoverChannel: @unchecked Sendable {
     let fd: Int32
     private var buffer: [UInt8] = []
     private var start = 0
@@ -287,6 +301,9 @@ final class TakeoverServer: @unchecked Sendable {
     let listener: UnixListener
     let logger: Logger
     let stopPipe: (read: Int32, write: Int32)
+    /// The connection to the successor, kept after the hand-over for the
+    /// `loads` frames (only one that sends `serving` reads them).
+    let handedChannel = Mutex<TakeoverChannel?>(nil)
     var thread: Thread?
     let done = DispatchSemaphore(value: 0)
 
@@ -306,6 +323,14 @@ final class TakeoverServer: @unchecked Sendable {
     }
 
     var path: String { listener.path }
+
+    /// The connection to the successor after a hand-over (for `loads`).
+    func takeHandedChannel() -> TakeoverChannel? {
+        handedChannel.withLock { c in
+            defer { c = nil }
+            return c
+        }
+    }
 
     func install() throws { try listener.install() }
 
@@ -424,6 +449,7 @@ final class TakeoverServer: @unchecked Sendable {
         }
         hooks.commit(hello.pid)
         listener.handOnPath()
+        if hello.confirms == true { handedChannel.withLock { $0 = ch } }
         return true
     }
 
@@ -459,8 +485,9 @@ struct TakeoverReceived {
     var affinity: [AffinityExport]
 }
 
-/// The successor's end.
-final class TakeoverClient {
+/// The successor's end. One user at a time: the main thread until the
+/// hand-over, then the thread that follows the old daemon's loads.
+final class TakeoverClient: @unchecked Sendable {
     let channel: TakeoverChannel
     let path: String
 
@@ -546,6 +573,23 @@ final class TakeoverClient {
     /// old daemon that does not wait for it has closed the connection.
     func serving() {
         try? channel.send(.serving, [], deadline: TakeoverChannel.deadline(1000))
+    }
+
+    /// After the hand-over: the old daemon's loads, as they come, until it
+    /// closes the connection (it exited) or is silent for `loadsSilenceMs`;
+    /// then `apply([])` once, and return. Runs on its own thread.
+    func followLoads(_ apply: ([TakeoverLoad]) -> Void) {
+        while true {
+            do {
+                let (type, payload) = try channel.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.loadsSilenceMs),
+                                                          doing: "reading the old daemon's loads")
+                guard type == .loads else { continue }
+                apply(try TakeoverChannel.decodeJSON([TakeoverLoad].self, payload, what: "loads"))
+            } catch {
+                apply([])
+                return
+            }
+        }
     }
 
     static func alive(_ pid: Int32) -> Bool {

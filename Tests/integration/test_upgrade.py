@@ -608,3 +608,46 @@ def test_health_crosses_an_upgrade(run_stickyd, tmp_path, request):
         s, name = connect_from(client_ip(20_000 + i), old.addr)
         s.close()
         assert name in {"pod-1", "pod-2"}
+
+
+def test_bounded_load_counts_the_old_daemons_connections(run_stickyd, tmp_path, request):
+    """After an upgrade the old daemon still holds its connections: the
+    successor's bounded load counts them until the old one exits, so new
+    clients are not piled onto the target the old daemon still loads."""
+    pods = start_backends(2)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
+    held: list[socket.socket] = []
+    request.addfinalizer(lambda: [s.close() for s in held])
+    # Pins first, one connection at a time (no load), then connections held
+    # open from the clients pinned to pod-1: a pin is kept whatever the load.
+    pinned = {}
+    for i in range(120):
+        s, pinned[client_ip(i)] = connect_from(client_ip(i), old.addr)
+        s.close()
+    for ip in [ip for ip, name in pinned.items() if name == "pod-1"][:30]:
+        s, name = connect_from(ip, old.addr)
+        assert name == "pod-1"
+        held.append(s)
+    assert len(held) == 30, f"only {len(held)} of 120 clients pinned to pod-1"
+
+    new = successor(old, tmp_path, "stickyd-loads-successor")
+    request.addfinalizer(new.stop)
+    new.wait_for_output(r"took over; accepting", 30)
+    old.expect_exit = True
+    new.wait_for_output(r"old daemon's open connections count toward bounded load.*connections=30", 10)
+    assert old.alive()
+
+    # 20 new clients, held: pod-1 is over its bound (30 of 30 + k, against
+    # 1.25 x the mean) for nearly all of them.
+    fresh = []
+    for i in range(20):
+        s, name = connect_from(client_ip(1000 + i), old.addr)
+        held.append(s)
+        fresh.append(name)
+    assert fresh.count("pod-1") <= 3, fresh
+
+    for s in held[:30]:
+        s.close()
+    assert old.wait(20) == 0
+    new.wait_for_output(r"old daemon's connections are gone", 15)
