@@ -146,12 +146,13 @@ extension Daemon {
             var last: [TakeoverLoad]?
             client.followLoads { loads in
                 guard loads != last else { return }
+                // Applied first, so the line tells they count.
+                control.setPredecessorLoads(loads)
                 if last == nil {
                     logger.notice("upgrade: the old daemon's open connections count toward bounded load until it exits",
                                   metadata: ["connections": "\(loads.reduce(0) { $0 + $1.connections })"])
                 }
                 last = loads
-                control.setPredecessorLoads(loads)
             }
             logger.notice("upgrade: the old daemon's connections are gone; bounded load counts this process's own")
         }
