@@ -132,7 +132,12 @@ extension Daemon {
             logger.error("upgrade: could not take over a socket path", metadata: ["error": "\(error)"])
         }
         // Now the old daemon lets go of its ports (bound below, with retries).
-        client.serving()
+        if !client.serving() && !confirmed && TakeoverClient.alive(received.state.pid) {
+            // Its wait for `ready` ran out in the same moment as ours for
+            // `commit`: it rolled back as we started. Both serve now.
+            logger.error("upgrade: the running daemon rolled back as this one started serving; both serve: stop one",
+                         metadata: ["old_pid": "\(received.state.pid)"])
+        }
         logger.notice("upgrade: took over; accepting", metadata: ["accept_paused_ms": "\(pausedMs)"])
         guard let remoteTLS else { return }
         _ = bindAfterHandover("remote admin listener") { try admin.listenRemote(remoteTLS) }

@@ -571,8 +571,10 @@ final class TakeoverClient: @unchecked Sendable {
 
     /// Tells the old daemon we accept, so it lets go now. Best effort: an
     /// old daemon that does not wait for it has closed the connection.
-    func serving() {
-        try? channel.send(.serving, [], deadline: TakeoverChannel.deadline(1000))
+    /// False if it could not be sent.
+    @discardableResult
+    func serving() -> Bool {
+        (try? channel.send(.serving, [], deadline: TakeoverChannel.deadline(1000))) != nil
     }
 
     /// After the hand-over: the old daemon's loads, as they come, until it

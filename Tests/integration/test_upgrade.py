@@ -533,13 +533,16 @@ def test_a_lost_takeover_message_leaves_one_daemon_serving(run_stickyd, tmp_path
     pods, old, sock, pinned = serving_two_pods(run_stickyd, request, 16)
     new = successor(old, tmp_path, f"stickyd-drop-{dropped}")
     request.addfinalizer(new.stop)
-    old.wait_for_output("accepting paused for the hand-over", 20)
+    # The sockets and state are exported once every worker of the old
+    # daemon has stopped accepting (its "paused" line comes just before).
+    new.wait_for_output("received the running daemon's sockets and state", 20)
     # Arrives while nobody accepts: it waits in the queue, and is served by
     # whichever daemon serves once the commit is settled.
     queued = socket.create_connection(old.addr, timeout=40)
     request.addfinalizer(queued.close)
     new.wait_for_output(r"took over; accepting", 40)
     assert queued.recv(16).startswith(b"pod-")
+    queued.close()
     old.expect_exit = True
     assert old.wait(40) == 0, old.output_tail()
     assert new.alive(), new.output_tail()
