@@ -106,7 +106,9 @@ public final class Daemon {
         s.connectRetries = config.connectRetries
         s.connectBudgetMs = config.timeouts.connectBudgetMs
         s.ringEntries = ringEntries
-        s.sharePoolLoads = workers > 1
+        // A successor shares loads even with one worker: the predecessor's
+        // connections are added to the shared counts while it finishes them.
+        s.sharePoolLoads = workers > 1 || takeover
         s.descriptorBudget = descriptorBudget
         s.acceptQueueMax = config.listeners.map(\.backlog).max() ?? 4096
         s.accessLog = accessLog
@@ -193,6 +195,7 @@ public final class Daemon {
         }
         let channels = try (0..<workers).map { _ in try WorkerChannel(pinOutbox: config.peers == nil ? 0 : Daemon.pinOutboxSize) }
         control.attach(channels)
+        if received != nil { control.publishPanicked() }
         // Before any worker runs: the members' table (their pins arrive
         // as the workers' first commands).
         let peerStart = pullPeerTable(channels: channels, control: control, tls: peerTLS)
@@ -265,12 +268,13 @@ public final class Daemon {
         // Both admin listeners answer through one lock: two sessions that
         // change targets at once could publish them to the workers out of order.
         let adminLock = NSLock()
-        if let (client, _) = successor {
-            try completeTakeover(client, channels: channels, control: control, admin: admin,
+        if let (client, received) = successor {
+            try completeTakeover(client, received: received, channels: channels, control: control, admin: admin,
                                  remoteTLS: remoteTLS, takeoverServer: takeoverServer)
             if let exporter {
                 metrics = bindAfterHandover("metrics listener") { try startMetrics(exporter) }
             }
+            followPredecessorLoads(client, control: control)
         }
         let handoff = self.handoff
         let handoffRefusal = "an upgrade is handing over; try again in a moment"
@@ -403,11 +407,22 @@ public final class Daemon {
         // Drain deadlines keep running meanwhile (strict drains still cut
         // their connections on time).
         var nextTick = ControlPlane.monotonicMs() + 100
+        // After an upgrade the successor counts our open connections in
+        // its bounded load until we exit (ControlPlane+Predecessor.swift).
+        var loadsFeed = handedOver ? takeoverServer?.takeHandedChannel() : nil
+        // The first after a fresh round of reports: the latest may be a
+        // tick old, and the successor logs the first figure.
+        if loadsFeed != nil { for c in channels { c.post(.report(nil, entries: false, request: 0)) } }
+        var nextLoads = ControlPlane.monotonicMs() + TakeoverLimits.loadsEveryMs
         while finished.withLock({ $0.contains { $0 == nil } }) {
             usleep(10_000)
             if ControlPlane.monotonicMs() >= nextTick {
                 control.tick()
                 nextTick += 100
+            }
+            if let feed = loadsFeed, ControlPlane.monotonicMs() >= nextLoads {
+                if !feedLoads(feed, control: control) { loadsFeed = nil }
+                nextLoads += TakeoverLimits.loadsEveryMs
             }
         }
         metrics?.stop()
@@ -560,7 +575,11 @@ public final class Daemon {
             generated = true
         }
         if config.pools.allSatisfy({ $0.affinity.hashKey != nil }) { generated = false }
-        return ControlPlane(config: config, registry: registry, hashKey: key!, generatedKey: generated,
-                            stateFilePath: statePath, logger: logger)
+        let control = ControlPlane(config: config, registry: registry, hashKey: key!, generatedKey: generated,
+                                   stateFilePath: statePath, logger: logger)
+        // Health too: a restart measures it afresh, an upgrade must not
+        // put a dead target back in service for its first failures.
+        if let received { control.restoreHealth(received.state.health ?? []) }
+        return control
     }
 }

@@ -104,16 +104,23 @@ extension Daemon {
     /// Workers are up with accepting held: tell the old daemon, wait for it
     /// to let go, then take the socket paths and start accepting, and bind
     /// the remote admin listener now that the old one has closed it.
-    func completeTakeover(_ client: TakeoverClient, channels: [WorkerChannel], control: ControlPlane,
+    func completeTakeover(_ client: TakeoverClient, received: TakeoverReceived, channels: [WorkerChannel], control: ControlPlane,
                           admin: AdminService, remoteTLS: RemoteAdminTLS?, takeoverServer: TakeoverServer?) throws {
+        let confirmed: Bool
         do {
-            try client.ready()
+            confirmed = try client.ready(oldPid: received.state.pid)
         } catch {
             // Held workers have no connections: they stop at once.
             for c in channels { c.post(.stop) }
             admin.stop()
             takeoverServer?.stop()
             throw error
+        }
+        if !confirmed {
+            // The old daemon rolls back only by closing the connection (or
+            // it died): with it open, it committed and its message was lost.
+            logger.warning("upgrade: no commit from the running daemon; serving anyway (it did not roll back)",
+                           metadata: ["old_pid": "\(received.state.pid)", "waited_ms": "\(TakeoverLimits.commitMs)"])
         }
         for c in channels { c.post(.handoffResume) }
         let pausedMs = ControlPlane.monotonicMs() - handoff.pausedAtMs.load(ordering: .relaxed)
@@ -124,9 +131,50 @@ extension Daemon {
             // Serving goes on; only the path is missing. Say so loudly.
             logger.error("upgrade: could not take over a socket path", metadata: ["error": "\(error)"])
         }
+        // Now the old daemon lets go of its ports (bound below, with retries).
+        if !client.serving() && !confirmed && TakeoverClient.alive(received.state.pid) {
+            // Its wait for `ready` ran out in the same moment as ours for
+            // `commit`: it rolled back as we started. Both serve now.
+            logger.error("upgrade: the running daemon rolled back as this one started serving; both serve: stop one",
+                         metadata: ["old_pid": "\(received.state.pid)"])
+        }
         logger.notice("upgrade: took over; accepting", metadata: ["accept_paused_ms": "\(pausedMs)"])
         guard let remoteTLS else { return }
         _ = bindAfterHandover("remote admin listener") { try admin.listenRemote(remoteTLS) }
+    }
+
+    /// Counts the old daemon's connections in bounded load until it exits
+    /// (ControlPlane+Predecessor.swift), on a thread of its own.
+    func followPredecessorLoads(_ client: TakeoverClient, control: ControlPlane) {
+        let logger = self.logger
+        let t = Thread {
+            var last: [TakeoverLoad]?
+            client.followLoads { loads in
+                guard loads != last else { return }
+                // Applied first, so the line tells they count.
+                control.setPredecessorLoads(loads)
+                if last == nil {
+                    logger.notice("upgrade: the old daemon's open connections count toward bounded load until it exits",
+                                  metadata: ["connections": "\(loads.reduce(0) { $0 + $1.connections })"])
+                }
+                last = loads
+            }
+            logger.notice("upgrade: the old daemon's connections are gone; bounded load counts this process's own")
+        }
+        t.name = "stickyd-predecessor"
+        t.start()
+    }
+
+    /// Old side, after the hand-over: this process's loads to the
+    /// successor. False once it cannot take them (then no more are sent).
+    func feedLoads(_ ch: TakeoverChannel, control: ControlPlane) -> Bool {
+        do {
+            try ch.sendJSON(.loads, control.openConnections(), deadline: ControlPlane.monotonicMs() + 100)
+            return true
+        } catch {
+            logger.warning("upgrade: the successor no longer takes this process's loads", metadata: ["error": "\(error)"])
+            return false
+        }
     }
 
     /// The old daemon closes its remote admin and metrics ports on commit;
@@ -190,7 +238,7 @@ extension Daemon {
                     },
                     registry: StateFile(registry: control.registry, hashKey: control.hashKey.hex,
                                         nowMs: ControlPlane.monotonicMs(), nowUnixMs: ControlPlane.unixMs()),
-                    hashKey: control.hashKey.hex)
+                    hashKey: control.hashKey.hex, health: control.healthCarry())
                 var fds: [Int32] = []
                 for l in config.listeners.indices {
                     for w in 0..<workers { fds.append(listeners[w][l].fd) }
@@ -200,8 +248,9 @@ extension Daemon {
             rollback: { reason in rollback(reason) },
             commit: { pid in
                 flags.successorPid.store(pid, ordering: .relaxed)
-                // Before the successor hears `commit`: it binds the metrics
-                // and remote admin ports as soon as it does.
+                // The successor serves (it said so, or its word was lost);
+                // it binds the metrics and remote admin ports, retrying
+                // while these close.
                 releasePorts()
                 // `upgrade`'s answer first: the main loop stops the admin
                 // socket once it sees the hand-over.

@@ -163,8 +163,13 @@ final class Upgrader: Sendable {
         let start = ControlPlane.monotonicMs()
         var reason: String?
         while true {
-            if flags.handedOver.load(ordering: .acquiring) { return }
-            if let a = attempt.withLock({ $0 }), a.reply.text != nil { return }
+            // Handed over: the successor serves, but it is still our child
+            // while this process finishes its connections; reap it if it
+            // exits first, or it stays a zombie until we do.
+            if flags.handedOver.load(ordering: .acquiring) || attempt.withLock({ $0?.reply.text != nil }) {
+                reapAfterHandover(pid)
+                return
+            }
             var status: Int32 = 0
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid || (r < 0 && errno == ECHILD) {
@@ -196,6 +201,18 @@ final class Upgrader: Sendable {
         logger.error("upgrade failed; still serving", metadata: ["reason": "\(why)"])
         running.store(false, ordering: .releasing)
         a?.reply.resolve(Upgrader.failure(why, json: a?.json ?? false))
+    }
+
+    /// Waits for a successor that took over (this thread has nothing else
+    /// to do, and the process's exit ends it), and says how it ended: the
+    /// service is gone with it, which the operator must hear of.
+    func reapAfterHandover(_ pid: Int32) {
+        var status: Int32 = 0
+        var r: Int32
+        repeat { r = waitpid(pid, &status, 0) } while r < 0 && errno == EINTR
+        guard r == pid else { return }
+        logger.error("upgrade: the successor that took over has ended; this process does not serve again, restart stickyd",
+                     metadata: ["successor_pid": "\(pid)", "how": "\(Upgrader.describe(status))"])
     }
 
     /// SIGTERM, then SIGKILL after the grace; reaped either way.

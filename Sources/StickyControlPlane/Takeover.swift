@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import StickyCore
 import StickyDataPlane
+import Synchronization
 
 /// The zero-downtime upgrade's wire protocol (docs/OPERATIONS.md,
 /// "Upgrade"; docs/ARCHITECTURE.md, "Upgrade").
@@ -20,11 +21,21 @@ import StickyDataPlane
 ///     old → new   affinity   one AffinityExport blob per worker, in order
 ///     new → old   ready | failed (JSON {error})
 ///     old → new   commit
+///     new → old   serving     (when hello said `confirms`)
+///     old → new   loads ...   JSON [TakeoverLoad], every 500 ms until old exits
 ///
 /// Old pauses accepting before it exports (the sockets stay open, so the
 /// kernel keeps queueing clients); new starts with accepting held and
-/// resumes only on `commit`. Anything but `ready` before the deadline rolls
-/// old back to accepting; once old has read `ready` it commits.
+/// resumes on `commit`. Anything but `ready` before the deadline rolls old
+/// back to accepting, and a rollback always closes the connection. So that
+/// no lost message can leave both processes stopped, each side reads
+/// silence as "the other one serves" and only a closed connection (or an
+/// explicit `failed`) as "it does not": new, not hearing `commit` within
+/// `commitMs` while the connection stays open, serves anyway and says
+/// `serving`; old, after `commit`, keeps its listeners (paused) until
+/// `serving`, takes the service back if the connection closes first (new
+/// died), and lets go after `servingMs` of silence (new lives and was told
+/// to serve). The table is in docs/OPERATIONS.md, "Commit".
 // The frame types and their decoder are StickyCore's `TakeoverFrame`, pure
 // so they can be fuzzed; this file owns the socket and the deadlines.
 
@@ -37,14 +48,27 @@ enum TakeoverLimits {
     static let fdsMax = 65_536
     /// The successor's hello after it connects.
     static let helloMs: Millis = 5_000
+    /// After the hand-over, the old daemon sends its loads this often; a
+    /// successor that hears none for `loadsSilenceMs` counts them as gone.
+    static let loadsEveryMs: Millis = 500
+    static let loadsSilenceMs: Millis = 10_000
     /// Every worker's affinity export (a walk of its table).
     static let exportMs: Millis = 10_000
     /// Sending or receiving the state and the affinity.
     static let transferMs: Millis = 60_000
     /// The successor building its workers and sockets, then `ready`.
     static let readyMs: Millis = 60_000
-    /// `commit` after `ready`.
+    /// `commit` after `ready`; past it the successor serves anyway.
     static let commitMs: Millis = 10_000
+    /// `serving` after `commit`: longer than `commitMs`, so a successor
+    /// whose `commit` was lost (and serves after `commitMs`) confirms first.
+    static let servingMs: Millis = 20_000
+    /// Test hook: frame types (comma-separated names, e.g. `commit`) this
+    /// process skips sending, to show the protocol survives their loss.
+    static let droppedFrames: Set<String> = {
+        guard let v = getenv("STICKYD_TEST_TAKEOVER_DROP") else { return [] }
+        return Set(String(cString: v).split(separator: ",").map(String.init))
+    }()
 }
 
 /// The listening sockets and state a successor takes over.
@@ -71,8 +95,11 @@ struct TakeoverState: Codable {
     var registry: StateFile
     /// The hash key of pools that do not configure one (32 hex digits).
     var hashKey: String
+    /// Targets whose health differs from a fresh start's (absent from a
+    /// predecessor built before it was carried).
+    var health: [HealthCarry]?
     enum CodingKeys: String, CodingKey {
-        case version, pid, workers, listeners, registry
+        case version, pid, workers, listeners, registry, health
         case hashKey = "hash_key"
     }
 }
@@ -80,15 +107,27 @@ struct TakeoverState: Codable {
 struct TakeoverHello: Codable {
     var version: Int
     var pid: Int32
+    /// The successor sends `serving` once it accepts (absent from a
+    /// successor built before that frame: the old daemon then lets go at
+    /// `ready`, as those did).
+    var confirms: Bool?
 }
 
 struct TakeoverFailure: Codable {
     var error: String
 }
 
+/// One target's open connections in the old daemon (`loads` frames).
+struct TakeoverLoad: Codable, Equatable {
+    var pool: String
+    var address: String
+    var connections: Int
+}
+
 /// A framed connection with descriptor passing, every wait bounded by a
-/// deadline on the monotonic clock. Not thread-safe: one owner.
-final class TakeoverChannel {
+/// deadline on the monotonic clock. Not thread-safe: one owner at a time
+/// (after a hand-over the takeover thread passes it to the main thread).
+final class TakeoverChannel: @unchecked Sendable {
     let fd: Int32
     private var buffer: [UInt8] = []
     private var start = 0
@@ -121,6 +160,10 @@ final class TakeoverChannel {
 
     /// Sends one frame; `fds` go first, on `fds` frames of their own.
     func send(_ type: TakeoverFrame, _ payload: [UInt8], fds: [Int32] = [], deadline: Millis) throws {
+        if TakeoverLimits.droppedFrames.contains("\(type)") {
+            Logger(label: "stickyd").warning("test hook STICKYD_TEST_TAKEOVER_DROP: not sending \(type)")
+            return
+        }
         var chunkStart = 0
         while chunkStart < fds.count {
             let chunk = Array(fds[chunkStart..<min(fds.count, chunkStart + TakeoverLimits.fdsPerFrame)])
@@ -258,6 +301,9 @@ final class TakeoverServer: @unchecked Sendable {
     let listener: UnixListener
     let logger: Logger
     let stopPipe: (read: Int32, write: Int32)
+    /// The connection to the successor, kept after the hand-over for the
+    /// `loads` frames (only one that sends `serving` reads them).
+    let handedChannel = Mutex<TakeoverChannel?>(nil)
     var thread: Thread?
     let done = DispatchSemaphore(value: 0)
 
@@ -277,6 +323,14 @@ final class TakeoverServer: @unchecked Sendable {
     }
 
     var path: String { listener.path }
+
+    /// The connection to the successor after a hand-over (for `loads`).
+    func takeHandedChannel() -> TakeoverChannel? {
+        handedChannel.withLock { c in
+            defer { c = nil }
+            return c
+        }
+    }
 
     func install() throws { try listener.install() }
 
@@ -353,6 +407,9 @@ final class TakeoverServer: @unchecked Sendable {
             try? ch.sendJSON(.failed, TakeoverFailure(error: "\(error)"), deadline: TakeoverChannel.deadline(1000))
             return false
         }
+        // The successor already serves: its `ready` was lost and it waited
+        // out `commitMs` (see below).
+        var served = false
         do {
             let transfer = TakeoverChannel.deadline(TakeoverLimits.transferMs)
             try ch.sendJSON(.state, offer.state, fds: offer.fds, deadline: transfer)
@@ -362,6 +419,10 @@ final class TakeoverServer: @unchecked Sendable {
             switch type {
             case .ready:
                 break
+            case .serving:
+                logger.warning("upgrade: the successor serves without our commit (its ready was lost); letting go",
+                               metadata: ["pid": "\(hello.pid)"])
+                served = true
             case .failed:
                 let f = try? TakeoverChannel.decodeJSON(TakeoverFailure.self, payload, what: "failure")
                 throw SystemError("upgrade: the successor failed: \(f?.error ?? "no reason given")", errno: ECANCELED)
@@ -372,14 +433,45 @@ final class TakeoverServer: @unchecked Sendable {
             hooks.rollback("\(error)")
             return false
         }
+        if !served {
+            // Committed from here: this process never accepts again unless
+            // the successor is gone before it serves.
+            do {
+                try ch.send(.commit, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
+            } catch {
+                logger.error("upgrade: could not send commit; the successor serves anyway once its wait is over",
+                             metadata: ["error": "\(error)"])
+            }
+            if hello.confirms == true, let gone = awaitServing(ch, pid: hello.pid) {
+                hooks.rollback(gone)
+                return false
+            }
+        }
         hooks.commit(hello.pid)
         listener.handOnPath()
-        do {
-            try ch.send(.commit, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
-        } catch {
-            logger.error("upgrade: could not confirm the hand-over to the successor", metadata: ["error": "\(error)"])
-        }
+        if hello.confirms == true { handedChannel.withLock { $0 = ch } }
         return true
+    }
+
+    /// After `commit`: nil once the successor serves (it said so, or it
+    /// lives and was silent for `servingMs`: its `serving` was lost);
+    /// otherwise why it is gone (the connection closed first: it died
+    /// before serving), and this process takes the service back.
+    private func awaitServing(_ ch: TakeoverChannel, pid: Int32) -> String? {
+        do {
+            let (type, _) = try ch.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.servingMs),
+                                           doing: "waiting for the successor to serve")
+            if type != .serving {
+                logger.warning("upgrade: expected serving; taking the successor as serving", metadata: ["got": "\(type)"])
+            }
+            return nil
+        } catch let e as SystemError where e.errno == ETIMEDOUT {
+            logger.warning("upgrade: the successor did not confirm it serves; it lives and was told to, so letting go",
+                           metadata: ["pid": "\(pid)", "waited_ms": "\(TakeoverLimits.servingMs)"])
+            return nil
+        } catch {
+            return "the successor (pid \(pid)) went away after commit, before it served: \(error)"
+        }
     }
 }
 
@@ -393,8 +485,9 @@ struct TakeoverReceived {
     var affinity: [AffinityExport]
 }
 
-/// The successor's end.
-final class TakeoverClient {
+/// The successor's end. One user at a time: the main thread until the
+/// hand-over, then the thread that follows the old daemon's loads.
+final class TakeoverClient: @unchecked Sendable {
     let channel: TakeoverChannel
     let path: String
 
@@ -407,7 +500,7 @@ final class TakeoverClient {
             throw SystemError("upgrade: cannot reach the running daemon's takeover socket \(path) (is stickyd running with takeover_socket set?)", errno: -fd)
         }
         channel = TakeoverChannel(fd: fd)
-        try channel.sendJSON(.hello, TakeoverHello(version: TakeoverLimits.protocolVersion, pid: getpid()),
+        try channel.sendJSON(.hello, TakeoverHello(version: TakeoverLimits.protocolVersion, pid: getpid(), confirms: true),
                              deadline: TakeoverChannel.deadline(TakeoverLimits.helloMs))
     }
 
@@ -451,11 +544,58 @@ final class TakeoverClient {
     }
 
     /// Tells the old daemon we are ready and waits for it to let go.
-    func ready() throws {
+    /// Returns false when serving without its `commit`: it stayed silent
+    /// for `commitMs` with the connection open (a rollback closes it, so
+    /// it committed and the message was lost), or it died. Throws when it
+    /// refused or rolled back: it serves, so we must not.
+    func ready(oldPid: Int32) throws -> Bool {
         try channel.send(.ready, [], deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs))
-        let (type, _) = try channel.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs),
-                                            doing: "waiting for the running daemon to let go")
-        guard type == .commit else { throw SystemError("upgrade: expected commit, got \(type)", errno: EPROTO) }
+        do {
+            let (type, payload) = try channel.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.commitMs),
+                                                      doing: "waiting for the running daemon to let go")
+            switch type {
+            case .commit:
+                return true
+            case .failed:
+                let f = try? TakeoverChannel.decodeJSON(TakeoverFailure.self, payload, what: "failure")
+                throw SystemError("upgrade: the running daemon refused: \(f?.error ?? "no reason given")", errno: ECANCELED)
+            default:
+                throw SystemError("upgrade: expected commit, got \(type)", errno: EPROTO)
+            }
+        } catch let e as SystemError where e.errno == ETIMEDOUT {
+            return false
+        } catch let e as SystemError where e.errno == ECONNRESET && !TakeoverClient.alive(oldPid) {
+            return false
+        }
+    }
+
+    /// Tells the old daemon we accept, so it lets go now. Best effort: an
+    /// old daemon that does not wait for it has closed the connection.
+    /// False if it could not be sent.
+    @discardableResult
+    func serving() -> Bool {
+        (try? channel.send(.serving, [], deadline: TakeoverChannel.deadline(1000))) != nil
+    }
+
+    /// After the hand-over: the old daemon's loads, as they come, until it
+    /// closes the connection (it exited) or is silent for `loadsSilenceMs`;
+    /// then `apply([])` once, and return. Runs on its own thread.
+    func followLoads(_ apply: ([TakeoverLoad]) -> Void) {
+        while true {
+            do {
+                let (type, payload) = try channel.receive(deadline: TakeoverChannel.deadline(TakeoverLimits.loadsSilenceMs),
+                                                          doing: "reading the old daemon's loads")
+                guard type == .loads else { continue }
+                apply(try TakeoverChannel.decodeJSON([TakeoverLoad].self, payload, what: "loads"))
+            } catch {
+                apply([])
+                return
+            }
+        }
+    }
+
+    static func alive(_ pid: Int32) -> Bool {
+        kill(pid, 0) == 0 || errno == EPERM
     }
 
     /// Tells the old daemon we give up, so it accepts again at once.

@@ -54,6 +54,8 @@ extension Worker {
                 endHandoff()
             case .peerPins(let pool, let pins, let clock):
                 applyPeerPins(pool: pool, pins: pins, clock: clock)
+            case .predecessorLoads(let pool, let loads):
+                pools[pool].setPredecessorLoads(loads)
             }
         }
     }

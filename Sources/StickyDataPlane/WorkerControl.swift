@@ -76,6 +76,10 @@ public enum WorkerCommand: Sendable {
     case handoffResume
     /// Pins from peer instances for this worker's shard (WorkerPeers.swift).
     case peerPins(pool: Int, pins: [PeerPin], clock: PeerClock)
+    /// After an upgrade, the old process's open connections per target of
+    /// a pool, until it exits (then empty). Sent to one worker only, which
+    /// adds them to the pool-wide loads (`WorkerPool.predecessorLoads`).
+    case predecessorLoads(pool: Int, loads: [SocketAddress: Int])
 }
 
 /// Which pins a `show affinity` wants.

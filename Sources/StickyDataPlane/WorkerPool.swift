@@ -61,8 +61,40 @@ final class WorkerPool {
 
     deinit { addresses.deallocate() }
 
+    /// After an upgrade, the old process's open connections per target
+    /// (one worker holds them for the pool), and what of them is added to
+    /// the pool-wide counts, by slot: bounded load then counts every
+    /// connection a target has, in either process.
+    var predecessorLoads: [SocketAddress: Int] = [:]
+    var predecessorApplied: [(slot: Int, count: Int)] = []
+
+    func setPredecessorLoads(_ loads: [SocketAddress: Int]) {
+        predecessorLoads = loads.filter { $0.value > 0 }
+        unapplyPredecessorLoads()
+        applyPredecessorLoads()
+    }
+
+    private func unapplyPredecessorLoads() {
+        guard let shared = balancer.sharedLoads else { return }
+        for (slot, count) in predecessorApplied { shared.add(slot, -count) }
+        predecessorApplied.removeAll(keepingCapacity: true)
+    }
+
+    /// By the slots as they are now: a target set change moves them, so it
+    /// takes them out first and puts them back after.
+    private func applyPredecessorLoads() {
+        guard let shared = balancer.sharedLoads else { return }
+        for (address, count) in predecessorLoads {
+            guard let slot = balancer.targetIndex(of: address) else { continue }
+            shared.add(slot, count)
+            predecessorApplied.append((slot, count))
+        }
+    }
+
     /// A new target list from the control plane (membership or weights).
     func setTargets(_ targets: [TargetSpec], states: [TargetState], maglev: MaglevTable) {
+        unapplyPredecessorLoads()
+        defer { applyPredecessorLoads() }
         do {
             try balancer.updateTargets(targets, maglev: maglev)
         } catch {

@@ -47,7 +47,7 @@ final class TakeoverFrameTests: XCTestCase {
         XCTAssertEqual(TakeoverFrame.decode(Array("GET / HTTP/1.1".utf8)[...]),
                        .invalid("frame of 1195725856 bytes; not a stickyd takeover peer"))
         XCTAssertEqual(TakeoverFrame.decode([0, 0, 0, 1, 0][...]), .invalid("unknown frame type 0"))
-        XCTAssertEqual(TakeoverFrame.decode([0, 0, 0, 1, 8][...]), .invalid("unknown frame type 8"))
+        XCTAssertEqual(TakeoverFrame.decode([0, 0, 0, 1, 10][...]), .invalid("unknown frame type 10"))
         // The largest length is allowed and waits for its payload.
         let max = TakeoverFrame.lengthMax
         XCTAssertEqual(TakeoverFrame.decode([UInt8(max >> 24), 0, 0, 0, 4][...]), .needMore)

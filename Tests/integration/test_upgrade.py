@@ -519,3 +519,138 @@ def test_second_concurrent_upgrade_is_refused(run_stickyd, tmp_path, request):
                         first[0]), first
     # Over: the next upgrade is judged on its own.
     assert admin(sock, "upgrade /nonexistent").startswith("error: upgrade failed: cannot use /nonexistent")
+
+
+# ---------------------------------------------------------------------------
+# The commit (docs/OPERATIONS.md, "Commit"): no lost message leaves both
+# daemons stopped. STICKYD_TEST_TAKEOVER_DROP makes a process skip sending
+# the named frame; both daemons get it, and only one of them sends each.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dropped", ["ready", "commit", "serving"])
+def test_a_lost_takeover_message_leaves_one_daemon_serving(run_stickyd, tmp_path, request, monkeypatch, dropped):
+    monkeypatch.setenv("STICKYD_TEST_TAKEOVER_DROP", dropped)
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, 16)
+    new = successor(old, tmp_path, f"stickyd-drop-{dropped}")
+    request.addfinalizer(new.stop)
+    # The sockets and state are exported once every worker of the old
+    # daemon has stopped accepting (its "paused" line comes just before).
+    new.wait_for_output("received the running daemon's sockets and state", 20)
+    # Arrives while nobody accepts: it waits in the queue, and is served by
+    # whichever daemon serves once the commit is settled.
+    queued = socket.create_connection(old.addr, timeout=40)
+    request.addfinalizer(queued.close)
+    new.wait_for_output(r"took over; accepting", 40)
+    assert queued.recv(16).startswith(b"pod-")
+    queued.close()
+    old.expect_exit = True
+    assert old.wait(40) == 0, old.output_tail()
+    assert new.alive(), new.output_tail()
+    assert f"not sending {dropped}" in old.output() + new.output()
+    assert json.loads(admin(sock, "json show info"))["pid"] == str(new.pid)
+    for ip, name in pinned.items():
+        assert connect_from(ip, old.addr)[1] == name
+
+
+def test_a_successor_that_ends_after_taking_over_is_reaped(run_stickyd, tmp_path, request):
+    """The successor `upgrade` started is the old daemon's child: if it dies
+    while the old one still finishes its connections, the old one reaps it
+    (no zombie) and says so."""
+    pods, old, sock, pinned = serving_two_pods(run_stickyd, request, 4)
+    # A connection through the old daemon keeps it finishing after the hand-over.
+    held, _ = connect_from(client_ip(CLIENTS + 2), old.addr)
+    request.addfinalizer(held.close)
+    result = ctl("upgrade", "--socket", sock, "--timeout", str(UPGRADE_TIMEOUT_S))
+    took = re.search(r"upgrade: pid (\d+) took over", result.stdout)
+    assert took, f"{result.stdout}{result.stderr}"
+    new_pid = int(took.group(1))
+    request.addfinalizer(lambda: stop_pid(new_pid))
+    old.expect_exit = True
+    os.kill(new_pid, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{new_pid}"), 10, what=f"successor pid {new_pid} reaped")
+    assert old.alive()
+    old.wait_for_output("the successor that took over has ended", 10)
+    held.close()
+    assert old.wait(20) == 0
+
+
+def test_health_crosses_an_upgrade(run_stickyd, tmp_path, request):
+    """A target passive detection took down stays down in the successor,
+    with its reason and the time it has been down (revive_after counts on
+    from there), instead of being put back in service for its first
+    failures."""
+    pods = start_backends(3)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2", "--health-revive-after", "120s"])
+    sock = flag(old, "--admin-socket")
+    dead = pods[2]
+    dead.stop()
+    ips = iter(range(10_000))
+
+    def down() -> bool:
+        # Clients Maglev sends to the dead target fail over; each failed
+        # connect counts toward `fall`.
+        connect_from(client_ip(next(ips)), old.addr)[0].close()
+        return targets(sock)[dead.addr]["health"] == "down"
+    wait_until(down, 30, what="the stopped target down")
+    before = targets(sock)[dead.addr]
+
+    new = successor(old, tmp_path, "stickyd-health-successor")
+    request.addfinalizer(new.stop)
+    new.wait_for_output(r"took over; accepting", 30)
+    old.expect_exit = True
+    assert old.wait(20) == 0
+    assert json.loads(admin(sock, "json show info"))["pid"] == str(new.pid)
+    after = targets(sock)[dead.addr]
+    assert after["health"] == "down", after
+    assert after["health_reason"] == before["health_reason"]
+    assert after["health_transitions"] == before["health_transitions"]
+    assert re.search(r"health carried over.*down=1", new.output()), new.output_tail()
+    # New clients go to the live targets only.
+    for i in range(20):
+        s, name = connect_from(client_ip(20_000 + i), old.addr)
+        s.close()
+        assert name in {"pod-1", "pod-2"}
+
+
+def test_bounded_load_counts_the_old_daemons_connections(run_stickyd, tmp_path, request):
+    """After an upgrade the old daemon still holds its connections: the
+    successor's bounded load counts them until the old one exits, so new
+    clients are not piled onto the target the old daemon still loads."""
+    pods = start_backends(2)
+    request.addfinalizer(lambda: [p.stop() for p in pods])
+    old = run_stickyd([p.addr for p in pods], args=["--workers", "2"])
+    held: list[socket.socket] = []
+    request.addfinalizer(lambda: [s.close() for s in held])
+    # Pins first, one connection at a time (no load), then connections held
+    # open from the clients pinned to pod-1: a pin is kept whatever the load.
+    pinned = {}
+    for i in range(120):
+        s, pinned[client_ip(i)] = connect_from(client_ip(i), old.addr)
+        s.close()
+    for ip in [ip for ip, name in pinned.items() if name == "pod-1"][:30]:
+        s, name = connect_from(ip, old.addr)
+        assert name == "pod-1"
+        held.append(s)
+    assert len(held) == 30, f"only {len(held)} of 120 clients pinned to pod-1"
+
+    new = successor(old, tmp_path, "stickyd-loads-successor")
+    request.addfinalizer(new.stop)
+    new.wait_for_output(r"took over; accepting", 30)
+    old.expect_exit = True
+    new.wait_for_output(r"old daemon's open connections count toward bounded load.*connections=30", 10)
+    assert old.alive()
+
+    # 20 new clients, held: pod-1 is over its bound (30 of 30 + k, against
+    # 1.25 x the mean) for nearly all of them.
+    fresh = []
+    for i in range(20):
+        s, name = connect_from(client_ip(1000 + i), old.addr)
+        held.append(s)
+        fresh.append(name)
+    assert fresh.count("pod-1") <= 3, fresh
+
+    for s in held[:30]:
+        s.close()
+    assert old.wait(20) == 0
+    new.wait_for_output(r"old daemon's connections are gone", 15)

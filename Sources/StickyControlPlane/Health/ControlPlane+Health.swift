@@ -176,3 +176,40 @@ extension ControlPlane {
         if t.status == .down && record.state != .maint && h.book.inPanic(pool: p) { row.healthPanic = true }
     }
 }
+
+// MARK: - Across an upgrade
+
+extension ControlPlane {
+    /// What a successor takes over (TakeoverState.health).
+    func healthCarry() -> [HealthCarry] {
+        let now = clock.nowMs()
+        return state.withLock { $0.health.book.carry($0.registry, now: now) }
+    }
+
+    /// A predecessor's health, before the workers start (they are built
+    /// from the effective states this sets). Pools it leaves in panic get
+    /// their panicked targets once the workers are attached
+    /// (`publishPanicked`).
+    func restoreHealth(_ carried: [HealthCarry]) {
+        guard !carried.isEmpty else { return }
+        let now = clock.nowMs()
+        let (skipped, downs) = state.withLock { s -> ([String], Int) in
+            let skipped = s.health.book.restore(carried, s.registry, now: now)
+            return (skipped, carried.filter(\.down).count - skipped.count)
+        }
+        logger.notice("upgrade: health carried over", metadata: ["targets": "\(carried.count - skipped.count)", "down": "\(max(0, downs))"])
+        if !skipped.isEmpty {
+            logger.notice("upgrade: health of targets this config does not have was dropped", metadata: ["targets": "\(skipped.joined(separator: ","))"])
+        }
+    }
+
+    /// Tells the workers which targets panic mode put back, for pools in
+    /// panic (after `restoreHealth`, once they are attached).
+    func publishPanicked() {
+        state.withLock { s in
+            for p in s.registry.pools.indices where s.health.book.inPanic(pool: p) {
+                broadcast(.setPanicked(pool: p, targets: s.health.book.panicked(pool: p, s.registry.pools[p])))
+            }
+        }
+    }
+}

@@ -162,3 +162,37 @@ public struct PanicChange: Sendable, Equatable {
     public var share: PanicShare
     public var threshold: Int
 }
+
+// MARK: - Across an upgrade
+
+extension HealthBook {
+    /// Every tracker a fresh one would not equal, by pool name and address.
+    public func carry(_ registry: TargetRegistry, now: Millis) -> [HealthCarry] {
+        var out: [HealthCarry] = []
+        for (p, pool) in registry.pools.enumerated() where p < trackers.count {
+            for t in pool.targets {
+                guard let tr = trackers[p][t.spec.address], tr.worthCarrying else { continue }
+                out.append(tr.carry(pool: pool.name, address: t.spec.address, now: now))
+            }
+        }
+        return out
+    }
+
+    /// Lays a predecessor's trackers over these (kept in step with
+    /// `registry` first), then re-decides panic mode. A pool or target
+    /// this process does not have is skipped and named in the result.
+    public mutating func restore(_ carried: [HealthCarry], _ registry: TargetRegistry, now: Millis) -> [String] {
+        sync(registry)
+        var skipped: [String] = []
+        for c in carried {
+            guard let p = registry.pools.firstIndex(where: { $0.name == c.pool }), p < trackers.count,
+                  let address = SocketAddress(c.address), trackers[p][address] != nil else {
+                skipped.append("\(c.pool)/\(c.address)")
+                continue
+            }
+            trackers[p][address]!.restore(c, now: now)
+        }
+        for p in registry.pools.indices { _ = updatePanic(pool: p, registry) }
+        return skipped
+    }
+}

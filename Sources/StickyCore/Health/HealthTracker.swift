@@ -199,3 +199,64 @@ public struct HealthTracker: Sendable, Equatable {
         return HealthTransition(to: .down, reason: why)
     }
 }
+
+// MARK: - Across an upgrade
+
+/// One target's health as it crosses an upgrade (the takeover state):
+/// times travel as durations, since each process has its own monotonic
+/// clock. A successor that measured health afresh would put a dead target
+/// back in service for its first `fall` failures, and forget the damping
+/// that holds a flapping one down.
+public struct HealthCarry: Codable, Sendable, Equatable {
+    public var pool: String
+    public var address: String
+    public var down: Bool
+    /// Consecutive failures (while up) or successes (while down).
+    public var failures: Int
+    public var successes: Int
+    /// While down: how long it has been, and how much hold-down is left.
+    public var downForMs: Millis
+    public var holdRemainingMs: Millis
+    /// The downs in the damping window, as ages, oldest first.
+    public var recentDownAgesMs: [Millis]
+    public var transitions: UInt64
+    public var reason: String
+
+    enum CodingKeys: String, CodingKey {
+        case pool, address, down, failures, successes, transitions, reason
+        case downForMs = "down_for_ms"
+        case holdRemainingMs = "hold_remaining_ms"
+        case recentDownAgesMs = "recent_down_ages_ms"
+    }
+}
+
+extension HealthTracker {
+    /// Whether the tracker holds anything a fresh one would not: a down,
+    /// a failure count, or damping history.
+    public var worthCarrying: Bool { status == .down || failures > 0 || !recentDownsMs.isEmpty }
+
+    public func carry(pool: String, address: SocketAddress, now: Millis) -> HealthCarry {
+        HealthCarry(pool: pool, address: "\(address)", down: status == .down, failures: failures, successes: successes,
+                    downForMs: status == .down ? max(0, now - downSinceMs) : 0, holdRemainingMs: holdRemainingMs(now: now),
+                    recentDownAgesMs: recentDownsMs.map { max(0, now - $0) }, transitions: transitions, reason: lastReason)
+    }
+
+    /// Takes over what a predecessor measured, under this process's config
+    /// (`revive_after` and damping apply from the carried times). Trials of
+    /// a carried down start as after a fresh one: the predecessor's were
+    /// its own.
+    public mutating func restore(_ c: HealthCarry, now: Millis) {
+        status = c.down ? .down : .up
+        failures = max(0, c.failures)
+        successes = max(0, c.successes)
+        transitions = c.transitions
+        recentDownsMs = c.recentDownAgesMs.suffix(HealthTracker.downsKeptMax).map { now - max(0, $0) }
+        lastReason = c.reason
+        trialStartedMs = nil
+        guard c.down else { return }
+        downSinceMs = now - max(0, c.downForMs)
+        holdUntilMs = now + max(0, c.holdRemainingMs)
+        trialBackoffMs = min(HealthTracker.trialFirstMs * 2, config.reviveAfterMs)
+        trialDueMs = max(now + min(HealthTracker.trialFirstMs, config.reviveAfterMs), holdUntilMs)
+    }
+}

@@ -14,6 +14,12 @@ public enum TakeoverFrame: UInt8, Sendable, CaseIterable {
     case ready = 5
     case failed = 6
     case commit = 7
+    /// The successor accepts: the running daemon may now let go (its
+    /// listeners, ports and the service); see docs/OPERATIONS.md, "Commit".
+    case serving = 8
+    /// The old daemon's open connections per target, every half second
+    /// while it finishes them (bounded load counts them in the successor).
+    case loads = 9
 
     /// Length field plus type byte.
     public static let headerBytes = 5
