@@ -140,9 +140,19 @@ final class TakeoverChannel: @unchecked Sendable {
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
     }
 
-    deinit {
+    private var closed = false
+
+    deinit { closeNow() }
+
+    /// Closes the connection now rather than at deinit: a successor holds
+    /// its `TakeoverClient` for as long as it runs, and without this kept
+    /// the dead predecessor's socket open (one descriptor per upgrade).
+    func closeNow() {
+        guard !closed else { return }
+        closed = true
         close(fd)
         for f in receivedFDs { close(f) }
+        receivedFDs = []
     }
 
     static func deadline(_ ms: Millis) -> Millis { ControlPlane.monotonicMs() + ms }
@@ -589,6 +599,8 @@ final class TakeoverClient: @unchecked Sendable {
                 apply(try TakeoverChannel.decodeJSON([TakeoverLoad].self, payload, what: "loads"))
             } catch {
                 apply([])
+                // The old daemon is gone or silent: nothing more comes here.
+                channel.closeNow()
                 return
             }
         }

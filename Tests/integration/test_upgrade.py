@@ -654,3 +654,24 @@ def test_bounded_load_counts_the_old_daemons_connections(run_stickyd, tmp_path, 
         s.close()
     assert old.wait(20) == 0
     new.wait_for_output(r"old daemon's connections are gone", 15)
+
+
+def test_the_successor_keeps_no_descriptor_of_the_old_daemon(run_stickyd, tmp_path, request):
+    """Once the old daemon has exited, the successor holds what a daemon
+    started fresh holds: the chaos soak found one socket more after each
+    upgrade, the successor's end of the hand-over connection."""
+    # No client: the count below is the daemon's own.
+    pods, old, sock, _ = serving_two_pods(run_stickyd, request, 0)
+
+    def fds(pid: int) -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    fresh = fds(old.proc.pid)
+    result = ctl("upgrade", "--socket", sock, "--timeout", str(UPGRADE_TIMEOUT_S))
+    took = re.search(r"upgrade: pid (\d+) took over", result.stdout)
+    assert took, f"{result.stdout}{result.stderr}"
+    new_pid = int(took.group(1))
+    request.addfinalizer(lambda: stop_pid(new_pid))
+    old.expect_exit = True
+    assert old.wait(30) == 0
+    wait_until(lambda: fds(new_pid) <= fresh, 15,
+               what=f"the successor back to a fresh daemon's {fresh} descriptors (has {fds(new_pid)})")
