@@ -244,14 +244,28 @@ final class ProbeRun: Sendable {
 
     func attach(_ c: Channel) {
         channel.withLock { $0 = c }
-        if done.load(ordering: .acquiring) { c.close(promise: nil) }
+        if done.load(ordering: .acquiring) { ProbeRun.close(c) }
     }
 
     func finish(ok: Bool, reason: String) {
         guard !done.exchange(true, ordering: .acquiringAndReleasing) else { return }
         timeout.withLock { $0 }?.cancel()
-        channel.withLock { $0 }?.close(promise: nil)
+        if let c = channel.withLock({ $0 }) { ProbeRun.close(c) }
         completion(ok, reason)
+    }
+
+    /// Closes the connection on the next turn of its loop, never inside the
+    /// read that brought the answer. A grpc probe finishes from its stream's
+    /// `channelRead`; closing the connection right there means the parent
+    /// never sees `channelReadComplete`, so NIOHTTP2's inline multiplexer
+    /// keeps the stream on its list of streams that read (swift-nio-http2
+    /// 1.46 clears that list only on read complete, not on handler
+    /// removal). The stream holds the multiplexer and the multiplexer the
+    /// stream: the connection, its HTTP/2 handler and the stream (~27 KB)
+    /// leaked on every probe. Deferred, the read completes first and the
+    /// list is emptied.
+    static func close(_ c: Channel) {
+        c.eventLoop.execute { c.close(promise: nil) }
     }
 }
 
