@@ -588,8 +588,9 @@ final class TakeoverClient: @unchecked Sendable {
     }
 
     /// After the hand-over: the old daemon's loads, as they come, until it
-    /// closes the connection (it exited) or is silent for `loadsSilenceMs`;
-    /// then `apply([])` once, and return. Runs on its own thread.
+    /// closes the connection (it exited); then `apply([])`, close, and
+    /// return. A silence of `loadsSilenceMs` applies `[]` and reads on.
+    /// Runs on its own thread.
     func followLoads(_ apply: ([TakeoverLoad]) -> Void) {
         while true {
             do {
@@ -597,9 +598,15 @@ final class TakeoverClient: @unchecked Sendable {
                                                           doing: "reading the old daemon's loads")
                 guard type == .loads else { continue }
                 apply(try TakeoverChannel.decodeJSON([TakeoverLoad].self, payload, what: "loads"))
+            } catch let e as SystemError where e.errno == ETIMEDOUT {
+                // Silent: count none of its connections, but keep reading.
+                // Closing here would tell an old daemon still waiting for
+                // `serving` (lost) that this successor went away.
+                apply([])
             } catch {
                 apply([])
-                // The old daemon is gone or silent: nothing more comes here.
+                // The old daemon is gone (or spoke nonsense): nothing more
+                // comes, and the descriptor would otherwise stay open.
                 channel.closeNow()
                 return
             }
