@@ -45,6 +45,18 @@ extension ControlPlane {
             let a = s.registry.applyDiscovery(pool: p, endpoints: endpoints, now: now)
             return (a, s.registry, s.registry.discoveryGone(pool: p, current: current))
         }
+        // Counted before the change is visible, so whoever sees the new
+        // targets (`show targets`) sees them counted too.
+        let previous = discovery.withLock { d -> DiscoveryPoolState? in
+            let before = d.pools[p]
+            d.pools[p]?.current = current
+            d.pools[p]?.endpoints = endpoints.count
+            d.pools[p]?.leftOut = applied.leftOut.count
+            d.pools[p]?.changes[DiscoveryChange.added.rawValue] += UInt64(applied.added.count)
+            d.pools[p]?.changes[DiscoveryChange.readied.rawValue] += UInt64(applied.readied.count)
+            d.pools[p]?.changes[DiscoveryChange.drained.rawValue] += UInt64(applied.drained.count)
+            return before
+        }
         for change in applied.changes { publish(change, r) }
         let name = config.pools[p].name
         let why = Dictionary(endpoints.map { ($0.address, $0.reason ?? "gone") }, uniquingKeysWith: { a, _ in a })
@@ -55,16 +67,6 @@ extension ControlPlane {
                 "pool": "\(name)", "target": "\(a)", "reason": "\(why[a] ?? "gone")", "mode": "strict",
                 "timeout_ms": "\(config.drain.timeoutMs)",
             ])
-        }
-        let previous = discovery.withLock { d -> DiscoveryPoolState? in
-            let before = d.pools[p]
-            d.pools[p]?.current = current
-            d.pools[p]?.endpoints = endpoints.count
-            d.pools[p]?.leftOut = applied.leftOut.count
-            d.pools[p]?.changes[DiscoveryChange.added.rawValue] += UInt64(applied.added.count)
-            d.pools[p]?.changes[DiscoveryChange.readied.rawValue] += UInt64(applied.readied.count)
-            d.pools[p]?.changes[DiscoveryChange.drained.rawValue] += UInt64(applied.drained.count)
-            return before
         }
         if !applied.leftOut.isEmpty && previous?.leftOut != applied.leftOut.count {
             logger.warning("discovery: more ready endpoints than a pool holds; the rest are left out until targets leave", metadata: [
@@ -97,11 +99,12 @@ extension ControlPlane {
             return (gone, s.registry, s.registry.discoveryGone(pool: p, current: current).count)
         }
         guard !removed.isEmpty else { return left > 0 }
+        // Counted before the removal is visible, as in `discoveryApply`.
+        discovery.withLock { $0.pools[p]?.changes[DiscoveryChange.removed.rawValue] += UInt64(removed.count) }
         publish(.targets(pool: p), r)
         for a in removed {
             logger.notice("discovery: target removed", metadata: ["pool": "\(config.pools[p].name)", "target": "\(a)"])
         }
-        discovery.withLock { $0.pools[p]?.changes[DiscoveryChange.removed.rawValue] += UInt64(removed.count) }
         persist()
         return left > 0
     }

@@ -120,9 +120,16 @@ final class KubeRunner: DiscoveryRunner, @unchecked Sendable {
         var line: [UInt8] = []
         var events = 0
         var errorBody: [UInt8] = []
+        var lastSweep = started
         while !stopped {
-            guard let part = r.next(timeoutMs: 500) else {
+            // On a clock, not only in silences: a watch that keeps talking
+            // (bookmarks, other slices) must not hold up a gone target's
+            // removal.
+            if ControlPlane.monotonicMs() - lastSweep >= 500 {
                 sweep()
+                lastSweep = ControlPlane.monotonicMs()
+            }
+            guard let part = r.next(timeoutMs: 500) else {
                 if ControlPlane.monotonicMs() - lastByte > KubeRunner.watchSilenceMs {
                     return failed("watch: no byte for \(KubeRunner.watchSilenceMs / 1000) s", &watch)
                 }
