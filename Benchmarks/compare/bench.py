@@ -43,7 +43,9 @@ import statistics
 import sys
 import time
 
-COLUMNS = ["direct", "stickyd-splice", "stickyd-copy", "haproxy", "nginx"]
+COLUMNS = ["direct", "refproxy", "stickyd-splice", "stickyd-copy", "haproxy", "nginx"]
+# the minimal C proxy (refproxy.c): the ceiling every proxy is also divided by
+REF = "refproxy"
 
 # scenario id -> (label, unit, DESIGN.md target ratio for stickyd or None,
 #                 reference ratios from DESIGN.md "Held to these figures")
@@ -510,7 +512,7 @@ def cmd_report(args):
             if s in meta.get("placeholders", {}):
                 entry["status"] = "not implemented: " + meta["placeholders"][s]
                 entry["value"] = None
-            elif s in NO_DIRECT and c == "direct":
+            elif s in NO_DIRECT and c in ("direct", REF):
                 entry["status"] = "not applicable"
                 entry["value"] = None
             elif good:
@@ -559,6 +561,13 @@ def cmd_report(args):
             pr = [x / dr[k] for k, x in zip(cols[c]["rounds"], cols[c]["samples"])
                   if dr.get(k)]
             cols[c]["ratio_paired"] = round(statistics.median(pr), 4) if pr else None
+            # the same against refproxy (issue 13): the ratio that says how far a
+            # proxy is from the best a two-connection proxy can do here
+            rv = cols[REF]["value"]
+            cols[c]["ratio_ref"] = round(v / rv, 4) if (v is not None and rv) else None
+            rr = dict(zip(cols[REF]["rounds"], cols[REF]["samples"]))
+            pr = [x / rr[k] for k, x in zip(cols[c]["rounds"], cols[c]["samples"]) if rr.get(k)]
+            cols[c]["ratio_ref_paired"] = round(statistics.median(pr), 4) if pr else None
         results[s] = {"label": label, "unit": unit, "stickyd_target_ratio": target,
                       "design_reference_ratios": ref, "columns": cols}
         if s in ABS_TARGETS:
@@ -625,13 +634,25 @@ def cmd_report(args):
         if any(cells):
             lines.append(f"{'  ratio, median of per-round ratios':<{w0}}"
                          + "".join(f"{x:>{w}}" for x in cells))
+        cells = []
+        for c in COLUMNS:
+            e = r["columns"][c]
+            x, xp = e.get("ratio_ref"), e.get("ratio_ref_paired")
+            cells.append("" if c in ("direct", REF) or x is None else
+                         f"{x:.3f}" + (f" ({xp:.2f})" if xp is not None and len(e["samples"]) > 1 else ""))
+        if any(cells):
+            lines.append(f"{'  RATIO TO REFPROXY (per-round)':<{w0}}"
+                         + "".join(f"{x:>{w}}" for x in cells))
     lines.append("")
     lines.append("Values are medians over rounds; (x.xx) is the ratio to direct "
                  "(median / median of direct).")
+    lines.append("RATIO TO REFPROXY: median / median of refproxy, the minimal C proxy "
+                 "(refproxy.c); (x.xx) the median of per-round ratios.")
     lines.append("Proxy CPU is user+system time of the proxy's processes during the "
                  "measurement (loopback softirq work may land on any process).")
-    lines.append("DESIGN.md targets for stickyd: bulk >= 0.70, keep-alive >= 0.75, "
-                 "sticky conn/s >= 0.75 (HAProxy was 0.46 / 0.54 / 0.50).")
+    lines.append("Target for stickyd (issue 13): >= 0.95 x refproxy for bulk both ways, "
+                 "keep-alive and new conns (the old 0.70 / 0.75 of direct are out of reach "
+                 "for any proxy that ends TCP twice).")
     if "connrate" in results:
         lines.append("Sticky conn/s: stickyctl bench, every client pinned by a warmup first; "
                      "violations = clients seen on 2 targets (summed over rounds), "

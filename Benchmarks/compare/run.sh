@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# stickyd vs HAProxy vs nginx, side by side, as a ratio to a direct connection.
+# stickyd vs HAProxy vs nginx, side by side, as a ratio to a direct connection and
+# to refproxy, a minimal C proxy (refproxy.c, issue 13): the most any proxy that ends
+# TCP on both sides can do on this machine, so the ratio to it is the one to judge.
 #
 # This is `make bench` (issue 2 item 9; issue 3 adds the sticky connection-rate and
 # idle-memory rows). In one run it starts, all on 127.0.0.1 and on free ports:
 #   - an iperf3 server, and one nginx instance serving `return 200 "ok"` on N ports
 #     (the backends); three `stickyctl bench serve` identity backends; a Python
 #     backend that holds connections open (bench.py idle-backend);
-#   - the proxies in front of them: stickyd --engine splice, stickyd --engine copy,
+#   - the proxies in front of them: refproxy (built with gcc into the temp dir),
+#     stickyd --engine splice, stickyd --engine copy,
 #     HAProxy 2.6 (mode tcp, option splice-auto) and nginx 1.22 stream, each with the
 #     same number of workers/threads (--workers, default 2) and the same backends;
 # and measures, interleaved round by round (column order rotates every round):
@@ -47,6 +50,8 @@ usage() {
     cat <<EOF
 usage: Benchmarks/compare/run.sh [options]
 
+  --quick          one short comparison (a few minutes): --rounds 2 --duration 3
+                   --only bulk,rr,connrate; options after it override these
   --duration S     seconds per measurement (default $DURATION)
   --rounds N       interleaved rounds; values are medians over rounds (default $ROUNDS)
   --only LIST      bulk, rr, connrate, idlemem or all; comma-separated (default all)
@@ -66,7 +71,7 @@ usage: Benchmarks/compare/run.sh [options]
 
 Environment: STICKYD_BIN, STICKYD_EXTRA_ARGS (appended to stickyd's command line),
 STICKYCTL_BIN, BENCH_JSON, NGINX_MODDIR (default /usr/lib/nginx/modules).
-A full default run takes about 4 rows x 5 columns x duration x rounds, plus ~30 s
+A full default run takes about 4 rows x 6 columns x duration x rounds, plus ~30 s
 (connrate warmups) and ~70 s (idlemem, ~6 s a column and round) = ~7 min.
 Loopback figures on a small VM are noisy (single runs vary by 10-20 %): keep the
 machine otherwise idle, and prefer more rounds to longer ones.
@@ -75,6 +80,7 @@ EOF
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --quick) ROUNDS=2; DURATION=3; ONLY=bulk,rr,connrate; shift ;;
         --duration) DURATION="$2"; shift 2 ;;
         --duration=*) DURATION="${1#*=}"; shift ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
@@ -233,8 +239,8 @@ fi
 
 # ---------------------------------------------------------------- ports
 # iperf3, the HTTP backends, 3 identity backends, the holding backend, and for each
-# of the 4 proxies: bulk, rr, connrate and idlemem listeners
-NPORTS=$(( 1 + BACKENDS + 3 + 1 + 16 ))
+# of the 5 proxies: bulk, rr, connrate and idlemem listeners
+NPORTS=$(( 1 + BACKENDS + 3 + 1 + 20 ))
 mapfile -t P < <(python3 "$HELPER" ports "$NPORTS")
 (( ${#P[@]} == NPORTS )) || die "could not allocate $NPORTS free ports"
 IPERF_PORT=${P[0]}
@@ -247,10 +253,10 @@ i=$(( i + 1 ))
 declare -A BULK_PORT RR_PORT CONNRATE_PORT IDLE_PORT STATUS
 # process groups of each column's proxy, for its CPU time (direct: none)
 declare -A BULK_PGID RR_PGID CONNRATE_PGID
-COLUMNS=(direct stickyd-splice stickyd-copy haproxy nginx)
+COLUMNS=(direct refproxy stickyd-splice stickyd-copy haproxy nginx)
 BULK_PORT[direct]=$IPERF_PORT
 RR_PORT[direct]=${BACKEND_PORTS[0]}
-for c in stickyd-splice stickyd-copy haproxy nginx; do
+for c in refproxy stickyd-splice stickyd-copy haproxy nginx; do
     BULK_PORT[$c]=${P[$i]}; RR_PORT[$c]=${P[$((i + 1))]}
     CONNRATE_PORT[$c]=${P[$((i + 2))]}; IDLE_PORT[$c]=${P[$((i + 3))]}
     i=$((i + 4))
@@ -612,7 +618,7 @@ measure_reserved() {
 bench_idle_memory() { # bench_idle_memory COLUMN ROUND
     local col="$1" round="$2" out="$TMP/idlemem-$1-$2.json" v pg
     local bpc marg anon fds mib
-    [[ $col == direct ]] && return 0
+    [[ $col == direct || $col == refproxy ]] && return 0
     if ! start_idle_proxy "$col" "idle-$col-$round"; then
         [[ -n $LAST_PID ]] && stop_group "$LAST_PID"
         log "round $round  idlemem    $(printf '%-15s' "$col") FAILED: proxy did not start"
@@ -661,6 +667,9 @@ if python3 -c "import sys; sys.exit(0 if float('$LOAD1') > 0.5 else 1)"; then
     log "warning: 1-minute load average is $LOAD1; something else is running, figures will be noisy"
 fi
 start_backends
+# shellcheck source=refproxy.sh
+source "$HERE/refproxy.sh"
+if (( DO_BULK || DO_RR || DO_CONNRATE )); then start_refproxy; else STATUS[refproxy]=""; fi
 start_stickyd splice
 start_stickyd copy
 if (( DO_BULK || DO_RR || DO_CONNRATE )); then
@@ -716,7 +725,7 @@ for c in "${COLUMNS[@]}"; do export "B_STATUS_${c//-/_}=${STATUS[$c]:-}"; done
 python3 - "$TMP/meta.json" <<'EOF'
 import json, os, platform, sys, time
 e = os.environ
-cols = ["direct", "stickyd-splice", "stickyd-copy", "haproxy", "nginx"]
+cols = ["direct", "refproxy", "stickyd-splice", "stickyd-copy", "haproxy", "nginx"]
 meta = {
     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),

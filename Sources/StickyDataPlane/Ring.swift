@@ -377,6 +377,14 @@ extension Ring {
         finish(s, closeUserData, .none)
     }
 
+    /// Closes `fd` with nothing to cancel first: for a socket no operation
+    /// in the ring refers to any more.
+    public func close(_ fd: Int32, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_close(s, fd)
+        finish(s, userData, .none)
+    }
+
     /// An operation that does nothing (tests, and waking the ring).
     public func nop(userData: UInt64) {
         let s = sqe()

@@ -16,12 +16,17 @@ extension Worker {
         slots[i].enter(.closing)
         slots[i].closeReason = reason
         idleRemove(i)
+        // Nothing in flight for the slot means no operation in the ring holds
+        // either socket (the common end of a copy-engine connection: both
+        // recvs saw EOF and every send completed), so a plain close does; the
+        // ASYNC_CANCEL would cost an SQE and a CQE a socket for nothing.
+        let cancel = slots[i].inflight > 0
         if slots[i].clientFD >= 0 {
-            cancelAndClose(slots[i].clientFD, i, reset: reset)
+            cancelAndClose(slots[i].clientFD, i, reset: reset, cancel: cancel)
             slots[i].clientFD = -1
         }
         if slots[i].backendFD >= 0 {
-            cancelAndClose(slots[i].backendFD, i, reset: reset)
+            cancelAndClose(slots[i].backendFD, i, reset: reset, cancel: cancel)
             slots[i].backendFD = -1
         }
     }
@@ -29,11 +34,16 @@ extension Worker {
     /// A pending poll or recv holds a reference to the socket, so close(2)
     /// alone would leave it open: cancel first, then close, hard-linked so
     /// the close runs even when there was nothing to cancel.
-    func cancelAndClose(_ fd: Int32, _ i: Int, reset: Bool) {
+    func cancelAndClose(_ fd: Int32, _ i: Int, reset: Bool, cancel: Bool = true) {
         if reset { Sockets.setResetOnClose(fd) }
         descriptors -= 1
-        ring.cancelAndClose(fd, cancelUserData: userData(.cancel, i), closeUserData: userData(.close, i))
-        slots[i].inflight += 2
+        if cancel {
+            ring.cancelAndClose(fd, cancelUserData: userData(.cancel, i), closeUserData: userData(.close, i))
+            slots[i].inflight += 2
+        } else {
+            ring.close(fd, userData: userData(.close, i))
+            slots[i].inflight += 1
+        }
     }
 
     /// Gives back a finished direction's pipe or queued buffers.
