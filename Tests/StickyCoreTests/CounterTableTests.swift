@@ -32,7 +32,8 @@ final class CounterTableTests: XCTestCase {
         s.queueLagMs = 1500
         s.receiveLagMs = 250
         s.connects = 7
-        XCTAssertEqual(PeerFigure.allCases.map { $0.value(in: s) }, [1, 1, 1, 2, 3, 4, 1.5, 0.25, 7])
+        s.resyncs = 8
+        XCTAssertEqual(PeerFigure.allCases.map { $0.value(in: s) }, [1, 1, 1, 2, 3, 4, 1.5, 0.25, 7, 8])
         s.state = "down"
         s.inbound = false
         XCTAssertEqual(PeerFigure.up.value(in: s), 0)

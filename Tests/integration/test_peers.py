@@ -10,10 +10,11 @@ ready, and no client moves. The routing part (ECMP, BIRD, the VIP) is
 test_ecmp.py's."""
 import os
 import socket
+import threading
 import time
 
 from admin_support import AdminClient
-from support import LOOPBACK, fmt_addr, free_port, make_speak_first_handler, wait_until
+from support import LOOPBACK, TcpServer, fmt_addr, free_port, make_speak_first_handler, wait_until
 from test_metrics import parse, scrape_raw
 
 KEY = "47b211c6be07be6e0111b87e1df74e98"
@@ -165,6 +166,7 @@ def metrics_match_show_peers(admin: AdminClient, port: int) -> str | None:
             "stickyd_peer_pins_dropped_total": float(m["pinsDropped"]),
             "stickyd_peer_queued": float(m["queued"]),
             "stickyd_peer_connects_total": float(m["connects"]),
+            "stickyd_peer_resyncs_total": float(m["resyncs"]),
         }
         got = series.get(name, {})
         for k, v in want.items():
@@ -213,3 +215,84 @@ def test_peer_metrics_match_show_peers(run_stickyd, backend, tmp_path):
     assert series["c"]["stickyd_peer_up"] == 0 and series["c"]["stickyd_peer_pins_sent_total"] == 0
     assert series["c"]["stickyd_peer_queued"] == len(clients)
     assert series["c"]["stickyd_peer_connects_total"] >= 1
+
+
+def make_relay_handler(upstream: tuple[str, int]):
+    """A TcpServer handler that relays both ways to `upstream`: stopping
+    the server cuts every relayed connection, a link cut on demand."""
+    def handle(server, conn, rec):
+        up = socket.create_connection(upstream, timeout=5)
+        conn.settimeout(None)
+        up.settimeout(None)
+
+        def pump(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        back = threading.Thread(target=pump, args=(up, conn), daemon=True)
+        back.start()
+        pump(conn, up)
+        back.join(5)
+        up.close()
+    return handle
+
+
+def table(admin: AdminClient) -> dict[str, str]:
+    return {e["client"]: e["target"] for e in admin.json("show affinity web limit 100000").get("entries", [])}
+
+
+def test_resync_after_a_cut_link_with_drops(run_stickyd, backend, tmp_path):
+    """A's pushes to B go through a relay the test cuts. While it is cut,
+    more clients are pinned on A than B's queue holds (peers.queue 1024):
+    the rest are dropped. When the link is back, A resends its whole table
+    and B ends with every pin, the dropped ones too."""
+    backends = [backend(make_speak_first_handler(f"b{i}\n".encode()), name=f"b{i}") for i in range(3)]
+    la, lb = fmt_addr(LOOPBACK, free_port()), fmt_addr(LOOPBACK, free_port())
+    pa, pb_port = fmt_addr(LOOPBACK, free_port()), free_port()
+    relay_port = free_port()
+    relay = TcpServer(make_relay_handler((LOOPBACK, pb_port)), name="peer-relay", port=relay_port)
+    try:
+        mport = free_port()
+        b, admin_b = start(run_stickyd, tmp_path, "b", lb, fmt_addr(LOOPBACK, pb_port), "a", pa, backends)
+        a, admin_a = start(run_stickyd, tmp_path, "a", la, pa, "b", fmt_addr(LOOPBACK, relay_port), backends,
+                           queue=1024, metrics_port=mport)
+
+        def a_to_b() -> dict:
+            return admin_a.json("show peers")["members"][0]
+        wait_until(lambda: a_to_b()["state"] == "up", 15, what="a's link to b up (through the relay)")
+
+        relay.stop()
+        wait_until(lambda: a_to_b()["state"] != "up", 10, what="a's link to b down")
+        clients = sources(1200, 5000)
+        for ip in clients:
+            visit(a.addr, ip)
+        wait_until(lambda: a_to_b()["pinsDropped"] > 0, 5, what="pins for b dropped past the queue")
+        cut = a_to_b()
+        assert cut["queued"] == 1024, cut
+        assert cut["resyncs"] == 0, cut
+
+        relay = TcpServer(make_relay_handler((LOOPBACK, pb_port)), name="peer-relay", port=relay_port)
+        t0 = time.monotonic()
+        want = table(admin_a)
+        assert set(want) >= set(clients)
+
+        def b_has_all() -> bool:
+            got = table(admin_b)
+            return all(got.get(c) == t for c, t in want.items())
+        wait_until(b_has_all, 20, interval=0.2, what="every pin of a on b after the link came back")
+        took = time.monotonic() - t0
+        back = a_to_b()
+        print(f"\npeers resync: dropped={back['pinsDropped']} resyncs={back['resyncs']} "
+              f"pins={len(want)} back_and_complete_s={took:.2f} (backoff included)")
+        assert back["resyncs"] >= 1
+        assert admin_b.json("show peers")["conflicts"] == 0
+        agree_within(admin_a, mport, 10)
+    finally:
+        relay.stop()

@@ -162,6 +162,7 @@ public enum PeerFigure: Sendable, CaseIterable {
     case queueLagSeconds
     case receiveLagSeconds
     case connects
+    case resyncs
 
     /// As a sample value: counts are exact in a Double far past any
     /// figure a link reaches (2^53).
@@ -176,6 +177,7 @@ public enum PeerFigure: Sendable, CaseIterable {
         case .queueLagSeconds: return Double(s.queueLagMs) / 1000
         case .receiveLagSeconds: return Double(s.receiveLagMs) / 1000
         case .connects: return Double(s.connects)
+        case .resyncs: return Double(s.resyncs)
         }
     }
 }
@@ -454,13 +456,13 @@ public enum CounterTable {
                      help: "1 while the member's own link to this instance is connected (its pins arrive), 0 otherwise."),
         CounterField(source: .peer(.pinsSent), scope: .peer, kind: .counter,
                      metric: "stickyd_peer_pins_sent_total", stat: nil, extraLabels: [],
-                     help: "Pins written to the member."),
+                     help: "Pins written to the member, resyncs included."),
         CounterField(source: .peer(.pinsReceived), scope: .peer, kind: .counter,
                      metric: "stickyd_peer_pins_received_total", stat: nil, extraLabels: [],
                      help: "Pins received from the member (what the workers did with them: stickyd_peer_pins_applied_total, stickyd_peer_conflicts_total, stickyd_peer_pins_ignored_total)."),
         CounterField(source: .peer(.pinsDropped), scope: .peer, kind: .counter,
                      metric: "stickyd_peer_pins_dropped_total", stat: nil, extraLabels: [],
-                     help: "Pins meant for the member dropped because its queue held `peers.queue`."),
+                     help: "Pins meant for the member dropped because its queue held `peers.queue`. A resync sends the member the whole table once its link is up."),
         CounterField(source: .peer(.queued), scope: .peer, kind: .gauge,
                      metric: "stickyd_peer_queued", stat: nil, extraLabels: [],
                      help: "Pins waiting to be pushed to the member."),
@@ -473,6 +475,9 @@ public enum CounterTable {
         CounterField(source: .peer(.connects), scope: .peer, kind: .counter,
                      metric: "stickyd_peer_connects_total", stat: nil, extraLabels: [],
                      help: "Connection attempts to the member, the first included; more than one means reconnects (with backoff, 100 ms doubling to 5 s)."),
+        CounterField(source: .peer(.resyncs), scope: .peer, kind: .counter,
+                     metric: "stickyd_peer_resyncs_total", stat: nil, extraLabels: [],
+                     help: "Whole tables sent to the member because pins meant for it were lost (its queue was full, a worker's outbox was full, or its link closed with pushes in flight), once its link was up again; at most one a second."),
 
         // The process.
         CounterField(source: .process(.buildInfo), scope: .process, kind: .gauge,
