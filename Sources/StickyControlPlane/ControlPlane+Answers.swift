@@ -46,8 +46,8 @@ extension ControlPlane {
             case .panic(let figure):
                 let (r, book) = registryAndHealth
                 entries.append(.init(key, r.pools.indices.reduce(0) { $0 &+ figure.value(pool: $1, in: book) }))
-            case .target, .process:
-                preconditionFailure("show stats has no per-target or process fields: \(key)")
+            case .target, .process, .peer:
+                preconditionFailure("show stats has no per-target, peer or process fields: \(key)")
             }
         }
         return StatsAnswer(entries: entries)

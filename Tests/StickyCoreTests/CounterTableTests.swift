@@ -18,6 +18,29 @@ final class CounterTableTests: XCTestCase {
         for f in PanicFigure.allCases {
             XCTAssertEqual(CounterTable.fields.filter { $0.source == .panic(f) }.count, 1, "\(f)")
         }
+        for f in PeerFigure.allCases {
+            XCTAssertEqual(CounterTable.fields.filter { $0.source == .peer(f) }.count, 1, "\(f)")
+        }
+    }
+
+    func testPeerFigureReadsShowPeersStatus() {
+        var s = PeerStatus(name: "b", address: "127.0.0.1:7701", state: "up", inbound: true)
+        s.pinsSent = 1
+        s.pinsReceived = 2
+        s.pinsDropped = 3
+        s.queued = 4
+        s.queueLagMs = 1500
+        s.receiveLagMs = 250
+        s.connects = 7
+        s.resyncs = 8
+        XCTAssertEqual(PeerFigure.allCases.map { $0.value(in: s) }, [1, 1, 1, 2, 3, 4, 1.5, 0.25, 7, 8])
+        s.state = "down"
+        s.inbound = false
+        XCTAssertEqual(PeerFigure.up.value(in: s), 0)
+        XCTAssertEqual(PeerFigure.inboundUp.value(in: s), 0)
+        for f in CounterTable.fields where f.scope == .peer {
+            XCTAssertEqual(f.labels, ["peer"], f.metric ?? "?")
+        }
     }
 
     func testNamesAreUnique() {

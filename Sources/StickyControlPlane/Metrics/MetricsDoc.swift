@@ -12,6 +12,7 @@ enum MetricsDoc {
         case .target: return "Per target:"
         case .pool: return "Per pool (affinity):"
         case .worker: return "Per worker (the data path and its loop):"
+        case .peer: return "Per peer member (`peers:`; the figures of `show peers`):"
         case .process: return "The process:"
         }
     }

@@ -184,9 +184,24 @@ public final class MetricsExporter: Sendable {
             }
         }
 
-        // Peers: one source, the peer service (worker 0).
+        // Peers: one source, the peer service (worker 0), and per member
+        // the `PeerStatus` that `show peers` gives.
         if let peers = control.cluster.peers.withLock({ $0 }) {
             count(CounterTable.field(.process(.peerConnectionsRefused)), [], worker: 0, peers.refusals.withLock { $0.count })
+            let channels = control.channels.withLock { $0 }
+            count(CounterTable.field(.process(.peerOutboxDropped)), [], worker: 0,
+                  channels.reduce(UInt64(0)) { $0 &+ ($1.pinOutbox?.dropped.load(ordering: .relaxed) ?? 0) })
+            let members = peers.status
+            for f in CounterTable.fields {
+                guard case .peer(let which) = f.source else { continue }
+                for m in members {
+                    let v = which.value(in: m)
+                    switch f.kind {
+                    case .counter: count(f, [m.name], worker: 0, UInt64(v))
+                    case .gauge: gauge(f, [m.name], v)
+                    }
+                }
+            }
         }
 
         let loads = ControlPlane.loads(reports)

@@ -22,6 +22,11 @@ import Synchronization
 ///   same hash key. Their pins go to the worker whose shard owns the
 ///   client (the steering hash), as one `peerPins` command per batch.
 /// - A `syncRequest` (a member starting) is answered with the whole table.
+/// - Resync: when pins meant for a member were lost (its queue was full, a
+///   worker's outbox was full, or its link closed with pushes in flight),
+///   the member gets the whole table, the same export, once its link is up
+///   again; at most one every `resyncMinMs` per member, and its queue is
+///   held back meanwhile so that no older value overtakes a newer one.
 /// - With `peers.tls`, every connection is mutual TLS and the member's
 ///   certificate CN must be its name (PeerTLS). Every refused connection
 ///   is counted (`refusedCount`, in `show peers`).
@@ -38,6 +43,9 @@ final class PeerService: @unchecked Sendable {
     static let bufferMax = PeerWire.frameMax + 4
     /// Changes drained from one worker's outbox per tick.
     static let drainMax = 65_536
+    /// Least time between two resyncs to one member: a member that keeps
+    /// overflowing its queue gets the table once a second, not every tick.
+    static let resyncMinMs: Int64 = 1_000
 
     let config: PeersConfig
     let routing: PeerRouting
@@ -61,12 +69,21 @@ final class PeerService: @unchecked Sendable {
         var queue: [(pool: Int, pin: PeerPin, madeAtMs: Millis)] = []
         var inbound: Channel?
         var status: PeerStatus
+        /// Pins meant for this member were lost since it last had the
+        /// whole table: a resync is due once the link is up.
+        var lost = false
+        /// A resync's table is being gathered or written: the queue waits.
+        var resyncing = false
+        var lastResyncMs: Int64 = 0
     }
 
     var links: [Link]
     var server: Channel?
     var tickTask: RepeatedTask?
     var stopped = false
+    /// The workers' outbox drops last seen: a rise means every member
+    /// missed pins.
+    var outboxDroppedSeen: UInt64 = 0
     /// The start-up pull's outcome, for `show peers`.
     let syncSummary: String
     /// What `show peers` and metrics read, refreshed each tick.
@@ -171,6 +188,8 @@ final class PeerService: @unchecked Sendable {
         if links[i].up {
             logger.warning("peer link down", metadata: ["member": "\(links[i].member.name)", "reason": "\(reason)"])
         }
+        // Pins written just before the close may never have arrived.
+        if links[i].up { links[i].lost = true }
         links[i].out = nil
         links[i].up = false
         links[i].state = "down"
@@ -193,6 +212,7 @@ final class PeerService: @unchecked Sendable {
                 for c in changes {
                     guard links[i].queue.count < config.queue else {
                         links[i].status.pinsDropped &+= 1
+                        links[i].lost = true
                         continue
                     }
                     let pin = PeerPin(key: c.key, target: c.target, idleSec: nowSec &- c.seenSec,
@@ -201,9 +221,20 @@ final class PeerService: @unchecked Sendable {
                 }
             }
         }
+        let outboxDropped = channels.reduce(UInt64(0)) { $0 &+ ($1.pinOutbox?.dropped.load(ordering: .relaxed) ?? 0) }
+        if outboxDropped != outboxDroppedSeen {
+            outboxDroppedSeen = outboxDropped
+            for i in links.indices { links[i].lost = true }
+        }
         let unixMs = UInt64(max(0, ControlPlane.unixMs()))
         for i in links.indices {
-            if links[i].up, let ch = links[i].out, ch.isWritable, !links[i].queue.isEmpty { send(i, ch, unixMs: unixMs) }
+            if links[i].up, links[i].lost, !links[i].resyncing, let ch = links[i].out,
+               nowMs - links[i].lastResyncMs >= PeerService.resyncMinMs {
+                resync(i, ch, nowMs: nowMs)
+            }
+            if links[i].up, !links[i].resyncing, let ch = links[i].out, ch.isWritable, !links[i].queue.isEmpty {
+                send(i, ch, unixMs: unixMs)
+            }
             if links[i].up, let ch = links[i].out, nowMs / PeerService.heartbeatMs != (nowMs - PeerService.tickMs) / PeerService.heartbeatMs {
                 ch.writeAndFlush(ByteBuffer(bytes: PeerWire.encode(.heartbeat(sentAtMs: unixMs))), promise: nil)
             }
@@ -320,9 +351,43 @@ final class PeerService: @unchecked Sendable {
     /// The whole table for a starting member: gathered off the loop (it
     /// waits for the workers' reports), written on it.
     func answerSync(on ch: Channel) {
+        wholeTable { [self] byPool in
+            let count = writeTable(byPool, on: ch)
+            ch.writeAndFlush(ByteBuffer(bytes: PeerWire.encode(.syncEnd(count: UInt32(clamping: count)))), promise: nil)
+            logger.info("peer table sent to a starting member", metadata: ["pins": "\(count)"])
+        }
+    }
+
+    /// Link `i` is back after pins meant for its member were lost: the
+    /// whole table goes to it. The queue is dropped (the table, taken
+    /// later, holds every pin in it) and holds what comes next until the
+    /// table is written, so nothing older overtakes a newer change.
+    func resync(_ i: Int, _ ch: Channel, nowMs: Int64) {
+        links[i].lost = false
+        links[i].resyncing = true
+        links[i].lastResyncMs = nowMs
+        links[i].queue.removeAll(keepingCapacity: true)
+        wholeTable { [self] byPool in
+            links[i].resyncing = false
+            guard links[i].up, links[i].out === ch else {
+                // The link went again before the table was ready.
+                links[i].lost = true
+                return
+            }
+            let count = writeTable(byPool, on: ch)
+            ch.flush()
+            links[i].status.pinsSent &+= UInt64(count)
+            links[i].status.resyncs &+= 1
+            logger.info("peer table resent to a member that missed pins",
+                        metadata: ["member": "\(links[i].member.name)", "pins": "\(count)"])
+        }
+    }
+
+    /// Every pin of the table by pool, gathered off the loop (it waits for
+    /// the workers' reports); `done` runs on the loop.
+    func wholeTable(_ done: @escaping @Sendable ([Int: [PeerPin]]) -> Void) {
         let export = exportTable
         let clock = clock
-        let names = poolNames
         DispatchQueue.global().async { [self] in
             let all = export()
             let nowSec = AffinityTable.seconds(SystemClock().nowMs())
@@ -333,23 +398,25 @@ final class PeerService: @unchecked Sendable {
                                                          pinnedAt: clock.unixSec(ofTableSec: p.pinnedSec, nowSec: nowSec),
                                                          reason: .sync))
             }
-            loop.execute {
-                let unixMs = UInt64(max(0, ControlPlane.unixMs()))
-                var count = 0
-                for (pool, pins) in byPool {
-                    var start = 0
-                    while start < pins.count {
-                        let end = min(start + PeerWire.pinsPerFrameMax, pins.count)
-                        ch.write(ByteBuffer(bytes: PeerWire.encode(.pins(pool: names[pool], sentAtMs: unixMs,
-                                                                         pins: Array(pins[start..<end])))), promise: nil)
-                        start = end
-                    }
-                    count += pins.count
-                }
-                ch.writeAndFlush(ByteBuffer(bytes: PeerWire.encode(.syncEnd(count: UInt32(clamping: count)))), promise: nil)
-                self.logger.info("peer table sent to a starting member", metadata: ["pins": "\(count)"])
-            }
+            loop.execute { done(byPool) }
         }
+    }
+
+    /// Writes a table as pins frames (not flushed); returns the pin count.
+    func writeTable(_ byPool: [Int: [PeerPin]], on ch: Channel) -> Int {
+        let unixMs = UInt64(max(0, ControlPlane.unixMs()))
+        var count = 0
+        for (pool, pins) in byPool.sorted(by: { $0.key < $1.key }) {
+            var start = 0
+            while start < pins.count {
+                let end = min(start + PeerWire.pinsPerFrameMax, pins.count)
+                ch.write(ByteBuffer(bytes: PeerWire.encode(.pins(pool: poolNames[pool], sentAtMs: unixMs,
+                                                                 pins: Array(pins[start..<end])))), promise: nil)
+                start = end
+            }
+            count += pins.count
+        }
+        return count
     }
 
     func closed(_ ch: Channel, link: Int?, member: Int?, reason: String) {

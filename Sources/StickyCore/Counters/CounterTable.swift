@@ -11,6 +11,8 @@ public enum CounterScope: Sendable, CaseIterable {
     case target
     case pool
     case worker
+    /// A member of `peers:`, as this instance sees its link.
+    case peer
     case process
 
     public var labels: [String] {
@@ -18,6 +20,7 @@ public enum CounterScope: Sendable, CaseIterable {
         case .target: return ["pool", "target"]
         case .pool: return ["pool"]
         case .worker: return ["worker"]
+        case .peer: return ["peer"]
         case .process: return []
         }
     }
@@ -147,12 +150,47 @@ public enum PanicFigure: Sendable, CaseIterable {
     }
 }
 
+/// Per-member peer figures: the peer service's `PeerStatus`, the same
+/// figures `show peers` gives, so the two cannot disagree.
+public enum PeerFigure: Sendable, CaseIterable {
+    case up
+    case inboundUp
+    case pinsSent
+    case pinsReceived
+    case pinsDropped
+    case queued
+    case queueLagSeconds
+    case receiveLagSeconds
+    case connects
+    case resyncs
+
+    /// As a sample value: counts are exact in a Double far past any
+    /// figure a link reaches (2^53).
+    public func value(in s: PeerStatus) -> Double {
+        switch self {
+        case .up: return s.state == "up" ? 1 : 0
+        case .inboundUp: return s.inbound ? 1 : 0
+        case .pinsSent: return Double(s.pinsSent)
+        case .pinsReceived: return Double(s.pinsReceived)
+        case .pinsDropped: return Double(s.pinsDropped)
+        case .queued: return Double(s.queued)
+        case .queueLagSeconds: return Double(s.queueLagMs) / 1000
+        case .receiveLagSeconds: return Double(s.receiveLagMs) / 1000
+        case .connects: return Double(s.connects)
+        case .resyncs: return Double(s.resyncs)
+        }
+    }
+}
+
 public enum ProcessFigure: Sendable {
     case buildInfo
     case startTime
     /// Peer connections refused (PeerService.refuse): kept by the peer
     /// service, one figure for the process.
     case peerConnectionsRefused
+    /// Pin changes the workers' outboxes had no room for (`PinOutbox`),
+    /// summed over workers: `show peers`' outbox_dropped.
+    case peerOutboxDropped
 }
 
 /// Where a field's figures come from.
@@ -164,6 +202,7 @@ public enum CounterSource: Sendable, Equatable {
     case affinityMoves
     case target(TargetFigure)
     case process(ProcessFigure)
+    case peer(PeerFigure)
     case discovery(DiscoveryFigure)
     case panic(PanicFigure)
 }
@@ -408,6 +447,38 @@ public enum CounterTable {
                      metric: "stickyd_discovery_changes_total", stat: "discovery_changes", extraLabels: [.discoveryChange],
                      help: "Targets discovery changed, by change."),
 
+        // Per peer member (docs/SCALING.md): the figures of `show peers`.
+        CounterField(source: .peer(.up), scope: .peer, kind: .gauge,
+                     metric: "stickyd_peer_up", stat: nil, extraLabels: [],
+                     help: "1 while this instance's link to the member is up (pins can be pushed), 0 while connecting or down."),
+        CounterField(source: .peer(.inboundUp), scope: .peer, kind: .gauge,
+                     metric: "stickyd_peer_inbound_up", stat: nil, extraLabels: [],
+                     help: "1 while the member's own link to this instance is connected (its pins arrive), 0 otherwise."),
+        CounterField(source: .peer(.pinsSent), scope: .peer, kind: .counter,
+                     metric: "stickyd_peer_pins_sent_total", stat: nil, extraLabels: [],
+                     help: "Pins written to the member, resyncs included."),
+        CounterField(source: .peer(.pinsReceived), scope: .peer, kind: .counter,
+                     metric: "stickyd_peer_pins_received_total", stat: nil, extraLabels: [],
+                     help: "Pins received from the member (what the workers did with them: stickyd_peer_pins_applied_total, stickyd_peer_conflicts_total, stickyd_peer_pins_ignored_total)."),
+        CounterField(source: .peer(.pinsDropped), scope: .peer, kind: .counter,
+                     metric: "stickyd_peer_pins_dropped_total", stat: nil, extraLabels: [],
+                     help: "Pins meant for the member dropped because its queue held `peers.queue`. A resync sends the member the whole table once its link is up."),
+        CounterField(source: .peer(.queued), scope: .peer, kind: .gauge,
+                     metric: "stickyd_peer_queued", stat: nil, extraLabels: [],
+                     help: "Pins waiting to be pushed to the member."),
+        CounterField(source: .peer(.queueLagSeconds), scope: .peer, kind: .gauge,
+                     metric: "stickyd_peer_queue_lag_seconds", stat: nil, extraLabels: [],
+                     help: "Age of the oldest pin waiting for the member (0 with an empty queue): how far behind this instance's pushes are."),
+        CounterField(source: .peer(.receiveLagSeconds), scope: .peer, kind: .gauge,
+                     metric: "stickyd_peer_receive_lag_seconds", stat: nil, extraLabels: [],
+                     help: "The last batch from the member: its send time to its arrival here, by the two hosts' wall clocks (clock skew shows in it)."),
+        CounterField(source: .peer(.connects), scope: .peer, kind: .counter,
+                     metric: "stickyd_peer_connects_total", stat: nil, extraLabels: [],
+                     help: "Connection attempts to the member, the first included; more than one means reconnects (with backoff, 100 ms doubling to 5 s)."),
+        CounterField(source: .peer(.resyncs), scope: .peer, kind: .counter,
+                     metric: "stickyd_peer_resyncs_total", stat: nil, extraLabels: [],
+                     help: "Whole tables sent to the member because pins meant for it were lost (its queue was full, a worker's outbox was full, or its link closed with pushes in flight), once its link was up again; at most one a second."),
+
         // The process.
         CounterField(source: .process(.buildInfo), scope: .process, kind: .gauge,
                      metric: "stickyd_build_info", stat: nil, extraLabels: [.version],
@@ -418,5 +489,8 @@ public enum CounterTable {
         CounterField(source: .process(.peerConnectionsRefused), scope: .process, kind: .counter,
                      metric: "stickyd_peer_connections_refused_total", stat: nil, extraLabels: [],
                      help: "Peer connections refused: not from a member (name, address), another hash_key, a failed TLS handshake (a certificate peers.tls.ca did not sign, or none), or a certificate whose CN is not the member's name. The last reason is in show peers."),
+        CounterField(source: .process(.peerOutboxDropped), scope: .process, kind: .counter,
+                     metric: "stickyd_peer_outbox_dropped_total", stat: nil, extraLabels: [],
+                     help: "Pin changes lost before the peer service saw them: a worker's outbox was full (the peer service drains it every 10 ms)."),
     ]
 }

@@ -17,6 +17,8 @@ public struct PeerStatus: Codable, Sendable, Equatable {
     /// The last batch received: its sender's send time to now, ms.
     public var receiveLagMs: Int64 = 0
     public var connects: UInt64 = 0
+    /// Whole tables sent because pins meant for the member were lost.
+    public var resyncs: UInt64 = 0
     public var lastError: String?
 
     public init(name: String, address: String, state: String, inbound: Bool) {
@@ -67,7 +69,7 @@ public struct PeersAnswer: AdminAnswer, Equatable {
     public var text: String {
         var lines = ["peer \(name) listen \(listen) applied \(pinsApplied) conflicts \(conflicts) ignored \(pinsIgnored) outbox_dropped \(outboxDropped) tls \(tls ? "mutual" : "off") refused \(refused) sync \(sync)"]
         for m in members {
-            lines.append("member \(m.name) \(m.address) state \(m.state) inbound \(m.inbound ? "up" : "down") sent \(m.pinsSent) received \(m.pinsReceived) dropped \(m.pinsDropped) queued \(m.queued) queue_lag_ms \(m.queueLagMs) receive_lag_ms \(m.receiveLagMs) connects \(m.connects)" + (m.lastError.map { " error \($0)" } ?? ""))
+            lines.append("member \(m.name) \(m.address) state \(m.state) inbound \(m.inbound ? "up" : "down") sent \(m.pinsSent) received \(m.pinsReceived) dropped \(m.pinsDropped) queued \(m.queued) queue_lag_ms \(m.queueLagMs) receive_lag_ms \(m.receiveLagMs) connects \(m.connects) resyncs \(m.resyncs)" + (m.lastError.map { " error \($0)" } ?? ""))
         }
         return lines.joined(separator: "\n")
     }
