@@ -166,16 +166,3 @@ extension PlacementKind {
     }
 }
 
-extension MoveReason {
-    /// `description` as a StaticString, for the access log.
-    public var staticName: StaticString {
-        switch self {
-        case .targetDown: return "target_down"
-        case .targetDrained: return "target_drained"
-        case .targetMaint: return "target_maint"
-        case .targetRemoved: return "target_removed"
-        case .connectFailed: return "connect_failed"
-        case .age: return "age"
-        }
-    }
-}

@@ -253,15 +253,7 @@ final class PeerService: @unchecked Sendable {
         links[i].queue.removeAll(keepingCapacity: true)
         var byPool: [Int: [PeerPin]] = [:]
         for q in queue { byPool[q.pool, default: []].append(q.pin) }
-        for (pool, pins) in byPool.sorted(by: { $0.key < $1.key }) {
-            var start = 0
-            while start < pins.count {
-                let end = min(start + PeerWire.pinsPerFrameMax, pins.count)
-                ch.write(ByteBuffer(bytes: PeerWire.encode(.pins(pool: poolNames[pool], sentAtMs: unixMs,
-                                                                 pins: Array(pins[start..<end])))), promise: nil)
-                start = end
-            }
-        }
+        _ = writeTable(byPool, on: ch, unixMs: unixMs)
         ch.flush()
         links[i].status.pinsSent &+= UInt64(queue.count)
     }
@@ -402,9 +394,11 @@ final class PeerService: @unchecked Sendable {
         }
     }
 
-    /// Writes a table as pins frames (not flushed); returns the pin count.
-    func writeTable(_ byPool: [Int: [PeerPin]], on ch: Channel) -> Int {
-        let unixMs = UInt64(max(0, ControlPlane.unixMs()))
+    /// Writes pins, a pool at a time, as pins frames of at most
+    /// `pinsPerFrameMax` (not flushed); returns the pin count. A queue's
+    /// push and a whole table (pull answer, resync) go out the same way.
+    func writeTable(_ byPool: [Int: [PeerPin]], on ch: Channel,
+                    unixMs: UInt64 = UInt64(max(0, ControlPlane.unixMs()))) -> Int {
         var count = 0
         for (pool, pins) in byPool.sorted(by: { $0.key < $1.key }) {
             var start = 0

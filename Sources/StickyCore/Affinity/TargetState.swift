@@ -88,16 +88,8 @@ public enum MoveReason: Int, Sendable, CaseIterable, CustomStringConvertible {
     /// a pinned client is moved for load.
     case age
 
-    public var description: String {
-        switch self {
-        case .targetDown: return "target_down"
-        case .targetDrained: return "target_drained"
-        case .targetMaint: return "target_maint"
-        case .targetRemoved: return "target_removed"
-        case .connectFailed: return "connect_failed"
-        case .age: return "age"
-        }
-    }
+    /// The access log's name (`staticName`, LogLine.swift): one list.
+    public var description: String { "\(staticName)" }
 }
 
 /// Moves counted per reason, in fixed fields: the data path bumps these,
@@ -136,4 +128,19 @@ public struct MoveCounts: Sendable, Equatable {
     }
 
     public var total: UInt64 { targetDown + targetDrained + targetMaint + targetRemoved + connectFailed + age }
+}
+
+extension MoveReason {
+    /// The reason's name as a StaticString, so the access log writes it
+    /// without allocating.
+    public var staticName: StaticString {
+        switch self {
+        case .targetDown: return "target_down"
+        case .targetDrained: return "target_drained"
+        case .targetMaint: return "target_maint"
+        case .targetRemoved: return "target_removed"
+        case .connectFailed: return "connect_failed"
+        case .age: return "age"
+        }
+    }
 }
