@@ -201,6 +201,16 @@ class Cluster:
                 last_end = max(v.end for v in vs)
         return out
 
+    def links_up(self) -> bool:
+        return all(m["state"] == "up" and m["inbound"] for a in self.admins for m in a.json("show peers")["members"])
+
+    def wait_links_up(self, what: str) -> None:
+        """The claims below are for instances whose peer links are up. A
+        link to an instance that (b) killed reconnects with backoff; until
+        it is back, pins pile up for it, and placements made meanwhile may
+        differ (SCALING.md, "a peer link is cut")."""
+        wait_until(self.links_up, 20, what=f"every peer link up before {what}")
+
     def peers_total(self, key: str) -> int:
         return sum(int(a.json("show peers")[key]) for a in self.admins if a is not None)
 
@@ -258,9 +268,7 @@ def cluster(tmp_path_factory):
         for n in range(c.n):
             c.wait_ready(n)
 
-        def links_up() -> bool:
-            return all(m["state"] == "up" and m["inbound"] for a in c.admins for m in a.json("show peers")["members"])
-        wait_until(links_up, 20, what="every peer link up")
+        c.wait_links_up("the first test")
         c.wait_paths(set(range(c.n)), "the router's ECMP route over every balancer")
         yield c
     finally:
@@ -431,6 +439,7 @@ def test_b_stickyd_crash_while_bird_lives(cluster, placed):
 
 def test_d_drain_on_every_instance(cluster, placed):
     c = cluster
+    c.wait_links_up("(d)")
     targets = placed.get("targets") or pytest.skip("needs (a)'s placements")
     drained = Counter(targets.values()).most_common(1)[0][0]
     affected = [ip for ip, t in targets.items() if t == drained]
@@ -468,6 +477,7 @@ def test_d_drain_on_every_instance(cluster, placed):
 
 def test_e_skewed_load(cluster, placed):
     c = cluster
+    c.wait_links_up("(e)")
     spacing = placed.get("spacing") or pytest.skip("needs (a)'s spacing")
     skewed = 0
     held: list[socket.socket] = []
@@ -500,6 +510,7 @@ def test_e_skewed_load(cluster, placed):
 
 def test_f_withdraw_lets_open_connections_finish(cluster, placed):
     c = cluster
+    c.wait_links_up("(f)")
     targets = placed.get("targets") or pytest.skip("needs (a)'s placements")
     victim = 0
     held = []
