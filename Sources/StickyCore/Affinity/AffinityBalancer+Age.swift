@@ -73,6 +73,10 @@ extension AffinityBalancer {
                 ageMoves[i].oldClosed = true
                 _ = addInTransit(1)
             }
+        } else {
+            // Not tracked (it cannot be, as placed today): give the
+            // arrival back rather than hold a place on `to` for good.
+            precondition(addArriving(to, -1) > 0, "an age arrival not counted")
         }
         settleOverdueArrivals(nowSec: nowSec)
     }
