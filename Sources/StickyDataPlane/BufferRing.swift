@@ -68,3 +68,41 @@ final class BufferRing {
         freeCount += 1
     }
 }
+
+/// The copy engine's gathered sends: per slot and direction, one msghdr and
+/// up to `vectorsMax` iovecs over the queued buffers, so a direction whose
+/// queue holds several buffers sends them in one call (one trip through the
+/// TCP stack, one larger segment on the wire) instead of one a loop turn.
+///
+/// The memory must stay put while a send is in flight, and there is at most
+/// one per direction, so each direction owns its area. It is mapped, not
+/// allocated: a page costs RSS only once a slot on it has gathered a send,
+/// which an idle or small-message connection never does.
+final class GatherArea {
+    /// The queue's high-water mark: more than that is rarely queued.
+    static let vectorsMax = Int(Worker.queueHighWater)
+    static let stride = (MemoryLayout<msghdr>.stride + vectorsMax * MemoryLayout<iovec>.stride + 63) & ~63
+
+    private let base: UnsafeMutableRawPointer
+    private let bytes: Int
+
+    init(slots: Int) throws {
+        bytes = max(1, slots * 2 * GatherArea.stride)
+        guard let m = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              m != MAP_FAILED else { throw SystemError("mmap(gather area)", errno: errno) }
+        base = m
+    }
+
+    deinit { munmap(base, bytes) }
+
+    @inline(__always)
+    func message(_ slot: Int, down: Bool) -> UnsafeMutablePointer<msghdr> {
+        (base + (slot * 2 + (down ? 1 : 0)) * GatherArea.stride).assumingMemoryBound(to: msghdr.self)
+    }
+
+    @inline(__always)
+    func vectors(_ slot: Int, down: Bool) -> UnsafeMutablePointer<iovec> {
+        (base + (slot * 2 + (down ? 1 : 0)) * GatherArea.stride + MemoryLayout<msghdr>.stride)
+            .assumingMemoryBound(to: iovec.self)
+    }
+}

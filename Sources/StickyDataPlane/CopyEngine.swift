@@ -68,8 +68,13 @@ extension Worker {
             sendTracked(i, &d, to: dst, buffers: buffers)
         } else if !d.sending && d.queueHead != Direction.noBuffer {
             let bid = d.queueHead
-            ring.send(dst, from: buffers.address(bid) + Int(d.headOffset),
-                      count: Int(bufferLength[Int(bid)] - d.headOffset), userData: userData(down ? .sendClient : .sendBackend, i))
+            let op: Op = down ? .sendClient : .sendBackend
+            if bufferNext[Int(bid)] == Direction.noBuffer {
+                ring.send(dst, from: buffers.address(bid) + Int(d.headOffset),
+                          count: Int(bufferLength[Int(bid)] - d.headOffset), userData: userData(op, i))
+            } else {
+                sendGathered(i, down: down, d, to: dst, buffers: buffers, userData: userData(op, i))
+            }
             slots[i].inflight += 1
             d.sending = true
         }
@@ -93,6 +98,28 @@ extension Worker {
         if slots[i].up.finished && slots[i].down.finished { beginClose(i, .done) }
     }
 
+    /// One sendmsg over the queue from its head (up to
+    /// `GatherArea.vectorsMax` buffers): several buffers queue up whenever
+    /// more arrived in one loop turn than one send took.
+    func sendGathered(_ i: Int, down: Bool, _ d: Direction, to dst: Int32, buffers: BufferRing, userData: UInt64) {
+        guard let gather else { preconditionFailure("copy engine without a gather area") }
+        let message = gather.message(i, down: down)
+        let vectors = gather.vectors(i, down: down)
+        var n = 0
+        var bid = d.queueHead
+        var offset = Int(d.headOffset)
+        while bid != Direction.noBuffer && n < GatherArea.vectorsMax {
+            vectors[n] = iovec(iov_base: buffers.address(bid) + offset, iov_len: Int(bufferLength[Int(bid)]) - offset)
+            offset = 0
+            n += 1
+            bid = bufferNext[Int(bid)]
+        }
+        message.pointee = msghdr()
+        message.pointee.msg_iov = vectors
+        message.pointee.msg_iovlen = n
+        ring.sendmsg(dst, message, userData: userData)
+    }
+
     func onSend(_ i: Int, toClient: Bool, _ res: Int32) {
         guard let buffers else { preconditionFailure("send completion on a worker without a buffer ring") }
         precondition(slots[i].state == .open || slots[i].state == .closing, "send on a slot that is neither open nor closing")
@@ -100,10 +127,19 @@ extension Worker {
         var d = down ? slots[i].down : slots[i].up
         d.sending = false
         if res > 0 {
-            d.headOffset += UInt32(res)
             d.bytes += UInt64(res)
-            let bid = d.queueHead
-            if d.headOffset >= bufferLength[Int(bid)] {
+            // A gathered send may have taken several buffers, the last one
+            // perhaps in part.
+            var left = UInt32(res)
+            while left > 0 {
+                let bid = d.queueHead
+                precondition(bid != Direction.noBuffer, "a send reported more bytes than were queued")
+                let rest = bufferLength[Int(bid)] - d.headOffset
+                if left < rest {
+                    d.headOffset += left
+                    break
+                }
+                left -= rest
                 d.queueHead = bufferNext[Int(bid)]
                 if d.queueHead == Direction.noBuffer { d.queueTail = Direction.noBuffer }
                 d.queuedBuffers -= 1

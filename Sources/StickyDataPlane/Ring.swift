@@ -343,6 +343,15 @@ extension Ring {
         finish(s, userData, .none)
     }
 
+    /// A gathered send (several buffers in one call) that never raises
+    /// SIGPIPE. `message` and its iovecs must stay put until the completion:
+    /// the kernel may read them after this loop turn.
+    public func sendmsg(_ fd: Int32, _ message: UnsafePointer<msghdr>, userData: UInt64) {
+        let s = sqe()
+        io_uring_prep_sendmsg(s, fd, message, UInt32(MSG_NOSIGNAL))
+        finish(s, userData, .none)
+    }
+
     /// A readiness poll that stays armed (multishot).
     public func pollMultishot(_ fd: Int32, events: UInt32, userData: UInt64) {
         let s = sqe()

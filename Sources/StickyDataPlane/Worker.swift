@@ -40,6 +40,8 @@ public final class Worker {
     // ring for the copy engine. A worker has the ones its connections use.
     let pipes: PipePool?
     var buffers: BufferRing?
+    /// Copy engine: each direction's msghdr and iovecs for gathered sends.
+    var gather: GatherArea?
     /// Copy engine: FIFO links and lengths per buffer id.
     let bufferNext: UnsafeMutablePointer<UInt16>
     let bufferLength: UnsafeMutablePointer<UInt32>
@@ -156,6 +158,7 @@ public final class Worker {
 
         if engines.contains(.copy) {
             buffers = try BufferRing(ring: ring, count: settings.bufferCount, size: settings.bufferSizeBytes)
+            gather = try GatherArea(slots: slotCount)
         }
         if let imported = settings.affinityImport { importAffinity(imported) }
         if settings.startHeld {
