@@ -79,8 +79,9 @@ final class BufferRing {
 /// allocated: a page costs RSS only once a slot on it has gathered a send,
 /// which an idle or small-message connection never does.
 final class GatherArea {
-    /// The queue's high-water mark: more than that is rarely queued.
-    static let vectorsMax = Int(Worker.queueHighWater)
+    /// The most buffers one send gathers: the queue's high-water mark with
+    /// the smallest usual buffers (16 KiB); more is rarely queued.
+    static let vectorsMax = 8
     static let stride = (MemoryLayout<msghdr>.stride + vectorsMax * MemoryLayout<iovec>.stride + 63) & ~63
 
     private let base: UnsafeMutableRawPointer

@@ -13,9 +13,16 @@ extension Worker {
         if client { slots[i].up.receiving = true } else { slots[i].down.receiving = true }
     }
 
-    /// Queued buffers above which a direction stops receiving: bounds what
-    /// one slow reader can pin of the shared ring.
-    static let queueHighWater: UInt16 = 8
+    /// Queued bytes above which a direction stops receiving: bounds what
+    /// one slow reader can pin of the shared ring (128 KiB, whatever the
+    /// buffer size), while a fast one always has a gathered send's worth.
+    static let queuedBytesHighWater = 128 * 1024
+
+    /// `queuedBytesHighWater` in buffers of `bufferSize` bytes: at least 2,
+    /// so a send and a receive overlap; at most a gathered send's vectors.
+    static func queueHighWater(bufferSize: Int) -> UInt16 {
+        UInt16(max(2, min(GatherArea.vectorsMax, queuedBytesHighWater / max(1, bufferSize))))
+    }
 
     func onRecv(_ i: Int, client: Bool, _ res: Int32, buffer: UInt16?, more: Bool) {
         guard let buffers else { preconditionFailure("recv completion on a worker without a buffer ring") }
@@ -84,7 +91,7 @@ extension Worker {
         }
         // Backpressure: stop receiving while the queue is long; resume when
         // it has drained.
-        if d.queuedBuffers >= Worker.queueHighWater && d.receiving && !d.recvPaused {
+        if d.queuedBuffers >= queueHighWater && d.receiving && !d.recvPaused {
             d.recvPaused = true
             ring.cancel(userData(down ? .recvBackend : .recvClient, i), userData: userData(.cancel, i))
             slots[i].inflight += 1

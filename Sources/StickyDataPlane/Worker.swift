@@ -42,6 +42,8 @@ public final class Worker {
     var buffers: BufferRing?
     /// Copy engine: each direction's msghdr and iovecs for gathered sends.
     var gather: GatherArea?
+    /// Copy engine: queued buffers at which a direction stops receiving.
+    let queueHighWater: UInt16
     /// Copy engine: FIFO links and lengths per buffer id.
     let bufferNext: UnsafeMutablePointer<UInt16>
     let bufferLength: UnsafeMutablePointer<UInt32>
@@ -125,6 +127,7 @@ public final class Worker {
         pipes = engines.contains(.splice)
             ? PipePool(capacity: settings.pipePoolSize, pipeSizeBytes: settings.pipeSizeBytes) : nil
         let nbuf = engines.contains(.copy) ? settings.bufferCount : 1
+        queueHighWater = Worker.queueHighWater(bufferSize: settings.bufferSizeBytes)
         bufferNext = .allocate(capacity: nbuf)
         bufferNext.initialize(repeating: Direction.noBuffer, count: nbuf)
         bufferLength = .allocate(capacity: nbuf)
