@@ -214,9 +214,9 @@ public struct Limits: Sendable, Equatable {
     /// Bytes per pipe (F_SETPIPE_SZ rounds to a power of two anyway).
     public var pipeSize = 65_536
     /// Provided buffers per worker for the copy engine (a ring: power of two).
-    public var bufferCount = 1024
+    public var bufferCount = 256
     /// Bytes per provided buffer.
-    public var bufferSize = 16_384
+    public var bufferSize = 65_536
 
     public init() {}
 }

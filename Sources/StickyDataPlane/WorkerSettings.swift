@@ -23,8 +23,8 @@ public struct WorkerSettings: Sendable {
     public var connectionsMax = 1024
     public var pipePoolSize = 256
     public var pipeSizeBytes = 65536
-    public var bufferCount = 1024
-    public var bufferSizeBytes = 16384
+    public var bufferCount = 256
+    public var bufferSizeBytes = 65_536
     public var connectTimeoutMs: Millis = 3000
     public var idleTimeoutMs: Millis = 300_000
     public var shutdownTimeoutMs: Millis = 60_000

@@ -48,6 +48,58 @@ def test_tiny_ring_forwards_every_byte(run_stickyd, backend, engine):
     assert d.alive()
 
 
+def test_gathered_and_short_sends_over_a_starved_ring_keep_every_byte(run_stickyd, backend, tmp_path):
+    """Copy engine with 16 buffers of 1 KiB: each direction queues up to 8
+    buffers, so sends gather several buffers into one sendmsg; a client with
+    a tiny receive buffer that reads in small pieces makes many of those
+    sends short (ending inside a buffer), and the two directions of four
+    streams starve the ring. Every byte must still arrive, in order."""
+    srv = backend(echo_handler)
+    cfg = tmp_path / "tiny-buffers.yaml"
+    cfg.write_text("listeners: [ { address: 127.0.0.1:1, pool: default } ]\n"
+                   "pools: [ { name: default, targets: [ { address: 127.0.0.1:2 } ] } ]\n"
+                   "limits: { buffer_count: 16, buffer_size: 1KiB }\n")
+    d = run_stickyd([srv.addr], engine="copy", args=["--config", str(cfg), "--workers", "1"])
+    size = 2 << 20
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        data = random_bytes(size, seed=100 + i)
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with s:
+                # Set before connect, so the window stays small.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.settimeout(30)
+                s.connect(d.listen[0])
+                t = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+                t.start()
+                got = bytearray()
+                while len(got) < size:
+                    chunk = s.recv(min(777, size - len(got)))
+                    if not chunk:
+                        break
+                    got += chunk
+                t.join(30)
+                if len(got) != size:
+                    errors.append(f"stream {i}: {len(got)} of {size} bytes")
+                elif sha256(bytes(got)) != sha256(data):
+                    errors.append(f"stream {i}: bytes differ")
+        except OSError as e:
+            errors.append(f"stream {i}: {e}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not any(t.is_alive() for t in threads), "streams still running after 90 s"
+    assert not errors, errors
+    stats = parse_fields(admin(str(tmp_path / "admin-1.sock"), "show stats"))
+    assert int(stats["buffer_starvations"]) > 0, "the ring never ran dry: the test did not reach starvation"
+    assert d.alive()
+
+
 def test_descriptor_exhaustion_pauses_accepting_without_spinning(stickyd_path, backend, tmp_path, request):
     """Under a 64-descriptor limit the daemon runs out of fds: it must pause
     accepting instead of spinning on EMFILE, keep serving the connections it
