@@ -71,7 +71,9 @@ extension Worker {
         guard slots[i].state == .open else { return }
         var d = down ? slots[i].down : slots[i].up
         let dst = down ? slots[i].clientFD : slots[i].backendFD
-        if !d.sending && down && slots[i].h2c {
+        if d.awaitingWritable {
+            // A send waits for room (onSend); onWritable flushes again.
+        } else if !d.sending && down && slots[i].h2c {
             sendTracked(i, &d, to: dst, buffers: buffers)
         } else if !d.sending && d.queueHead != Direction.noBuffer {
             let bid = d.queueHead
@@ -158,6 +160,15 @@ extension Worker {
         }
         if down { slots[i].down = d } else { slots[i].up = d }
         guard slots[i].state == .open else { return }
+        if res == -EAGAIN {
+            // The ring gives up on a send whose poll fired but found the
+            // socket still full (it then issues it blocking, and a
+            // non-blocking socket says EAGAIN). Nothing was sent: wait for
+            // room, then send again from where it stands.
+            if down { slots[i].down.awaitingWritable = true } else { slots[i].up.awaitingWritable = true }
+            armWritable(i, client: down)
+            return
+        }
         if res < 0 {
             beginClose(i, .reset, reset: true)
             return

@@ -47,7 +47,7 @@ extension Worker {
         if down { slots[i].down.awaitingWritable = false } else { slots[i].up.awaitingWritable = false }
         if slots[i].state == .closing { return }
         precondition(slots[i].state == .open, "writable on a slot that is not open")
-        pump(i, down: down)
+        if slots[i].engine == .copy { flush(i, down: down) } else { pump(i, down: down) }
     }
 
     /// Moves bytes source → pipe → destination with non-blocking splice(2)
