@@ -471,7 +471,7 @@ measure_rr() { # measure_rr COLUMN ROUND
 
 # ================================================================ issue 3 rows
 # Sticky connection-rate row ("new connections/s, 10k client IPs, sticky";
-# DESIGN.md: HAProxy 0.50, nginx 0.51, stickyd target >= 0.75).
+# target: stickyd >= 0.95 x refproxy, ahead of HAProxy and nginx; docs/BENCH.md).
 # Backends: three `stickyctl bench serve` identity backends (s1, s2, s3). Each column
 # runs `stickyctl bench` for $DURATION s: short connections (connect, read the
 # backend's name, EOF) from $CR_CLIENTS distinct source IPs in 127.1.0.0/16 at
