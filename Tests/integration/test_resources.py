@@ -16,6 +16,18 @@ from support import (LOOPBACK, connect, echo_handler, echo_roundtrip, fmt_addr, 
                      random_bytes, recv_exactly, sha256, wait_until)
 
 
+def run_streams(one, count: int, seconds: float) -> None:
+    """Runs one(i) for i in 0..<count on threads at once; fails if any is
+    still running after `seconds`."""
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + seconds
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), f"streams still running after {seconds:.0f} s"
+
+
 def test_tiny_ring_forwards_every_byte(run_stickyd, backend, engine):
     """With two submission entries, nearly every submission finds the queue
     full; linked pairs (connect + timeout, cancel + close) still go in whole
@@ -38,12 +50,7 @@ def test_tiny_ring_forwards_every_byte(run_stickyd, backend, engine):
         except OSError as e:
             errors.append(f"stream {i}: {e}")
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads), "streams still running after 60 s"
+    run_streams(one, 64, seconds=60)
     assert not errors, errors[:5]
     assert d.alive()
 
@@ -88,12 +95,7 @@ def test_gathered_and_short_sends_over_a_starved_ring_keep_every_byte(run_sticky
         except OSError as e:
             errors.append(f"stream {i}: {e}")
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
-    assert not any(t.is_alive() for t in threads), "streams still running after 90 s"
+    run_streams(one, 4, seconds=90)
     assert not errors, errors
     stats = parse_fields(admin(str(tmp_path / "admin-1.sock"), "show stats"))
     assert int(stats["buffer_starvations"]) > 0, "the ring never ran dry: the test did not reach starvation"
