@@ -21,10 +21,12 @@ public struct WorkerSettings: Sendable {
     public var listeners: [Listener] = []
     public var pools: [PoolSetup] = []
     public var connectionsMax = 1024
-    public var pipePoolSize = 256
-    public var pipeSizeBytes = 65536
-    public var bufferCount = 256
-    public var bufferSizeBytes = 65_536
+    // The engines' resources default to the config's `limits` defaults,
+    // so each value is written once (Config.swift).
+    public var pipePoolSize = Limits().pipePool
+    public var pipeSizeBytes = Limits().pipeSize
+    public var bufferCount = Limits().bufferCount
+    public var bufferSizeBytes = Limits().bufferSize
     public var connectTimeoutMs: Millis = 3000
     public var idleTimeoutMs: Millis = 300_000
     public var shutdownTimeoutMs: Millis = 60_000
